@@ -1,0 +1,205 @@
+"""From a user's design table to the columns, levels and coding the engines fit.
+
+MATLAB's conventions decide which columns are factors and in which level
+order (REFERENCE.md section 3):
+
+* text labels are factors, levels in order of first appearance;
+* pandas categoricals are factors, levels in category order (unused dropped);
+* numbers (including a 0/1 condition and booleans) stay one numeric column,
+  unless ``levels=`` names the column, which makes it a factor;
+* the reference level is the first level; ``levels=`` overrides the order.
+
+Grouping factors (right of ``|``) are passed as text; their level order does
+not change the fit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from ._checks import check_option
+from .data import _preview
+from .formula import ModelFormula
+
+__all__ = ["ModelDesign", "build_design", "DesignError"]
+
+CODINGS = ("reference", "effects")
+
+
+class DesignError(ValueError):
+    """The design table does not fit the formula."""
+
+
+@dataclass(frozen=True, eq=False)
+class ModelDesign:
+    """The design as the engines receive it.
+
+    Attributes
+    ----------
+    frame : pandas.DataFrame
+        Only the columns the formula uses: factors and grouping columns as
+        text, numeric predictors as float.
+    factors : dict of str to list of str
+        Level order of every fixed-effect factor (reference level first).
+    coding : str
+        ``"reference"`` (treatment) or ``"effects"`` (sum, last level -1).
+    formula : ModelFormula
+        The checked formula.
+    """
+
+    frame: pd.DataFrame
+    factors: dict
+    coding: str
+    formula: ModelFormula
+    numeric: tuple = field(default=())
+
+    @property
+    def reference_levels(self) -> dict:
+        """Reference (first) level of each factor."""
+        return {name: levels[0] for name, levels in self.factors.items()}
+
+    @property
+    def fixed_factors(self) -> list:
+        """Factors that appear in the fixed-effects part."""
+        return [v for v in self.formula.fixed_variables if v in self.factors]
+
+    def subset(self, rows) -> "ModelDesign":
+        """The same design restricted to ``rows`` (a boolean mask or indices)."""
+        frame = self.frame.iloc[np.flatnonzero(rows) if np.asarray(rows).dtype == bool else rows]
+        return ModelDesign(frame.reset_index(drop=True), self.factors, self.coding, self.formula, self.numeric)
+
+
+def _label_text(values) -> list:
+    """Text form of labels, identical for a value wherever it appears."""
+    out = []
+    for v in values:
+        if isinstance(v, (bytes, np.bytes_)):
+            v = v.decode()
+        if isinstance(v, (float, np.floating)) and float(v).is_integer():
+            v = int(v)
+        out.append(str(v))
+    return out
+
+
+def _first_appearance(texts) -> list:
+    return list(dict.fromkeys(texts))
+
+
+def _factor_levels(name, series, given):
+    """Level order for one factor column (texts), following MATLAB's rules."""
+    texts = _label_text(series)
+    observed = _first_appearance(texts)
+    if given is not None:
+        levels = _label_text(given)
+        if len(set(levels)) != len(levels):
+            raise DesignError(f"levels[{name!r}] repeats a level: {levels}.")
+        unknown = [v for v in observed if v not in levels]
+        if unknown:
+            raise DesignError(
+                f"column {name!r} has values missing from levels[{name!r}]: {_preview(unknown)}. "
+                f"List every level, reference first; observed levels: {_preview(observed)}."
+            )
+        absent = [v for v in levels if v not in observed]
+        if absent:
+            raise DesignError(
+                f"levels[{name!r}] lists levels that never occur in column {name!r}: {_preview(absent)}."
+            )
+    elif isinstance(series.dtype, pd.CategoricalDtype):
+        levels = [t for t in _label_text(series.cat.categories) if t in set(observed)]
+    elif pd.api.types.is_numeric_dtype(series):
+        levels = [t for _, t in sorted(zip(series.unique(), _label_text(series.unique())))]
+    else:
+        levels = observed
+    return texts, levels
+
+
+def _is_factor(series, name, levels):
+    if levels is not None and name in levels:
+        return True
+    if isinstance(series.dtype, pd.CategoricalDtype):
+        return True
+    return not (pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series))
+
+
+def build_design(design: pd.DataFrame, formula: ModelFormula, *, coding="reference", levels=None,
+                 response_column=None) -> ModelDesign:
+    """Check a design table against a formula and prepare it for fitting.
+
+    Parameters
+    ----------
+    design : pandas.DataFrame
+        One row per observation.
+    formula : ModelFormula
+        The parsed formula.
+    coding : {"reference", "effects"}
+        Coding of factors: treatment contrasts with the first level as
+        reference (MATLAB's default) or sum-to-zero contrasts with the last
+        level coded -1.
+    levels : dict, optional
+        Level order per column, reference level first. Naming a numeric
+        column makes it a factor.
+    response_column : str, optional
+        Name of the response when the data came from a single column.
+
+    Returns
+    -------
+    ModelDesign
+    """
+    check_option("coding", coding, CODINGS)
+    levels = dict(levels or {})
+    columns = list(design.columns)
+    if formula.response in columns and formula.response != response_column:
+        raise DesignError(
+            f"the formula's response {formula.response!r} is a design column. The left-hand side names "
+            "the response values (bound to each timepoint); choose a name that is not a column, e.g. 'data'."
+        )
+    unknown = [v for v in formula.variables if v not in columns]
+    if unknown:
+        raise DesignError(
+            f"the formula uses {_preview(unknown)}, which {'is' if len(unknown) == 1 else 'are'} not "
+            f"design columns. Available columns: {_preview(columns)}."
+        )
+    stray = [k for k in levels if k not in formula.fixed_variables and k not in formula.slope_variables]
+    if stray:
+        raise DesignError(
+            f"levels names {_preview(stray)}, which the formula's fixed or random-slope terms do not use."
+        )
+
+    frame, factors, numeric = {}, {}, []
+    for name in formula.variables:
+        series = design[name]
+        missing = series.isna().to_numpy()
+        if missing.any():
+            rows = np.flatnonzero(missing)
+            raise DesignError(
+                f"column {name!r} has {missing.sum()} missing value(s) (rows {_preview(rows, 6)}). "
+                "Fill them or drop those rows before fitting."
+            )
+        in_model = name in formula.fixed_variables or name in formula.slope_variables
+        if not in_model:
+            frame[name] = _label_text(series)
+            continue
+        if _is_factor(series, name, levels):
+            texts, lev = _factor_levels(name, series, levels.get(name))
+            if len(lev) < 2:
+                raise DesignError(
+                    f"factor {name!r} has a single level ({lev[0]!r}): a factor needs at least two levels. "
+                    "Remove it from the formula or check that the data hold every condition."
+                )
+            frame[name] = texts
+            factors[name] = lev
+        else:
+            values = series.to_numpy(dtype=float)
+            if not np.isfinite(values).all():
+                raise DesignError(f"numeric column {name!r} has non-finite values; fill or drop those rows.")
+            frame[name] = values
+            numeric.append(name)
+    for name in formula.grouping_variables:
+        if design[name].nunique() < 2:
+            raise DesignError(
+                f"grouping factor {name!r} has a single level: random effects need at least two groups."
+            )
+    return ModelDesign(pd.DataFrame(frame), factors, coding, formula, tuple(numeric))

@@ -1,0 +1,180 @@
+"""The R engine: lme4 + lmerTest through rpy2.
+
+This is the only module that imports rpy2, and only when a fit is asked for,
+so ``import clusterlmer`` works on a machine without R. The R code lives in
+``r_scripts/engine.R`` (shipped inside the wheel as ``clusterlmer.r_scripts``),
+sourced once per process into a private environment. R is single-threaded:
+call this engine from one thread per process.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import threading
+
+import numpy as np
+
+from .base import BlockFit, FitOptions
+
+__all__ = ["fit_block", "describe", "r_session", "R_INSTALL_HINT"]
+
+R_INSTALL_HINT = (
+    "On Debian/Ubuntu: sudo apt-get install r-base-core r-base-dev r-cran-lme4 r-cran-lmertest "
+    "r-cran-pbkrtest, then pip install 'rpy2>=3.5.17,<3.6' (or run 'make test' in the clusterlmer "
+    "repository, which does both)."
+)
+_R_PACKAGE_HINT = {
+    "lme4": "sudo apt-get install r-cran-lme4   (or in R: install.packages('lme4'))",
+    "lmerTest": "sudo apt-get install r-cran-lmertest   (or in R: install.packages('lmerTest'))",
+    "pbkrtest": "sudo apt-get install r-cran-pbkrtest   (or in R: install.packages('pbkrtest'))",
+    "numDeriv": "sudo apt-get install r-cran-numderiv   (or in R: install.packages('numDeriv'))",
+}
+
+_lock = threading.Lock()
+_session = None
+
+
+class _RSession:
+    """rpy2 handles and the environment holding clusterlmer's R functions."""
+
+    def __init__(self):
+        try:
+            import rpy2.robjects as ro
+            from rpy2.robjects import vectors
+        except Exception as exc:  # rpy2 missing, or R not found / not loadable
+            raise ImportError(f"The R engine needs R and the Python package rpy2 ({exc}). {R_INSTALL_HINT}") from exc
+        self.ro, self.vectors = ro, vectors
+        have = ro.r["requireNamespace"]
+        for pkg in ("lme4", "lmerTest", "numDeriv"):
+            if not have(pkg, quietly=True)[0]:
+                raise ImportError(f"The R package {pkg!r} is not installed. Install it with: {_R_PACKAGE_HINT[pkg]}")
+        self.env = ro.r["new.env"]()
+        source = importlib.resources.files("clusterlmer.r_scripts").joinpath("engine.R")
+        with importlib.resources.as_file(source) as path:
+            ro.r["sys.source"](str(path), envir=self.env)
+
+    def require(self, pkg):
+        """Raise ImportError with the install command when an optional R package is missing."""
+        if not self.ro.r["requireNamespace"](pkg, quietly=True)[0]:
+            raise ImportError(f"The R package {pkg!r} is needed here. Install it with: {_R_PACKAGE_HINT[pkg]}")
+
+    def call(self, name, *args, **kwargs):
+        return self.env.find(name)(*args, **kwargs)
+
+    # conversions (explicit, no global converter activation)
+    def data_frame(self, frame):
+        v = self.vectors
+        cols = {}
+        for name, col in frame.items():
+            if col.dtype.kind in "fiub":
+                cols[name] = v.FloatVector(col.to_numpy(dtype=float))
+            else:
+                cols[name] = v.StrVector([str(x) for x in col])
+        return v.DataFrame(cols)
+
+    def matrix(self, arr):
+        arr = np.asarray(arr, dtype=float)
+        return self.ro.r["matrix"](self.vectors.FloatVector(arr.ravel(order="F")), nrow=arr.shape[0])
+
+    def str_list(self, mapping):
+        return self.vectors.ListVector({k: self.vectors.StrVector(list(v)) for k, v in mapping.items()})
+
+    def num_list(self, mapping):
+        return self.vectors.ListVector({k: self.vectors.FloatVector([float(v)]) for k, v in mapping.items()})
+
+
+def r_session() -> _RSession:
+    """The process's R session, started on first use."""
+    global _session
+    with _lock:
+        if _session is None:
+            _session = _RSession()
+        return _session
+
+
+def _as_array(x, shape=None):
+    arr = np.array(x, dtype=float)
+    return arr.reshape(shape, order="F") if shape is not None else arr
+
+
+def _as_strings(x):
+    return [str(s) for s in x]
+
+
+def describe(design, options: FitOptions):
+    """Term labels and coefficient names of the fixed part, without fitting.
+
+    Parameters
+    ----------
+    design : clusterlmer.design.ModelDesign
+    options : FitOptions
+
+    Returns
+    -------
+    terms : tuple of str
+    coef_names : tuple of str
+    """
+    s = r_session()
+    frame = s.data_frame(design.frame)
+    frame = s.call("cl_prepare_design", frame, s.str_list(design.factors), design.coding)
+    res = s.call("cl_describe", frame, design.formula.text, design.formula.response)
+    terms = _as_strings(res.rx2("terms"))
+    if options.test != "marginal":
+        terms = [t for t in terms if t != "(Intercept)"]
+    return tuple(terms), tuple(_as_strings(res.rx2("coef_names")))
+
+
+def fit_block(design, Y, options: FitOptions) -> BlockFit:
+    """Fit every column of ``Y`` under one design with lme4/lmerTest.
+
+    Parameters
+    ----------
+    design : clusterlmer.design.ModelDesign
+        Design restricted to the rows of ``Y``.
+    Y : ndarray, shape (n_obs, k)
+        Responses, all finite.
+    options : FitOptions
+
+    Returns
+    -------
+    BlockFit
+    """
+    s = r_session()
+    if options.ddf == "kenward-roger":
+        s.require("pbkrtest")
+    Y = np.asarray(Y, dtype=float)
+    k = Y.shape[1]
+    res = s.call(
+        "cl_fit_block",
+        s.data_frame(design.frame),
+        s.matrix(Y),
+        design.formula.text,
+        design.formula.response,
+        s.str_list(design.factors),
+        coding=design.coding,
+        reml=bool(options.reml),
+        ddf=options.ddf,
+        test=options.test,
+        optimizer=options.optimizer,
+        opt_ctrl=s.num_list(options.resolved_optimizer_options()),
+    )
+    terms = tuple(_as_strings(res.rx2("terms")))
+    coefs = tuple(_as_strings(res.rx2("coef_names")))
+    nt, nc = len(terms), len(coefs)
+    return BlockFit(
+        terms=terms,
+        coef_names=coefs,
+        F=_as_array(res.rx2("F"), (nt, k)),
+        df1=_as_array(res.rx2("df1"), (nt, k)),
+        df2=_as_array(res.rx2("df2"), (nt, k)),
+        p=_as_array(res.rx2("p"), (nt, k)),
+        contrast_estimate=_as_array(res.rx2("contrast_estimate"), (nt, k)),
+        estimate=_as_array(res.rx2("estimate"), (nc, k)),
+        se=_as_array(res.rx2("se"), (nc, k)),
+        sigma=_as_array(res.rx2("sigma")),
+        deviance=_as_array(res.rx2("deviance")),
+        converged=np.array(res.rx2("converged"), dtype=bool),
+        singular=_as_array(res.rx2("singular")),
+        messages=_as_strings(res.rx2("messages")),
+        errors=_as_strings(res.rx2("error")),
+    )

@@ -1,0 +1,197 @@
+"""Fit one mixed model per sample: ``fit_timeseries``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ._checks import check_option
+from .data import TimeseriesData, _preview
+from .design import build_design
+from .engines import get_engine
+from .engines.base import DDF_METHODS, OPTIMIZERS, TESTS, BlockFit, FitOptions
+from .formula import parse_formula
+from .results import TimeseriesFit
+
+__all__ = ["fit_timeseries"]
+
+
+def _check_options(reml, ddf, test, optimizer, optimizer_options):
+    if not isinstance(reml, (bool, np.bool_)):
+        raise TypeError(f"reml must be True (REML) or False (ML, MATLAB's default), got {reml!r}.")
+    check_option("ddf", ddf, DDF_METHODS)
+    check_option("test", test, TESTS)
+    check_option("optimizer", optimizer, OPTIMIZERS)
+    if ddf == "kenward-roger" and not reml:
+        raise ValueError("ddf='kenward-roger' needs a REML fit: use reml=True, or another ddf method with reml=False.")
+    opts = dict(optimizer_options or {})
+    bad = {k: v for k, v in opts.items() if not isinstance(v, (int, float)) or isinstance(v, bool)}
+    if bad:
+        raise TypeError(f"optimizer_options values must be numbers, got {bad}.")
+    return FitOptions(bool(reml), ddf, test, optimizer, opts)
+
+
+def _mask_groups(finite):
+    """Group columns of a (n_obs, n_samples) finiteness mask by identical pattern."""
+    packed = np.packbits(finite, axis=0)
+    _, inverse = np.unique(packed.T, axis=0, return_inverse=True)
+    inverse = inverse.ravel()
+    return [np.flatnonzero(inverse == g) for g in range(inverse.max() + 1)]
+
+
+def fit_samples(design, Y, options, engine="r"):
+    """Fit each column of ``Y`` (n_obs, n_samples); rows with non-finite values
+    are left out of that column's fit. Returns a :class:`BlockFit` over all
+    columns plus the count of observations used per column.
+    """
+    eng = get_engine(engine)
+    finite = np.isfinite(Y)
+    n_samples = Y.shape[1]
+    blocks = []
+    for cols in _mask_groups(finite):
+        rows = finite[:, cols[0]]
+        if not rows.any():
+            continue  # nothing to fit: stays NaN with its reason
+        blocks.append((cols, eng.fit_block(design.subset(rows), Y[np.ix_(rows, cols)], options)))
+    if blocks:
+        terms, coefs = blocks[0][1].terms, blocks[0][1].coef_names
+    else:
+        terms, coefs = eng.describe(design, options)
+    nt, nc = len(terms), len(coefs)
+
+    def full(rows):
+        return np.full((rows, n_samples), np.nan)
+
+    out = {name: full(nt) for name in ("F", "df1", "df2", "p", "contrast_estimate")}
+    out.update(estimate=full(nc), se=full(nc))
+    out.update(sigma=np.full(n_samples, np.nan), deviance=np.full(n_samples, np.nan),
+               singular=np.full(n_samples, np.nan), converged=np.zeros(n_samples, bool))
+    messages = [""] * n_samples
+    errors = ["no finite response values at this sample"] * n_samples
+    for cols, blk in blocks:
+        for name in ("F", "df1", "df2", "p", "contrast_estimate", "estimate", "se"):
+            out[name][:, cols] = getattr(blk, name)
+        for name in ("sigma", "deviance", "singular", "converged"):
+            out[name][cols] = getattr(blk, name)
+        for j, c in enumerate(cols):
+            messages[c], errors[c] = blk.messages[j], blk.errors[j]
+    fit = BlockFit(terms=terms, coef_names=coefs, messages=messages, errors=errors, **out)
+    return fit, finite.sum(axis=0)
+
+
+def fit_timeseries(data, formula, *, reml=True, ddf="satterthwaite", coding="reference", test="marginal",
+                   optimizer="bobyqa", optimizer_options=None, levels=None, terms=None,
+                   engine="r") -> TimeseriesFit:
+    """Fit a linear mixed model at every sample and test each fixed-effect term.
+
+    Parameters
+    ----------
+    data : TimeseriesData
+        From :func:`clusterlmer.from_dataframe` or :func:`clusterlmer.load_mat`.
+    formula : str
+        An lme4 formula, e.g. ``"data ~ hit_miss * region + (1|sid) + (1|sid:ch)"``.
+        The left-hand side is bound to each sample's values.
+    reml : bool
+        REML (default, as lmerTest) or ML (``False``, MATLAB ``fitlme``'s default).
+    ddf : {"satterthwaite", "residual", "kenward-roger", "none"}
+        Denominator degrees of freedom: Satterthwaite as lmerTest computes it,
+        ``n - rank(X)`` (MATLAB's default), Kenward-Roger (pbkrtest; REML
+        only), or none (DF2 = Inf).
+    coding : {"reference", "effects"}
+        Factor coding: treatment contrasts against the first level (MATLAB's
+        default) or sum-to-zero contrasts with the last level coded -1.
+    test : {"marginal", "type3"}
+        ``"marginal"`` tests that all of a term's coefficients are zero, as
+        MATLAB's ``anova`` does (intercept included); ``"type3"`` gives
+        lmerTest's type III table.
+    optimizer : {"bobyqa", "nloptwrap", "Nelder_Mead"}
+        lme4 optimizer. bobyqa runs with ``rhoend=1e-9`` unless
+        ``optimizer_options`` says otherwise.
+    optimizer_options : dict, optional
+        Passed to the optimizer as lme4's ``optCtrl``.
+    levels : dict, optional
+        Level order per factor column, reference level first. Naming a
+        numeric column makes it a factor.
+    terms : list of str, optional
+        Report only these terms (default: all, intercept first).
+    engine : {"r"}
+        The fitting engine.
+
+    Returns
+    -------
+    TimeseriesFit
+
+    Notes
+    -----
+    Samples whose response is NaN/Inf for some observations are fitted
+    without those observations; ``fit.diagnostics`` reports how many were
+    left out. A fit that fails at one sample yields NaN statistics there and
+    its error message in ``fit.diagnostics``; it never stops the run.
+    """
+    if not isinstance(data, TimeseriesData):
+        raise TypeError(
+            f"data must be a TimeseriesData (from cl.from_dataframe or cl.load_mat), got {type(data).__name__}."
+        )
+    options = _check_options(reml, ddf, test, optimizer, optimizer_options)
+    model = parse_formula(formula)
+    design = build_design(data.design, model, coding=coding, levels=levels, response_column=data.response)
+    Y = data.values.reshape(data.n_obs, -1)
+    blk, n_used = fit_samples(design, Y, options, engine)
+
+    keep = np.arange(len(blk.terms))
+    if terms is not None:
+        wanted = [terms] if isinstance(terms, str) else list(terms)
+        unknown = [t for t in wanted if t not in blk.terms]
+        if unknown:
+            raise ValueError(f"terms {_preview(unknown)} are not in the model; its terms are {_preview(blk.terms)}.")
+        keep = np.array([blk.terms.index(t) for t in wanted])
+
+    shape = data.sample_shape
+
+    def per_sample(arr):
+        return arr.reshape((arr.shape[0],) + shape)
+
+    with np.errstate(invalid="ignore"):
+        t = np.where(blk.df1 == 1, np.sign(blk.contrast_estimate) * np.sqrt(blk.F), np.nan)
+    flat = np.arange(Y.shape[1])
+    idx = np.unravel_index(flat, shape)
+    diag = {"sample": flat, "time": np.asarray(data.times)[idx[0]]}
+    if data.freqs is not None:
+        diag["freq"] = np.asarray(data.freqs)[idx[1]]
+    errors = np.array(blk.errors, dtype=object)
+    diag.update(
+        n_obs=n_used,
+        n_excluded=data.n_obs - n_used,
+        converged=blk.converged,
+        singular=blk.singular,
+        failed=errors != "",
+        sigma=blk.sigma,
+        deviance=blk.deviance,
+        messages=blk.messages,
+        error=errors,
+    )
+    return TimeseriesFit(
+        formula=model.text,
+        terms=tuple(blk.terms[i] for i in keep),
+        F=per_sample(blk.F[keep]),
+        df1=per_sample(blk.df1[keep]),
+        df2=per_sample(blk.df2[keep]),
+        p=per_sample(blk.p[keep]),
+        t=per_sample(t[keep]),
+        coef_names=blk.coef_names,
+        estimates=per_sample(blk.estimate),
+        se=per_sample(blk.se),
+        times=np.asarray(data.times),
+        freqs=data.freqs,
+        diagnostics=pd.DataFrame(diag),
+        options={
+            "engine": engine,
+            "reml": options.reml,
+            "ddf": ddf,
+            "test": test,
+            "coding": coding,
+            "optimizer": optimizer,
+            "optimizer_options": options.resolved_optimizer_options(),
+        },
+        levels={k: list(v) for k, v in design.factors.items()},
+    )

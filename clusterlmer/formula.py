@@ -1,0 +1,275 @@
+"""Parse and check lme4 model formulas before they reach R.
+
+Only model terms are accepted: column names, the intercept markers ``0``/``1``,
+the operators ``+ - * : / ^`` and ``|``/``||`` inside parentheses for random
+effects. Anything else (function calls, strings, backticks, ``;``) is refused,
+so no R code can travel inside a formula string. The formula handed to R is
+rebuilt from the checked tokens.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+__all__ = ["ModelFormula", "parse_formula", "FormulaError"]
+
+_TOKEN = re.compile(
+    r"""\s*(?:
+        (?P<name>[A-Za-z][A-Za-z0-9._]*|\.[A-Za-z_][A-Za-z0-9._]*)
+      | (?P<number>\d+(?:\.\d*)?)
+      | (?P<op>\|\||[~+\-*:/^|()])
+    )""",
+    re.VERBOSE,
+)
+_R_RESERVED = {
+    "if", "else", "repeat", "while", "function", "for", "next", "break", "in",
+    "TRUE", "FALSE", "NULL", "Inf", "NaN", "NA", "NA_integer_", "NA_real_",
+    "NA_character_", "T", "F",
+}
+
+
+class FormulaError(ValueError):
+    """A model formula that clusterlmer cannot accept."""
+
+
+@dataclass(frozen=True)
+class RandomTerm:
+    """One ``(expr | group)`` term: the varying part and its grouping factors."""
+
+    expr: str
+    group: str
+    variables: tuple[str, ...]
+    grouping: tuple[str, ...]
+    correlated: bool
+
+
+@dataclass(frozen=True)
+class ModelFormula:
+    """A checked formula.
+
+    Attributes
+    ----------
+    text : str
+        The normalised formula handed to R.
+    response : str
+        Name on the left-hand side.
+    fixed_variables : tuple of str
+        Columns in the fixed-effects part, in order of appearance.
+    random : tuple of RandomTerm
+        The random-effects terms.
+    """
+
+    text: str
+    response: str
+    fixed_variables: tuple[str, ...]
+    random: tuple[RandomTerm, ...]
+
+    @property
+    def grouping_variables(self) -> tuple[str, ...]:
+        """Columns that define grouping factors, in order of appearance."""
+        return _unique(v for term in self.random for v in term.grouping)
+
+    @property
+    def slope_variables(self) -> tuple[str, ...]:
+        """Columns that appear on the left of ``|`` in random terms."""
+        return _unique(v for term in self.random for v in term.variables)
+
+    @property
+    def variables(self) -> tuple[str, ...]:
+        """Every design column the formula uses (response excluded)."""
+        return _unique(
+            (*self.fixed_variables, *self.slope_variables, *self.grouping_variables)
+        )
+
+
+def _unique(items):
+    return tuple(dict.fromkeys(items))
+
+
+def _tokenize(text: str) -> list[tuple[str, str]]:
+    tokens, pos = [], 0
+    text = text.rstrip()
+    while pos < len(text):
+        match = _TOKEN.match(text, pos)
+        if match is None or match.end() == pos:
+            bad = text[pos:].strip()[:20]
+            raise FormulaError(
+                f"formula {text!r}: unexpected text {bad!r}. A formula may only "
+                "contain column names, 0/1, the operators + - * : / ^ and "
+                "(... | group) random-effect terms."
+            )
+        kind = match.lastgroup
+        tokens.append((kind, match.group(kind)))
+        pos = match.end()
+    return tokens
+
+
+class _Parser:
+    """Recursive-descent parser over the token list; records variables."""
+
+    def __init__(self, text, tokens):
+        self.text, self.tokens, self.i = text, tokens, 0
+
+    def peek(self):
+        return self.tokens[self.i] if self.i < len(self.tokens) else (None, None)
+
+    def take(self, value=None):
+        kind, tok = self.peek()
+        if tok is None or (value is not None and tok != value):
+            want = repr(value) if value else "more input"
+            got = repr(tok) if tok else "the end of the formula"
+            raise FormulaError(f"formula {self.text!r}: expected {want}, found {got}.")
+        self.i += 1
+        return kind, tok
+
+    def fail(self, message):
+        raise FormulaError(f"formula {self.text!r}: {message}")
+
+    # expr := ['-'] term (('+'|'-') term)*
+    def expr(self, names, randoms, depth):
+        if self.peek()[1] == "-":
+            self.take("-")
+        self.term(names, randoms, depth)
+        while self.peek()[1] in ("+", "-"):
+            self.take()
+            self.term(names, randoms, depth)
+
+    # term := factor (('*'|':'|'/') factor)*
+    def term(self, names, randoms, depth):
+        self.factor(names, randoms, depth)
+        while self.peek()[1] in ("*", ":", "/"):
+            self.take()
+            self.factor(names, randoms, depth)
+
+    # factor := atom ['^' integer]
+    def factor(self, names, randoms, depth):
+        self.atom(names, randoms, depth)
+        if self.peek()[1] == "^":
+            self.take("^")
+            kind, tok = self.take()
+            if kind != "number" or not tok.isdigit():
+                self.fail(f"'^' must be followed by a whole number, found {tok!r}.")
+
+    def atom(self, names, randoms, depth):
+        kind, tok = self.take()
+        if kind == "name":
+            if tok in _R_RESERVED:
+                self.fail(f"{tok!r} is an R keyword, not a column name.")
+            if self.peek()[1] == "(":
+                self.fail(
+                    f"function calls such as '{tok}(...)' are not allowed; "
+                    "compute the transformed column in your data first."
+                )
+            names.append(tok)
+        elif kind == "number":
+            if tok not in ("0", "1"):
+                self.fail(f"the number {tok!r} is not a model term (only 0 and 1 are).")
+        elif tok == "(":
+            start = self.i
+            inner: list[str] = []
+            self.expr(inner, randoms, depth + 1)
+            if self.peek()[1] in ("|", "||"):
+                if depth > 0:
+                    self.fail("random-effect terms '(... | group)' cannot be nested.")
+                bar = self.take()[1]
+                expr_text = _join(self.tokens[start : self.i - 1])
+                gstart = self.i
+                grouping: list[str] = []
+                self.grouping(grouping)
+                self.take(")")
+                randoms.append(
+                    RandomTerm(
+                        expr=expr_text,
+                        group=_join(self.tokens[gstart : self.i - 1]),
+                        variables=_unique(inner),
+                        grouping=_unique(grouping),
+                        correlated=bar == "|",
+                    )
+                )
+            else:
+                self.take(")")
+                names.extend(inner)
+        else:
+            self.fail(f"unexpected {tok!r}.")
+
+    # grouping := name ((':'|'/') name)*
+    def grouping(self, names):
+        while True:
+            kind, tok = self.take()
+            if kind != "name" or tok in _R_RESERVED:
+                self.fail(f"a grouping factor must be a column name, found {tok!r}.")
+            if self.peek()[1] == "(":
+                self.fail(f"function calls such as '{tok}(...)' are not allowed.")
+            names.append(tok)
+            if self.peek()[1] in (":", "/"):
+                self.take()
+                continue
+            return
+
+
+def _join(tokens) -> str:
+    out = ""
+    for _, tok in tokens:
+        if tok in ("+", "-", "*", "/", "|", "||", "~"):
+            out += f" {tok} "
+        else:
+            out += tok
+    return re.sub(r"\s+", " ", out).replace("( ", "(").replace(" )", ")").strip()
+
+
+def parse_formula(formula: str) -> ModelFormula:
+    """Parse an lme4 formula and refuse anything that is not a model term.
+
+    Parameters
+    ----------
+    formula : str
+        For example ``"data ~ hit_miss * region + (1|sid) + (1|sid:ch)"``.
+
+    Returns
+    -------
+    ModelFormula
+        The checked formula, its response and the variables it uses.
+
+    Raises
+    ------
+    FormulaError
+        If the formula is malformed, contains anything that is not a model
+        term, or has no random-effects term.
+    """
+    if not isinstance(formula, str):
+        raise FormulaError(
+            f"formula must be a string such as 'data ~ cond + (1|sid)', got "
+            f"{type(formula).__name__}."
+        )
+    text = formula.strip()
+    tokens = _tokenize(text)
+    if sum(tok == "~" for _, tok in tokens) != 1 or len(tokens) < 3:
+        raise FormulaError(
+            f"formula {text!r} must have one '~' with the response on its left, "
+            "e.g. 'data ~ hit_miss + (1|sid)'."
+        )
+    kind, response = tokens[0]
+    if kind != "name" or tokens[1][1] != "~":
+        raise FormulaError(
+            f"formula {text!r}: the left-hand side must be a single name, e.g. 'data ~ ...'."
+        )
+    if response in _R_RESERVED:
+        raise FormulaError(f"formula {text!r}: {response!r} is an R keyword.")
+    parser = _Parser(text, tokens[2:])
+    fixed: list[str] = []
+    randoms: list[RandomTerm] = []
+    parser.expr(fixed, randoms, depth=0)
+    if parser.i != len(parser.tokens):
+        parser.fail(f"unexpected {parser.peek()[1]!r}.")
+    if not randoms:
+        raise FormulaError(
+            f"formula {text!r} has no random-effects term; add one such as "
+            "'(1|sid)' (clusterlmer fits mixed models)."
+        )
+    return ModelFormula(
+        text=_join(tokens),
+        response=response,
+        fixed_variables=_unique(fixed),
+        random=tuple(randoms),
+    )

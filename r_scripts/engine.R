@@ -1,0 +1,216 @@
+# clusterlmer's R engine.
+#
+# Loaded once per R session by clusterlmer/engines/r.py (sys.source into a
+# private environment). Python hands over one design and a block of responses
+# (n_obs x k); everything that depends on the design alone (model frame,
+# random-effects terms, fixed-effects matrix, contrast matrices) is built
+# once, and each response is fitted exactly as lme4::lmer would fit it on its
+# own. The Satterthwaite quantities are computed by lmerTest's own code, fed
+# the deviance function of the fit instead of one rebuilt by update().
+
+cl_control <- function(optimizer, opt_ctrl) {
+  lme4::lmerControl(optimizer = optimizer, optCtrl = opt_ctrl,
+                    check.rankX = "message+drop.cols")
+}
+
+# Factors with the level order and coding chosen in Python. Reference coding
+# is R's default (treatment, first level as base); effects coding is set on
+# the factor itself so fixed and random-slope terms both use it.
+cl_prepare_design <- function(design, factors, coding) {
+  for (nm in names(factors)) {
+    f <- factor(as.character(design[[nm]]), levels = as.character(factors[[nm]]))
+    if (identical(coding, "effects") && nlevels(f) > 1L) {
+      cm <- stats::contr.sum(levels(f))
+      colnames(cm) <- levels(f)[-nlevels(f)]
+      contrasts(f) <- cm
+    }
+    design[[nm]] <- f
+  }
+  design
+}
+
+# Rows of the identity per term (MATLAB's marginal test), intercept included.
+cl_marginal_contrasts <- function(X, term_labels, has_intercept) {
+  asgn <- attr(X, "assign")
+  labels <- c("(Intercept)", term_labels)
+  I <- diag(ncol(X))
+  dimnames(I) <- list(colnames(X), colnames(X))
+  keep <- if (has_intercept) labels else term_labels
+  stats::setNames(lapply(keep, function(term) {
+    idx <- match(term, labels) - 1L
+    I[asgn == idx, , drop = FALSE]
+  }), keep)
+}
+
+# Wald F of H0: L beta = 0 with a plain covariance (ddf residual / none).
+cl_wald_F <- function(L, beta, V) {
+  if (nrow(L) == 0L) return(c(F = NA_real_, q = NA_real_))
+  VL <- L %*% V %*% t(L)
+  eig <- eigen(VL, symmetric = TRUE)
+  tol <- max(sqrt(.Machine$double.eps) * eig$values[1L], 0)
+  pos <- eig$values > tol
+  q <- sum(pos)
+  if (q == 0L) return(c(F = NA_real_, q = NA_real_))
+  z <- drop(crossprod(eig$vectors[, pos, drop = FALSE], L %*% beta))
+  c(F = sum(z^2 / eig$values[pos]) / q, q = q)
+}
+
+# lme4's C++ predictor updates theta and Lambdat in place; give every fit its
+# own copies so each response starts exactly where a fresh lmer() would.
+cl_fresh_reTrms <- function(reTrms) {
+  reTrms$theta <- reTrms$theta + 0
+  reTrms$Lambdat@x <- reTrms$Lambdat@x + 0
+  reTrms
+}
+
+cl_empty_result <- function(n_terms, n_coef, k) {
+  na_mat <- function(r) matrix(NA_real_, nrow = r, ncol = k)
+  list(F = na_mat(n_terms), df1 = na_mat(n_terms), df2 = na_mat(n_terms),
+       p = na_mat(n_terms), contrast_estimate = na_mat(n_terms), estimate = na_mat(n_coef), se = na_mat(n_coef),
+       sigma = rep(NA_real_, k),
+       deviance = rep(NA_real_, k),
+       converged = rep(FALSE, k), singular = rep(NA_real_, k),
+       messages = rep("", k), error = rep("", k))
+}
+
+# Describe the model without fitting: term labels, coefficient names and the
+# number of observations, so Python can name rows before any fit succeeds.
+cl_describe <- function(design, formula, response) {
+  if (!response %in% names(design)) design[[response]] <- 0
+  f <- stats::as.formula(formula, env = globalenv())
+  fixed <- lme4::nobars(f)
+  tt <- stats::terms(fixed)
+  X <- stats::model.matrix(tt, stats::model.frame(tt, design))
+  list(terms = c(if (attr(tt, "intercept") > 0) "(Intercept)", attr(tt, "term.labels")),
+       coef_names = colnames(X),
+       rank = qr(X)$rank)
+}
+
+# Fit every column of Y with the same design.
+#
+# Returns per-term F, DF1, DF2, p (n_terms x k), per-coefficient estimates and
+# standard errors (n_coef x k, coefficient order of the full model matrix) and
+# per-fit diagnostics. A fit that fails yields NA and its error message.
+cl_fit_block <- function(design, Y, formula, response, factors,
+                         coding = "reference", reml = TRUE,
+                         ddf = "satterthwaite", test = "marginal",
+                         optimizer = "bobyqa", opt_ctrl = list()) {
+  Y <- as.matrix(Y)
+  k <- ncol(Y)
+  design <- cl_prepare_design(design, factors, coding)
+  design[[response]] <- Y[, 1L]
+  desc <- cl_describe(design, formula, response)
+  term_names <- desc$terms
+  # lmerTest's type III table has no intercept row.
+  if (!identical(test, "marginal")) term_names <- setdiff(term_names, "(Intercept)")
+  coef_names <- desc$coef_names
+  out <- cl_empty_result(length(term_names), length(coef_names), k)
+  out$terms <- term_names
+  out$coef_names <- coef_names
+  out$residual_df <- NA_real_
+
+  ctrl <- cl_control(optimizer, opt_ctrl)
+  f <- stats::as.formula(formula, env = globalenv())
+
+  # Design-level set-up. A failure here (e.g. a grouping factor with one
+  # observation per level) concerns every response of the block.
+  setup_msgs <- character(0)
+  lf <- withCallingHandlers(
+    tryCatch(lme4::lFormula(f, data = design, REML = reml, control = ctrl),
+             error = function(e) e),
+    warning = function(w) { setup_msgs <<- c(setup_msgs, conditionMessage(w)); invokeRestart("muffleWarning") },
+    message = function(m) { setup_msgs <<- c(setup_msgs, trimws(conditionMessage(m))); invokeRestart("muffleMessage") })
+  if (inherits(lf, "error")) {
+    out$error[] <- conditionMessage(lf)
+    return(out)
+  }
+  setup_note <- paste(setup_msgs, collapse = "; ")
+
+  X <- lf$X
+  coef_rows <- match(colnames(X), coef_names)
+  tt <- attr(lf$fr, "terms")
+  fixed_terms <- stats::terms(lme4::nobars(f))
+  L_list <- if (identical(test, "marginal")) {
+    cl_marginal_contrasts(X, attr(fixed_terms, "term.labels"), attr(fixed_terms, "intercept") > 0)
+  } else NULL
+  rcol <- attr(tt, "response")
+  fr <- lf$fr
+  mc <- call("lmer", formula = f, REML = reml)
+  resid_df <- nrow(X) - ncol(X)
+  ddf_lmertest <- switch(ddf, satterthwaite = "Satterthwaite", "kenward-roger" = "Kenward-Roger", NULL)
+
+  for (j in seq_len(k)) {
+    msgs <- character(0)
+    note <- function(x) msgs <<- c(msgs, trimws(x))
+    res <- withCallingHandlers(tryCatch({
+      fr[[rcol]] <- Y[, j]
+      devfun <- lme4::mkLmerDevfun(fr, X, cl_fresh_reTrms(lf$reTrms), REML = reml,
+                                   start = NULL, control = ctrl)
+      opt <- lme4::optimizeLmer(devfun, optimizer = ctrl$optimizer,
+                                restart_edge = ctrl$restart_edge,
+                                boundary.tol = ctrl$boundary.tol,
+                                control = ctrl$optCtrl, start = NULL,
+                                calc.derivs = ctrl$calc.derivs,
+                                use.last.params = ctrl$use.last.params)
+      rho <- environment(devfun)
+      cc <- lme4::checkConv(attr(opt, "derivs"), opt$par, ctrl = ctrl$checkConv, lbound = rho$lower)
+      m <- lme4::mkMerMod(rho, opt, lf$reTrms, fr = fr, mc = mc, lme4conv = cc)
+      beta <- lme4::fixef(m)
+      if (is.null(ddf_lmertest)) {
+        V <- as.matrix(stats::vcov(m))
+        model <- m
+      } else {
+        # lmerTest's Hessian and Jacobian, on this fit's own deviance function.
+        model <- lmerTest:::as_lmerModLT(m, devfun)
+        devfun(m@theta)  # derivatives moved the shared state; restore the optimum
+        V <- model@vcov_beta
+      }
+      Ls <- if (is.null(L_list)) lmerTest:::get_contrasts_type3(model) else L_list
+      stats_j <- vapply(term_names, function(term) {
+        L <- Ls[[term]]
+        if (is.null(L) || nrow(L) == 0L) return(rep(NA_real_, 5L))
+        # The sign of a one-row contrast gives the signed t of the term.
+        est <- if (nrow(L) == 1L) sum(L * beta) else NA_real_
+        if (is.null(ddf_lmertest)) {
+          w <- cl_wald_F(L, beta, V)
+          df2 <- if (identical(ddf, "residual")) resid_df else Inf
+          c(w[["F"]], w[["q"]], df2, stats::pf(w[["F"]], w[["q"]], df2, lower.tail = FALSE), est)
+        } else {
+          tab <- lmerTest::contestMD(model, L, ddf = ddf_lmertest)
+          if (nrow(tab) == 0L) return(rep(NA_real_, 5L))
+          c(tab[["F value"]], tab[["NumDF"]], tab[["DenDF"]], tab[["Pr(>F)"]], est)
+        }
+      }, numeric(5L))
+      list(stats = stats_j, beta = beta, se = sqrt(diag(V)),
+           sigma = stats::sigma(m), deviance = opt$fval,
+           conv = opt$conv, singular = lme4::isSingular(m),
+           lme4_msgs = unlist(cc$messages))
+    }, error = function(e) e),
+    warning = function(w) { note(conditionMessage(w)); invokeRestart("muffleWarning") },
+    message = function(m) { note(conditionMessage(m)); invokeRestart("muffleMessage") })
+
+    if (inherits(res, "error")) {
+      out$error[j] <- conditionMessage(res)
+      out$messages[j] <- paste(unique(c(setup_note[nzchar(setup_note)], msgs)), collapse = "; ")
+      next
+    }
+    out$F[, j] <- res$stats[1L, ]
+    out$df1[, j] <- res$stats[2L, ]
+    out$df2[, j] <- res$stats[3L, ]
+    out$p[, j] <- res$stats[4L, ]
+    out$contrast_estimate[, j] <- res$stats[5L, ]
+    out$estimate[coef_rows, j] <- res$beta
+    out$se[coef_rows, j] <- res$se
+    out$sigma[j] <- res$sigma
+    out$deviance[j] <- res$deviance
+    out$singular[j] <- as.numeric(res$singular)
+    all_msgs <- unique(c(setup_note[nzchar(setup_note)], msgs, res$lme4_msgs))
+    out$messages[j] <- paste(all_msgs, collapse = "; ")
+    # Converged: the optimizer reported success and lme4's gradient check
+    # raised nothing. A singular fit is a valid optimum on the boundary.
+    conv_msgs <- grepl("converge", all_msgs, ignore.case = TRUE)
+    out$converged[j] <- (res$conv == 0) && !any(conv_msgs)
+  }
+  out$residual_df <- resid_df
+  out
+}
