@@ -10,6 +10,9 @@ call this engine from one thread per process.
 from __future__ import annotations
 
 import importlib.resources
+import os
+import shutil
+import subprocess
 import threading
 
 import numpy as np
@@ -34,20 +37,33 @@ _lock = threading.Lock()
 _session = None
 
 
+def _find_r_home():
+    """R's home directory, checked before rpy2 starts R: a broken R aborts the
+    whole process during start-up, which no Python exception handler can catch."""
+    home = os.environ.get("R_HOME")
+    if not home:
+        r_bin = shutil.which("R")
+        if r_bin is None:
+            raise ImportError(f"R is not installed (no 'R' on PATH and R_HOME is not set). {R_INSTALL_HINT}")
+        home = subprocess.run([r_bin, "RHOME"], capture_output=True, text=True, timeout=60).stdout.strip()
+    if not os.path.isdir(os.path.join(home, "library", "base")):
+        raise ImportError(f"R_HOME={home!r} is not an R installation (no library/base there). {R_INSTALL_HINT}")
+    return home
+
+
 class _RSession:
     """rpy2 handles and the environment holding clusterlmer's R functions."""
 
     def __init__(self):
+        _find_r_home()
         try:
             import rpy2.robjects as ro
             from rpy2.robjects import vectors
         except Exception as exc:  # rpy2 missing, or R not found / not loadable
             raise ImportError(f"The R engine needs R and the Python package rpy2 ({exc}). {R_INSTALL_HINT}") from exc
         self.ro, self.vectors = ro, vectors
-        have = ro.r["requireNamespace"]
         for pkg in ("lme4", "lmerTest", "numDeriv"):
-            if not have(pkg, quietly=True)[0]:
-                raise ImportError(f"The R package {pkg!r} is not installed. Install it with: {_R_PACKAGE_HINT[pkg]}")
+            self.require(pkg)
         self.env = ro.r["new.env"]()
         source = importlib.resources.files("clusterlmer.r_scripts").joinpath("engine.R")
         with importlib.resources.as_file(source) as path:
@@ -56,7 +72,8 @@ class _RSession:
     def require(self, pkg):
         """Raise ImportError with the install command when an optional R package is missing."""
         if not self.ro.r["requireNamespace"](pkg, quietly=True)[0]:
-            raise ImportError(f"The R package {pkg!r} is needed here. Install it with: {_R_PACKAGE_HINT[pkg]}")
+            hint = _R_PACKAGE_HINT.get(pkg, f"in R: install.packages('{pkg}')")
+            raise ImportError(f"The R package {pkg!r} is needed here. Install it with: {hint}")
 
     def call(self, name, *args, **kwargs):
         return self.env.find(name)(*args, **kwargs)
