@@ -110,12 +110,16 @@ def from_dataframe(df, values, *, times=None) -> TimeseriesData:
     if dup:
         raise ValueError(f"df has duplicated column names: {_preview(dup)}. Rename them so each column is unique.")
     single = isinstance(values, str)
+    if not single and values is not None and not isinstance(values, (list, tuple, pd.Index, np.ndarray)):
+        raise TypeError(
+            f"values must be a column name or a list of column names, got {type(values).__name__}."
+        )
     names = [values] if single else list(values) if values is not None else []
     if not names:
         raise ValueError("values must name at least one response column, e.g. values='y' or values=['t0', 't1', ...].")
     missing = [c for c in names if c not in df.columns]
     if missing:
-        raise KeyError(
+        raise ValueError(
             f"values names columns that are not in df: {_preview(missing)}. Available columns: {_preview(df.columns)}."
         )
     if len(set(names)) != len(names):

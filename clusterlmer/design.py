@@ -6,7 +6,7 @@ order (REFERENCE.md section 3):
 * text labels are factors, levels in order of first appearance;
 * pandas categoricals are factors, levels in category order (unused dropped);
 * numbers (including a 0/1 condition and booleans) stay one numeric column,
-  unless ``levels=`` names the column, which makes it a factor;
+  unless ``levels=`` names the column, which makes it a factor with that order;
 * the reference level is the first level; ``levels=`` overrides the order.
 
 Grouping factors (right of ``|``) are passed as text; their level order does
@@ -109,8 +109,6 @@ def _factor_levels(name, series, given):
             )
     elif isinstance(series.dtype, pd.CategoricalDtype):
         levels = [t for t in _label_text(series.cat.categories) if t in set(observed)]
-    elif pd.api.types.is_numeric_dtype(series):
-        levels = [t for _, t in sorted(zip(series.unique(), _label_text(series.unique())))]
     else:
         levels = observed
     return texts, levels
@@ -159,14 +157,15 @@ def build_design(design: pd.DataFrame, formula: ModelFormula, *, coding="referen
     unknown = [v for v in formula.variables if v not in columns]
     if unknown:
         raise DesignError(
-            f"the formula uses {_preview(unknown)}, which {'is' if len(unknown) == 1 else 'are'} not "
-            f"design columns. Available columns: {_preview(columns)}."
+            f"the formula uses {_preview(unknown)}, which {'is not a design column' if len(unknown) == 1 else 'are not design columns'}. "
+            f"Available columns: {_preview(columns)}."
         )
     stray = [k for k in levels if k not in formula.fixed_variables and k not in formula.slope_variables]
     if stray:
-        raise DesignError(
-            f"levels names {_preview(stray)}, which the formula's fixed or random-slope terms do not use."
-        )
+        grouping = [k for k in stray if k in formula.grouping_variables]
+        why = (f"{_preview(grouping)} only group(s) random effects, where level order does not matter"
+               if grouping else "the formula's fixed or random-slope terms do not use them")
+        raise DesignError(f"levels names {_preview(stray)}: {why}. Give levels for fixed-effect factors only.")
 
     frame, factors, numeric = {}, {}, []
     for name in formula.variables:

@@ -47,11 +47,17 @@ def fit_samples(design, Y, options, engine="r"):
     eng = get_engine(engine)
     finite = np.isfinite(Y)
     n_samples = Y.shape[1]
+    # A response without variance has no model to fit; lme4 would return a
+    # degenerate "fit" with F ~ 1e30 that would dominate any cluster sum.
+    masked = np.where(finite, Y, np.nan)
+    first = masked[np.argmax(finite, axis=0), np.arange(n_samples)]
+    constant = finite.any(axis=0) & np.all(~finite | (masked == first), axis=0)
     blocks = []
     for cols in _mask_groups(finite):
-        rows = finite[:, cols[0]]
-        if not rows.any():
+        cols = cols[~constant[cols]]
+        if len(cols) == 0 or not finite[:, cols[0]].any():
             continue  # nothing to fit: stays NaN with its reason
+        rows = finite[:, cols[0]]
         blocks.append((cols, eng.fit_block(design.subset(rows), Y[np.ix_(rows, cols)], options)))
     if blocks:
         terms, coefs = blocks[0][1].terms, blocks[0][1].coef_names
@@ -67,7 +73,8 @@ def fit_samples(design, Y, options, engine="r"):
     out.update(sigma=np.full(n_samples, np.nan), deviance=np.full(n_samples, np.nan),
                singular=np.full(n_samples, np.nan), converged=np.zeros(n_samples, bool))
     messages = [""] * n_samples
-    errors = ["no finite response values at this sample"] * n_samples
+    errors = ["the response is constant at this sample (no variance to model)" if c
+              else "no finite response values at this sample" for c in constant]
     for cols, blk in blocks:
         for name in ("F", "df1", "df2", "p", "contrast_estimate", "estimate", "se"):
             out[name][:, cols] = getattr(blk, name)
@@ -135,16 +142,19 @@ def fit_timeseries(data, formula, *, reml=True, ddf="satterthwaite", coding="ref
     options = _check_options(reml, ddf, test, optimizer, optimizer_options)
     model = parse_formula(formula)
     design = build_design(data.design, model, coding=coding, levels=levels, response_column=data.response)
+    wanted = None
+    if terms is not None:  # checked before the long part
+        wanted = [terms] if isinstance(terms, str) else list(terms)
+        model_terms, _ = get_engine(engine).describe(design, options)
+        unknown = [t for t in wanted if t not in model_terms]
+        if unknown:
+            raise ValueError(
+                f"{'term' if len(unknown) == 1 else 'terms'} {_preview(unknown)} "
+                f"{'is' if len(unknown) == 1 else 'are'} not in the model; its terms are {_preview(model_terms)}."
+            )
     Y = data.values.reshape(data.n_obs, -1)
     blk, n_used = fit_samples(design, Y, options, engine)
-
-    keep = np.arange(len(blk.terms))
-    if terms is not None:
-        wanted = [terms] if isinstance(terms, str) else list(terms)
-        unknown = [t for t in wanted if t not in blk.terms]
-        if unknown:
-            raise ValueError(f"terms {_preview(unknown)} are not in the model; its terms are {_preview(blk.terms)}.")
-        keep = np.array([blk.terms.index(t) for t in wanted])
+    keep = np.arange(len(blk.terms)) if wanted is None else np.array([blk.terms.index(t) for t in wanted])
 
     shape = data.sample_shape
 

@@ -127,25 +127,37 @@ class _Parser:
         raise FormulaError(f"formula {self.text!r}: {message}")
 
     # expr := ['-'] term (('+'|'-') term)*
+    # A random-effect term may only be added: lme4 silently reinterprets or
+    # rejects one that is negated, multiplied, nested or raised to a power.
     def expr(self, names, randoms, depth):
-        if self.peek()[1] == "-":
+        negated = self.peek()[1] == "-"
+        if negated:
             self.take("-")
-        self.term(names, randoms, depth)
+        self.term(names, randoms, depth, negated)
         while self.peek()[1] in ("+", "-"):
-            self.take()
-            self.term(names, randoms, depth)
+            negated = self.take()[1] == "-"
+            self.term(names, randoms, depth, negated)
 
     # term := factor (('*'|':'|'/') factor)*
-    def term(self, names, randoms, depth):
+    def term(self, names, randoms, depth, negated=False):
+        n_random = len(randoms)
         self.factor(names, randoms, depth)
+        n_factors = 1
         while self.peek()[1] in ("*", ":", "/"):
             self.take()
             self.factor(names, randoms, depth)
+            n_factors += 1
+        if len(randoms) > n_random and (negated or n_factors > 1):
+            self.fail("a random-effect term '(... | group)' can only be added with '+', "
+                      "not negated or combined with '*', ':' or '/'.")
 
     # factor := atom ['^' integer]
     def factor(self, names, randoms, depth):
+        n_random = len(randoms)
         self.atom(names, randoms, depth)
         if self.peek()[1] == "^":
+            if len(randoms) > n_random:
+                self.fail("a random-effect term '(... | group)' cannot be raised to a power.")
             self.take("^")
             kind, tok = self.take()
             if kind != "number" or not tok.isdigit():
@@ -171,7 +183,8 @@ class _Parser:
             self.expr(inner, randoms, depth + 1)
             if self.peek()[1] in ("|", "||"):
                 if depth > 0:
-                    self.fail("random-effect terms '(... | group)' cannot be nested.")
+                    self.fail("random-effect terms '(... | group)' cannot be nested "
+                              "(or a parenthesis is not closed).")
                 bar = self.take()[1]
                 expr_text = _join(self.tokens[start : self.i - 1])
                 gstart = self.i

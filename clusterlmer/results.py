@@ -87,6 +87,8 @@ class TimeseriesFit:
                 raise ValueError("time= selects a sample of 1-D data; for time x frequency data pass t=(i, j).")
             return (int(np.argmin(np.abs(np.asarray(self.times, dtype=float) - float(time)))),)
         idx = (t,) if np.isscalar(t) else tuple(t)
+        if not all(isinstance(i, (int, np.integer)) and not isinstance(i, (bool, np.bool_)) for i in idx):
+            raise TypeError(f"t must be an integer sample index (or a tuple of them), got {t!r}; use time= for times.")
         if len(idx) != len(self.sample_shape):
             raise ValueError(f"t must have {len(self.sample_shape)} index(es) for samples of shape {self.sample_shape}.")
         for i, n in zip(idx, self.sample_shape):
