@@ -143,9 +143,15 @@ def fit_timeseries(data, formula, *, reml=True, ddf="satterthwaite", coding="ref
     model = parse_formula(formula)
     design = build_design(data.design, model, coding=coding, levels=levels, response_column=data.response)
     wanted = None
-    if terms is not None:  # checked before the long part
-        wanted = [terms] if isinstance(terms, str) else list(terms)
+    if terms is not None or test == "type3":  # checked before the long part
         model_terms, _ = get_engine(engine).describe(design, options)
+        if not model_terms:
+            raise ValueError("the model has no term besides the intercept, which a type III table does not "
+                             "test: use test='marginal' to test the intercept.")
+    if terms is not None:
+        wanted = [terms] if isinstance(terms, str) else list(terms)
+        if not wanted:
+            raise ValueError("terms must name at least one term (or be None for all terms).")
         unknown = [t for t in wanted if t not in model_terms]
         if unknown:
             raise ValueError(

@@ -133,7 +133,7 @@ class TimeseriesFit:
             grid["freq"] = np.tile(np.asarray(self.freqs)[time_idx[1]], len(self.terms))
         grid["Term"] = np.repeat(list(self.terms), n_samples)
         for col, arr in (("FStat", self.F), ("DF1", self.df1), ("DF2", self.df2), ("pValue", self.p), ("t", self.t)):
-            grid[col] = arr.reshape(len(self.terms), -1).ravel()
+            grid[col] = arr.reshape(len(self.terms), n_samples).ravel()
         return pd.DataFrame(grid)
 
     def summary(self) -> str:

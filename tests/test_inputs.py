@@ -468,3 +468,13 @@ def test_level_order_of_text_categorical_and_numeric_columns(sim):
     assert fit.coef_names == ("(Intercept)", "hit_miss0", "regionphrc", "hit_miss0:regionphrc")
     assert fit.terms == TERMS
     assert "reference levels: hit_miss = '1', region = 'hc'" in fit.summary()
+
+
+def test_empty_terms_list_is_refused(sim):
+    with pytest.raises(ValueError, match=r"terms must name at least one term"):
+        cl.fit_timeseries(sim, FORMULA, terms=[])
+
+
+def test_type3_on_an_intercept_only_model_is_refused(sim):
+    with pytest.raises(ValueError, match=r"no term besides the intercept.*test='marginal'"):
+        cl.fit_timeseries(sim, "data ~ 1 + (1|sid)", test="type3")

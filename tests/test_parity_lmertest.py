@@ -8,7 +8,14 @@ engine (which builds the model once per design and refits through lme4's
 internals via rpy2), so agreement checks the whole Python -> R engine path
 against the textbook lme4/lmerTest route.
 
-Both sides read the same CSV. Each case compares, for every sample and term,
+Both sides read the same CSV, and every case first checks that R's
+``read.csv`` and pandas parse its numbers to identical doubles: R's decimal
+parser is not always correctly rounded (1 of the 1352 values of a seed-1
+CSV written with shortest round-trip digits came back 1 ulp off), and that
+1-ulp change moved bobyqa's stopping point enough to shift Satterthwaite DF2
+by 6e-7, close to the tolerance. Simulated
+responses are therefore written on a 2**-16 grid as exact decimals, which
+both parsers read exactly. Each case compares, for every sample and term,
 FStat, DF2 and pValue to a relative tolerance of 1e-6 (DF2 = Inf for
 ddf='none' is compared for equality), and requires identical term sets and
 equal DF1. Run with ``pytest -s`` to see the largest relative difference per
@@ -35,6 +42,7 @@ REFERENCE_SCRIPT = Path(__file__).resolve().parents[1] / "r_scripts" / "lmer_ref
 RTOL = 1e-6
 N_TIMES = 4
 VALUES = [f"t{i}" for i in range(N_TIMES)]
+GRID = 2.0**16
 FORMULA_2WAY = "data ~ hit_miss * region + (1|sid) + (1|sid:ch)"
 FORMULA_1WAY = "data ~ hit_miss + (1|sid) + (1|sid:ch)"
 FORMULAS = {"2way": FORMULA_2WAY, "1way": FORMULA_1WAY}
@@ -50,11 +58,39 @@ NAN_SAMPLE = 2
 # --------------------------------------------------------------------------
 
 def _wide_frame(data: cl.TimeseriesData) -> pd.DataFrame:
-    """Design columns plus one column t0..t{n-1} per sample."""
+    """Design columns plus one column t0..t{n-1} per sample, on a 2**-16 grid."""
     df = data.design.copy()
     for i, name in enumerate(VALUES):
-        df[name] = data.values[:, i]
+        df[name] = np.round(data.values[:, i] * GRID) / GRID
     return df
+
+
+def _write_csv(df: pd.DataFrame, path: Path) -> Path:
+    """Write grid values as their exact decimal expansion (at most 19 significant digits for |x| < 1000)."""
+    assert (df[VALUES].abs().fillna(0) < 1000).all().all()
+    df.to_csv(path, index=False, float_format="%.16f")
+    return path
+
+
+_R_PARSE = (
+    "d <- utils::read.csv(commandArgs(TRUE)[1], stringsAsFactors = FALSE, check.names = FALSE); "
+    "for (nm in names(d)) if (is.numeric(d[[nm]])) cat(nm, sprintf('%a', as.numeric(d[[nm]])), '\\n')"
+)
+
+
+def assert_same_parse(csv: Path, df: pd.DataFrame):
+    """R's read.csv gives bit-identical numbers (NaN for NA) to pandas' read_csv."""
+    proc = subprocess.run([RSCRIPT, "-e", _R_PARSE, str(csv)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    r_cols = {}
+    for line in proc.stdout.strip().splitlines():
+        name, *vals = line.split()
+        r_cols[name] = np.array([np.nan if v == "NA" else float.fromhex(v) for v in vals])
+    py_cols = [c for c in df.columns if pd.api.types.is_numeric_dtype(df[c])]
+    assert sorted(r_cols) == sorted(py_cols), f"numeric columns differ: R {sorted(r_cols)}, pandas {sorted(py_cols)}"
+    for name in py_cols:
+        np.testing.assert_array_equal(df[name].to_numpy(float), r_cols[name],
+                                      err_msg=f"{csv.name}: R and pandas parse column {name!r} differently")
 
 
 def _levels_arg(levels: dict) -> str:
@@ -118,6 +154,7 @@ def check_parity(csv: Path, formula: str, values, outdir: Path, label: str, *, l
                  **options) -> cl.TimeseriesFit:
     """Fit ``csv`` with clusterlmer and with the reference script under the same options and compare."""
     df = pd.read_csv(csv)
+    assert_same_parse(csv, df)
     fit = cl.fit_timeseries(cl.from_dataframe(df, values=values), formula, levels=levels, **options)
     assert not fit.diagnostics["failed"].any(), fit.diagnostics["error"].tolist()
     ref = run_reference(csv, formula, outdir / "reference.csv",
@@ -139,8 +176,7 @@ def simulated_csv(tmp_path_factory):
     def make(kind, seed):
         if (kind, seed) not in cache:
             path = root / f"{kind}_seed{seed}.csv"
-            _wide_frame(cl.simulate_ieeg(kind, n_times=N_TIMES, seed=seed)).to_csv(path, index=False)
-            cache[kind, seed] = path
+            cache[kind, seed] = _write_csv(_wide_frame(cl.simulate_ieeg(kind, n_times=N_TIMES, seed=seed)), path)
         return cache[kind, seed]
 
     return make
@@ -251,10 +287,9 @@ def test_nan_rows_excluded(tmp_path, ddf):
     data = cl.simulate_ieeg("2way", n_times=N_TIMES, seed=21)
     df = _wide_frame(data)
     df.loc[NAN_ROWS, VALUES[NAN_SAMPLE]] = np.nan
-    csv = tmp_path / "with_nan.csv"
     # NaN is written as an empty field: read.csv reads NA and lmer's default
     # na.action (na.omit) drops those rows for that column's fit only.
-    df.to_csv(csv, index=False)
+    csv = _write_csv(df, tmp_path / "with_nan.csv")
 
     fit = check_parity(csv, FORMULA_2WAY, VALUES, tmp_path, f"2way NaN rows {ddf}", ddf=ddf)
 
@@ -269,8 +304,7 @@ def test_nan_rows_excluded(tmp_path, ddf):
         np.testing.assert_array_equal(df2, data.n_obs - len(NAN_ROWS) - n_coef)
 
     # The rows-dropped CSV gives the same table at that sample.
-    dropped = tmp_path / "dropped.csv"
-    df.drop(index=NAN_ROWS).to_csv(dropped, index=False)
+    dropped = _write_csv(df.drop(index=NAN_ROWS), tmp_path / "dropped.csv")
     ref = run_reference(dropped, FORMULA_2WAY, tmp_path / "dropped_ref.csv",
                         values=[VALUES[NAN_SAMPLE]], ddf=ddf)
     ref["sample"] = NAN_SAMPLE
