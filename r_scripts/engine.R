@@ -5,8 +5,9 @@
 # (n_obs x k); everything that depends on the design alone (model frame,
 # random-effects terms, fixed-effects matrix, contrast matrices) is built
 # once, and each response is fitted exactly as lme4::lmer would fit it on its
-# own. The Satterthwaite quantities are computed by lmerTest's own code, fed
-# the deviance function of the fit instead of one rebuilt by update().
+# own. The Satterthwaite quantities follow lmerTest's definitions and use its
+# deviance and covariance functions, fed the deviance function of the fit
+# instead of one rebuilt by update().
 
 cl_control <- function(optimizer, opt_ctrl) {
   lme4::lmerControl(optimizer = optimizer, optCtrl = opt_ctrl,
@@ -53,6 +54,67 @@ cl_wald_F <- function(L, beta, V) {
   if (q == 0L) return(c(F = NA_real_, q = NA_real_))
   z <- drop(crossprod(eig$vectors[, pos, drop = FALSE], L %*% beta))
   c(F = sum(z^2 / eig$values[pos]) / q, q = q)
+}
+
+# lmerTest's Satterthwaite ingredients, computed as lmerTest:::as_lmerModLT
+# does (same numDeriv calls on lmerTest's own deviance and covariance
+# functions, same eigenvalue tolerance and warnings) but without building an
+# S4 model object and without vcov()'s correlation matrix, which together
+# cost a quarter of a fit.
+cl_varpar <- function(devfun, theta, sigma, reml, tol = 1e-8) {
+  varpar_opt <- unname(c(theta, sigma))
+  h <- numDeriv::hessian(func = lmerTest:::devfun_vp, x = varpar_opt, devfun = devfun, reml = reml)
+  eig_h <- eigen(h, symmetric = TRUE)
+  evals <- eig_h$values
+  neg <- evals < -tol
+  zero <- evals > -tol & evals < tol
+  if (any(neg)) {
+    warning(sprintf("Model failed to converge with %d negative %s: %s", sum(neg),
+                    if (sum(neg) > 1) "eigenvalues" else "eigenvalue",
+                    paste(sprintf("%1.1e", evals[neg]), collapse = " ")), call. = FALSE)
+  }
+  if (any(zero)) {
+    warning(sprintf("Model may not have converged with %d %s close to zero: %s", sum(zero),
+                    if (sum(zero) > 1) "eigenvalues" else "eigenvalue",
+                    paste(sprintf("%1.1e", evals[zero]), collapse = " ")), call. = FALSE)
+  }
+  pos <- evals > tol
+  q <- sum(pos)
+  h_inv <- eig_h$vectors[, pos, drop = FALSE] %*% diag(1 / evals[pos], nrow = q) %*%
+    t(eig_h$vectors[, pos, drop = FALSE])
+  Jac <- numDeriv::jacobian(func = lmerTest:::get_covbeta, x = varpar_opt, devfun = devfun)
+  p <- as.integer(round(sqrt(nrow(Jac))))
+  list(vcov_varpar = 2 * h_inv,
+       Jac_list = lapply(seq_len(ncol(Jac)), function(i) array(Jac[, i], dim = c(p, p))))
+}
+
+cl_qform <- function(x, A) sum(x * (A %*% x))
+
+# Satterthwaite F test of L beta = 0, following lmerTest's contestMD /
+# contest1D formulas: returns c(F, NumDF, DenDF, p).
+cl_satterthwaite_F <- function(L, beta, V, vp, eps = sqrt(.Machine$double.eps)) {
+  one_row <- function(l) {
+    var_con <- cl_qform(l, V)
+    grad <- vapply(vp$Jac_list, function(J) cl_qform(l, J), numeric(1L))
+    ddf <- drop(2 * var_con^2 / cl_qform(grad, vp$vcov_varpar))
+    tval <- sum(l * beta) / sqrt(var_con)
+    c(tval^2, 1, ddf, stats::pf(tval^2, 1, ddf, lower.tail = FALSE))
+  }
+  if (nrow(L) == 1L) return(one_row(drop(L)))
+  eig <- eigen(L %*% V %*% t(L))
+  d <- eig$values
+  pos <- d > max(eps * d[1L], 0)
+  q <- sum(pos)
+  if (q == 0L) return(rep(NA_real_, 4L))
+  PtL <- crossprod(eig$vectors, L)[seq_len(q), ]
+  if (q == 1L) return(one_row(PtL))
+  Fvalue <- sum(drop(PtL %*% beta)^2 / d[seq_len(q)]) / q
+  nu <- vapply(seq_len(q), function(m) {
+    grad <- vapply(vp$Jac_list, function(J) cl_qform(PtL[m, ], J), numeric(1L))
+    2 * d[m]^2 / cl_qform(grad, vp$vcov_varpar)
+  }, numeric(1L))
+  ddf <- lmerTest:::get_Fstat_ddf(nu, tol = 1e-8)
+  c(Fvalue, q, ddf, stats::pf(Fvalue, q, ddf, lower.tail = FALSE))
 }
 
 # lme4's C++ predictor updates theta and Lambdat in place; give every fit its
@@ -137,7 +199,6 @@ cl_fit_block <- function(design, Y, formula, response, factors,
   fr <- lf$fr
   mc <- call("lmer", formula = f, REML = reml)
   resid_df <- nrow(X) - ncol(X)
-  ddf_lmertest <- switch(ddf, satterthwaite = "Satterthwaite", "kenward-roger" = "Kenward-Roger", NULL)
 
   for (j in seq_len(k)) {
     msgs <- character(0)
@@ -156,29 +217,30 @@ cl_fit_block <- function(design, Y, formula, response, factors,
       cc <- lme4::checkConv(attr(opt, "derivs"), opt$par, ctrl = ctrl$checkConv, lbound = rho$lower)
       m <- lme4::mkMerMod(rho, opt, lf$reTrms, fr = fr, mc = mc, lme4conv = cc)
       beta <- lme4::fixef(m)
-      if (is.null(ddf_lmertest)) {
-        V <- as.matrix(stats::vcov(m))
-        model <- m
-      } else {
-        # lmerTest's Hessian and Jacobian, on this fit's own deviance function.
+      V <- as.matrix(stats::vcov(m, correlation = FALSE))
+      if (identical(ddf, "satterthwaite")) {
+        vp <- cl_varpar(devfun, m@theta, stats::sigma(m), reml)
+      } else if (identical(ddf, "kenward-roger")) {
         model <- lmerTest:::as_lmerModLT(m, devfun)
-        devfun(m@theta)  # derivatives moved the shared state; restore the optimum
-        V <- model@vcov_beta
       }
-      Ls <- if (is.null(L_list)) lmerTest:::get_contrasts_type3(model) else L_list
+      devfun(m@theta)  # derivatives moved the shared state; restore the optimum
+      # Type III contrasts depend on the design only: build them once per block.
+      if (is.null(L_list)) L_list <- lmerTest:::get_contrasts_type3(m)
       stats_j <- vapply(term_names, function(term) {
-        L <- Ls[[term]]
+        L <- L_list[[term]]
         if (is.null(L) || nrow(L) == 0L) return(rep(NA_real_, 5L))
         # The sign of a one-row contrast gives the signed t of the term.
         est <- if (nrow(L) == 1L) sum(L * beta) else NA_real_
-        if (is.null(ddf_lmertest)) {
+        if (identical(ddf, "satterthwaite")) {
+          c(cl_satterthwaite_F(L, beta, V, vp), est)
+        } else if (identical(ddf, "kenward-roger")) {
+          tab <- lmerTest::contestMD(model, L, ddf = "Kenward-Roger")
+          if (nrow(tab) == 0L) return(rep(NA_real_, 5L))
+          c(tab[["F value"]], tab[["NumDF"]], tab[["DenDF"]], tab[["Pr(>F)"]], est)
+        } else {
           w <- cl_wald_F(L, beta, V)
           df2 <- if (identical(ddf, "residual")) resid_df else Inf
           c(w[["F"]], w[["q"]], df2, stats::pf(w[["F"]], w[["q"]], df2, lower.tail = FALSE), est)
-        } else {
-          tab <- lmerTest::contestMD(model, L, ddf = ddf_lmertest)
-          if (nrow(tab) == 0L) return(rep(NA_real_, 5L))
-          c(tab[["F value"]], tab[["NumDF"]], tab[["DenDF"]], tab[["Pr(>F)"]], est)
         }
       }, numeric(5L))
       list(stats = stats_j, beta = beta, se = sqrt(diag(V)),
