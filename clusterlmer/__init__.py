@@ -8,6 +8,7 @@ MATLAB-style F tests with Satterthwaite degrees of freedom.
 from .data import TimeseriesData, from_dataframe
 from .design import DesignError
 from .fit import fit_timeseries
+from .io import MatFileError, load_mat
 from .formula import FormulaError, parse_formula
 from .results import TimeseriesFit
 from .simulate import simulate_ieeg
@@ -18,6 +19,8 @@ __all__ = [
     "TimeseriesData",
     "TimeseriesFit",
     "from_dataframe",
+    "load_mat",
+    "MatFileError",
     "fit_timeseries",
     "parse_formula",
     "simulate_ieeg",
