@@ -38,6 +38,13 @@ def path_for(tmp_path, fmt, name="x"):
     return tmp_path / f"{name}_{fmt}.mat"
 
 
+def write_with(fmt, tmp_path, variables):
+    """Write ``variables`` with the ``fmt`` writer; return the file's path."""
+    p = path_for(tmp_path, fmt)
+    WRITERS[fmt](p, variables)
+    return p
+
+
 def check_seed(d, v):
     assert list(d.design.columns[:4]) == ["sid", "ch", "hit_miss", "region"]
     assert d.design["sid"].tolist() == v["sid"]
@@ -56,8 +63,7 @@ def check_seed(d, v):
 @pytest.mark.parametrize("fmt", WRITERS)
 def test_round_trip_seed_layout(tmp_path, fmt):
     v = seed_vars()
-    p = path_for(tmp_path, fmt)
-    WRITERS[fmt](p, v)
+    p = write_with(fmt, tmp_path, v)
     d = load_mat(p)
     check_seed(d, v)
     assert list(d.design.columns) == ["sid", "ch", "hit_miss", "region"]
@@ -112,8 +118,7 @@ def test_scipy_savemat_row_vectors_and_char_matrix(tmp_path):
 def test_non_ascii_labels(tmp_path, fmt):
     v = seed_vars(n_sub=1, n_ch=3)
     v["ch"] = ["Hippocampus-ä"] * 2 + ["海马"] * 2 + ["𝔥-cortex ✓"] * 2  # 𝔥 needs a UTF-16 surrogate pair
-    p = path_for(tmp_path, fmt)
-    WRITERS[fmt](p, v)
+    p = write_with(fmt, tmp_path, v)
     assert load_mat(p).design["ch"].tolist() == v["ch"]
 
 
@@ -121,8 +126,7 @@ def test_non_ascii_labels(tmp_path, fmt):
 def test_logical_hit_miss(tmp_path, fmt):
     v = seed_vars()
     v["hit_miss"] = v["hit_miss"].astype(bool)
-    p = path_for(tmp_path, fmt)
-    WRITERS[fmt](p, v)
+    p = write_with(fmt, tmp_path, v)
     d = load_mat(p)
     assert d.design["hit_miss"].dtype == float
     np.testing.assert_array_equal(d.design["hit_miss"], v["hit_miss"].astype(float))
@@ -160,8 +164,7 @@ def test_extra_factor_and_covariate_become_columns(tmp_path, fmt):
 def test_times_vector(tmp_path, fmt):
     v = seed_vars(n_times=5)
     v["times"] = np.array([-0.2, -0.1, 0.0, 0.1, 0.2])
-    p = path_for(tmp_path, fmt)
-    WRITERS[fmt](p, v)
+    p = write_with(fmt, tmp_path, v)
     d = load_mat(p)
     np.testing.assert_array_equal(d.times, v["times"])
     assert "times" not in d.design
@@ -199,8 +202,7 @@ def test_3d_data_with_freqs(tmp_path, fmt):
     v["data"] = np.random.default_rng(2).normal(size=(n, 6, 4))
     v["times"] = np.arange(6) / 100.0
     v["freqs"] = np.array([4.0, 8.0, 16.0, 32.0])
-    p = path_for(tmp_path, fmt)
-    WRITERS[fmt](p, v)
+    p = write_with(fmt, tmp_path, v)
     d = load_mat(p)
     np.testing.assert_array_equal(d.values, v["data"])
     np.testing.assert_array_equal(d.freqs, v["freqs"])
@@ -225,8 +227,7 @@ def test_nan_and_inf_in_data_are_kept(tmp_path, fmt):
     v["data"][3, 2] = np.nan
     v["data"][5, :] = np.nan
     v["data"][0, 0] = np.inf
-    p = path_for(tmp_path, fmt)
-    WRITERS[fmt](p, v)
+    p = write_with(fmt, tmp_path, v)
     d = load_mat(p)
     np.testing.assert_array_equal(d.values, v["data"])  # NaN == NaN for assert_array_equal
 
@@ -235,8 +236,7 @@ def test_nan_and_inf_in_data_are_kept(tmp_path, fmt):
 def test_other_data_key(tmp_path, fmt):
     v = seed_vars()
     v["hga"] = v.pop("data")
-    p = path_for(tmp_path, fmt)
-    WRITERS[fmt](p, v)
+    p = write_with(fmt, tmp_path, v)
     np.testing.assert_array_equal(load_mat(p, data_key="hga").values, v["hga"])
 
 
@@ -466,8 +466,7 @@ def test_truncated_v5(tmp_path):
 def test_missing_data_variable(tmp_path, fmt):
     v = seed_vars()
     v["hga"] = v.pop("data")
-    p = path_for(tmp_path, fmt)
-    WRITERS[fmt](p, v)
+    p = write_with(fmt, tmp_path, v)
     with pytest.raises(MatFileError, match=r"no variable 'data'.*hga \(24 x 7 double\).*data_key="):
         load_mat(p)
 
@@ -476,8 +475,7 @@ def test_missing_data_variable(tmp_path, fmt):
 def test_label_length_differs_from_rows(tmp_path, fmt):
     v = seed_vars()
     v["data"] = v["data"][:-2]
-    p = path_for(tmp_path, fmt)
-    WRITERS[fmt](p, v)
+    p = write_with(fmt, tmp_path, v)
     with pytest.raises(MatFileError, match=r"'data' has 22 rows .* have 24 entries"):
         load_mat(p)
 
@@ -494,8 +492,7 @@ def test_labels_disagree(tmp_path):
 def test_transposed_data(tmp_path, fmt):
     v = seed_vars()
     v["data"] = v["data"].T
-    p = path_for(tmp_path, fmt)
-    WRITERS[fmt](p, v)
+    p = write_with(fmt, tmp_path, v)
     with pytest.raises(MatFileError, match=r"7 x 24.*looks transposed.*data\.T"):
         load_mat(p)
 
@@ -514,8 +511,7 @@ def test_non_numeric_data(tmp_path, fmt, bad):
         "logical": v["data"] > 0,
         "complex": v["data"] + 1j,
     }[bad]
-    p = path_for(tmp_path, fmt)
-    WRITERS[fmt](p, v)
+    p = write_with(fmt, tmp_path, v)
     with pytest.raises(TypeError, match="'data' (must be a numeric array|is logical|is complex)"):
         load_mat(p)
 
@@ -524,8 +520,7 @@ def test_non_numeric_data(tmp_path, fmt, bad):
 def test_missing_label_text(tmp_path, fmt):
     v = seed_vars()
     v["sid"][5] = ""
-    p = path_for(tmp_path, fmt)
-    WRITERS[fmt](p, v)
+    p = write_with(fmt, tmp_path, v)
     with pytest.raises(MatFileError, match=r"'sid' has 1 missing entry .*rows 5 \(0-based; 6 in MATLAB\)"):
         load_mat(p)
 
@@ -534,8 +529,7 @@ def test_missing_label_text(tmp_path, fmt):
 def test_missing_label_number(tmp_path, fmt):
     v = seed_vars()
     v["hit_miss"][[2, 7]] = np.nan
-    p = path_for(tmp_path, fmt)
-    WRITERS[fmt](p, v)
+    p = write_with(fmt, tmp_path, v)
     with pytest.raises(MatFileError, match=r"'hit_miss' has 2 missing entries .*rows 2, 7"):
         load_mat(p)
 
@@ -553,8 +547,7 @@ def test_gaps_in_other_columns_are_left_to_the_fit(tmp_path):
 def test_duplicate_rows(tmp_path, fmt):
     v = seed_vars()
     v["hit_miss"][3] = 1.0  # row 3 now repeats row 2 (same sid, ch, hit_miss, region)
-    p = path_for(tmp_path, fmt)
-    WRITERS[fmt](p, v)
+    p = write_with(fmt, tmp_path, v)
     with pytest.raises(
         MatFileError,
         match=r"rows 2, 3 \(0-based; 3, 4 in MATLAB\) have the same sid, ch, hit_miss, region .*sid='S01'",
