@@ -1,16 +1,24 @@
 """clusterlmer: mixed models per timepoint with cluster-based permutation tests.
 
 Fits ``data ~ hit_miss * region + (1|sid) + (1|sid:ch)`` (or any lme4 formula)
-at every sample of an iEEG timeseries with lme4/lmerTest, and reports
-MATLAB-style F tests with Satterthwaite degrees of freedom.
+at every sample of an iEEG timeseries with lme4/lmerTest, reports MATLAB-style
+F tests with Satterthwaite degrees of freedom, and corrects across time with a
+cluster-based permutation test whose permutations keep channels nested in
+subjects.
 """
 
+from . import datasets
+from .analysis import permutation_cluster_lmer
+from .checkpoint import CheckpointError
+from .cluster import cluster_test
 from .data import TimeseriesData, from_dataframe
 from .design import DesignError
 from .fit import fit_timeseries
-from .io import MatFileError, load_mat
 from .formula import FormulaError, parse_formula
-from .results import TimeseriesFit
+from .io import MatFileError, load_mat
+from .permute import Permutations, make_permutations
+from .results import PermutationClusterResult, TimeseriesFit
+from .saving import load_result
 from .simulate import simulate_ieeg
 
 __version__ = "0.1.0"
@@ -18,12 +26,20 @@ __version__ = "0.1.0"
 __all__ = [
     "TimeseriesData",
     "TimeseriesFit",
+    "PermutationClusterResult",
+    "Permutations",
     "from_dataframe",
     "load_mat",
-    "MatFileError",
+    "load_result",
+    "datasets",
     "fit_timeseries",
+    "permutation_cluster_lmer",
+    "make_permutations",
+    "cluster_test",
     "parse_formula",
     "simulate_ieeg",
     "FormulaError",
     "DesignError",
+    "MatFileError",
+    "CheckpointError",
 ]

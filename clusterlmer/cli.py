@@ -1,55 +1,232 @@
-"""Command line: ``clusterlmer demo``."""
+"""Command line: ``clusterlmer demo``, ``clusterlmer run``, ``clusterlmer fit``."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
 import numpy as np
 
-DEMO_FORMULA = "data ~ hit_miss * region + (1|sid) + (1|sid:ch)"
+DEMO_NPERM = 50
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (usage is one ``--help`` away)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _print_table(frame):
+    print(frame.to_string(index=False, float_format=lambda x: f"{x:.6g}"))
+
+
+def _print_peaks(fit, terms):
+    for term in terms:
+        i = fit.terms.index(term)
+        f = fit.F[i].ravel()
+        if np.all(np.isnan(f)):
+            continue
+        peak = int(np.nanargmax(f))
+        idx = np.unravel_index(peak, fit.sample_shape)
+        print(f"\nANOVA at the peak of {term} (sample {idx[0]}, time {fit.times[idx[0]]:g}):")
+        _print_table(fit.anova(idx if len(idx) > 1 else idx[0]))
+
+
+def _fit_kwargs(args) -> dict:
+    return dict(reml=not args.ml, ddf=args.ddf, coding=args.coding, test=args.test, optimizer=args.optimizer)
+
+
+def _write_outputs(result, outs, plot):
+    for out in outs or []:
+        result.save(out)
+        print(f"Wrote {out}")
+    if plot:
+        result.plot(plot)
+        print(f"Wrote {plot}")
 
 
 def _demo(args) -> int:
     import clusterlmer as cl
+    from clusterlmer import datasets
 
-    data, truth = cl.simulate_ieeg("2way", n_times=args.n_times, seed=args.seed, return_truth=True)
-    print(f"Simulated 2-way dataset (seed {args.seed}): {data.n_obs} rows x {data.n_times} timepoints, "
-          f"{data.design['sid'].nunique()} subjects, "
-          f"{(data.design['sid'] + ':' + data.design['ch']).nunique()} channels.")
-    print(f"Known effects: hit_miss in samples {truth.hit_miss_window[0]}-{truth.hit_miss_window[1] - 1}, "
-          f"interaction in samples {truth.interaction_window[0]}-{truth.interaction_window[1] - 1}.")
-    print(f"Fitting {DEMO_FORMULA} at every timepoint (lme4/lmerTest, REML, Satterthwaite)...")
+    data = datasets.sample_2way()
+    truth = datasets.ground_truth("2way")
+    n_ch = (data.design["sid"] + ":" + data.design["ch"]).nunique()
+    print(f"Bundled 2-way sample ({datasets.sample_path('2way')}): {data.n_obs} rows x {data.n_times} "
+          f"timepoints, {data.design['sid'].nunique()} subjects, {n_ch} channels.")
+    for w in truth.windows.values():
+        print(f"Known effect (simulated): {w.name} in samples {w.first}-{w.last} ({w.first_time:g} to "
+              f"{w.last_time:g} s), peak {w.effect:g} noise SD.")
+    print(f"Model: {datasets.FORMULA_2WAY}; REML, Satterthwaite DF; F tests, cluster 'sum', upper tail.")
+    print(f"Permutations: {args.nperm} (the demo's small default to finish in minutes; the original uses "
+          f"1000 - pass --nperm 1000 for a publication run), seed {args.seed}, {args.jobs} worker(s).")
     start = time.perf_counter()
-    fit = cl.fit_timeseries(data, DEMO_FORMULA)
+    res = cl.permutation_cluster_lmer(data, datasets.FORMULA_2WAY, n_permutations=args.nperm, seed=args.seed,
+                                      n_jobs=args.jobs, progress=not args.no_progress)
     elapsed = time.perf_counter() - start
-    print(f"Done in {elapsed:.1f} s ({1000 * elapsed / data.n_times:.1f} ms per timepoint).\n")
-    print(fit.summary())
-    for term in ("hit_miss", "hit_miss:region"):
-        i = fit.terms.index(term)
-        peak = int(np.nanargmax(fit.F[i]))
-        print(f"\nANOVA at the peak of {term} (sample {peak}, time {fit.times[peak]:g} s):")
-        print(fit.anova(peak).to_string(index=False, float_format=lambda x: f"{x:.6g}"))
+    n_fits = (args.nperm + 1) * data.n_times
+    print(f"Done: {n_fits} model fits in {elapsed:.0f} s ({1000 * elapsed / n_fits:.1f} ms per fit, "
+          f"{args.jobs} worker(s)).\n")
+    print(res.summary())
+    _print_peaks(res.fit, res.terms)
+    os.makedirs(args.out_dir, exist_ok=True)
+    print()
+    _write_outputs(res, [os.path.join(args.out_dir, n) for n in ("demo_results.mat", "demo_results.h5")],
+                   os.path.join(args.out_dir, "demo_figure.png"))
     return 0
 
 
+def _load(args):
+    import clusterlmer as cl
+
+    if not os.path.exists(args.data):
+        raise FileNotFoundError(f"no such data file: {args.data!r}")
+    return cl.load_mat(args.data, data_key=args.data_key)
+
+
+def _run(args) -> int:
+    import clusterlmer as cl
+
+    data = _load(args)
+    res = cl.permutation_cluster_lmer(
+        data, args.formula, n_permutations=args.nperm, seed=args.seed, statistic=args.statistic,
+        terms=args.terms, tail=args.tail, alpha=args.alpha, cluster_alpha=args.cluster_alpha,
+        cluster_stat=args.cluster_stat, quantile_method=args.quantile_method, n_jobs=args.jobs,
+        checkpoint=args.checkpoint, progress=not args.no_progress, **_fit_kwargs(args))
+    print(res.summary())
+    _write_outputs(res, args.out, args.plot)
+    return 0
+
+
+def _fit(args) -> int:
+    import clusterlmer as cl
+
+    data = _load(args)
+    fit = cl.fit_timeseries(data, args.formula, **_fit_kwargs(args))
+    print(fit.summary())
+    _print_peaks(fit, [t for t in fit.terms if t != "(Intercept)"])
+    if args.out:
+        fit.to_frame().to_csv(args.out, index=False)
+        print(f"Wrote {args.out}")
+    return 0
+
+
+def _add_fit_options(p):
+    g = p.add_argument_group("model fit (as lmerTest; see clusterlmer.fit_timeseries)")
+    g.add_argument("--ml", action="store_true", help="fit by ML (MATLAB fitlme's default) instead of REML")
+    g.add_argument("--ddf", default="satterthwaite", choices=["satterthwaite", "residual", "kenward-roger", "none"],
+                   help="denominator degrees of freedom (default satterthwaite; MATLAB's default is residual)")
+    g.add_argument("--coding", default="reference", choices=["reference", "effects"],
+                   help="factor coding (default reference, as MATLAB)")
+    g.add_argument("--test", default="marginal", choices=["marginal", "type3"],
+                   help="marginal F per term as MATLAB's anova (default) or lmerTest's type III")
+    g.add_argument("--optimizer", default="bobyqa", choices=["bobyqa", "nloptwrap", "Nelder_Mead"],
+                   help="lme4 optimizer (default bobyqa with rhoend 1e-9)")
+
+
+def _add_data_options(p):
+    p.add_argument("data", metavar="DATA.mat", help="MATLAB .mat file (v7.3 or v5) in the original's layout: "
+                   "sid, ch, hit_miss[, region], data (rows x timepoints)")
+    p.add_argument("--formula", required=True,
+                   help="lme4 formula, e.g. 'data ~ hit_miss * region + (1|sid) + (1|sid:ch)'")
+    p.add_argument("--data-key", default="data", help="variable holding the responses (default 'data')")
+
+
+def _add_method_options(p, nperm):
+    g = p.add_argument_group("permutation cluster test")
+    g.add_argument("--nperm", type=_positive_int, default=nperm, help=f"number of permutations (default {nperm})")
+    g.add_argument("--seed", type=int, default=0, help="seed of the permutations (default 0)")
+    g.add_argument("--jobs", type=_jobs, default=1, help="worker processes (-1: every core; default 1)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _jobs(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of workers or -1, got {text!r}") from None
+    if value == 0 or value < -1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of workers or -1, got {text!r}")
+    return value
+
+
+def _unit_interval(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="clusterlmer",
-        description="Per-timepoint linear mixed models (lme4/lmerTest) for iEEG timeseries.",
+        description="Linear mixed models (lme4/lmerTest) at every timepoint of iEEG data, with a cluster-based "
+        "permutation test that keeps channels nested in subjects.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
     demo = sub.add_parser(
-        "demo",
-        help="fit the 2-way model on a simulated seed-shaped dataset and print MATLAB-style ANOVA tables",
-        description="Simulate a 2-way dataset shaped like the original's sample (338 rows x 139 "
-        "timepoints), fit 'data ~ hit_miss * region + (1|sid) + (1|sid:ch)' at every timepoint and "
-        "print the ANOVA (Term, FStat, DF1, DF2, pValue) at the peak timepoints.",
-    )
-    demo.add_argument("--seed", type=int, default=0, help="seed of the simulated data (default 0)")
-    demo.add_argument("--n-times", type=int, default=139, help="number of timepoints (default 139)")
+        "demo", help="run the 2-way method on the bundled sample data",
+        description="Run 'data ~ hit_miss * region + (1|sid) + (1|sid:ch)' with a cluster-based permutation "
+        "test on the bundled simulated 2-way sample (338 rows x 139 timepoints), print the ANOVA at the "
+        "peak timepoints and the cluster table, and write results (.mat, .h5) and a figure (.png).")
+    demo.add_argument("--nperm", type=_positive_int, default=DEMO_NPERM,
+                      help=f"number of permutations (default {DEMO_NPERM}, small to finish in minutes)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the permutations (default 0)")
+    demo.add_argument("--jobs", type=_jobs, default=os.cpu_count() or 1,
+                      help="worker processes (default: every core)")
+    demo.add_argument("--out-dir", default="clusterlmer-demo", help="folder for the outputs (default clusterlmer-demo)")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bar")
     demo.set_defaults(func=_demo)
+
+    run = sub.add_parser(
+        "run", help="fit every timepoint and run the cluster-based permutation test",
+        description="Fit the formula at every timepoint of DATA.mat, refit it for each permutation of the "
+        "condition labels (channels stay in their subjects), and correct across time with a cluster test.")
+    _add_data_options(run)
+    _add_method_options(run, 1000)
+    g = run.add_argument_group("cluster test")
+    g.add_argument("--statistic", default="F", choices=["F", "t"],
+                   help="F (upper-tailed; the 2-way original) or signed t (two-tailed; the 1-way original)")
+    g.add_argument("--terms", nargs="+", metavar="TERM", help="terms to test (default: all but the intercept)")
+    g.add_argument("--tail", type=int, choices=[1, 0, -1], help="1, 0 or -1 (default 1 for F, 0 for t)")
+    g.add_argument("--alpha", type=_unit_interval, default=0.05, help="cluster significance level (default 0.05)")
+    g.add_argument("--cluster-alpha", type=_unit_interval, default=0.05,
+                   help="per-sample threshold quantile (default 0.05)")
+    g.add_argument("--cluster-stat", default="sum", choices=["sum", "size", "tfce"], help="cluster statistic")
+    g.add_argument("--quantile-method", default="hazen",
+                   help="numpy quantile method for thresholds (default hazen = MATLAB; linear = the notebook)")
+    g.add_argument("--checkpoint", metavar="FILE.h5", help="keep finished permutations here; rerun to resume")
+    _add_fit_options(run)
+    o = run.add_argument_group("outputs")
+    o.add_argument("--out", action="append", metavar="FILE",
+                   help="results file: .mat (MATLAB struct lme), .h5 (everything) or .csv; repeatable")
+    o.add_argument("--plot", metavar="FIG.png", help="write a figure (.png, .pdf, .svg)")
+    run.set_defaults(func=_run)
+
+    fit = sub.add_parser("fit", help="observed statistics only (no permutations)",
+                         description="Fit the formula at every timepoint of DATA.mat and print the fit summary "
+                         "and the ANOVA at each term's peak; --out writes the per-timepoint table as CSV.")
+    _add_data_options(fit)
+    _add_fit_options(fit)
+    fit.add_argument("--out", metavar="FILE.csv", help="write Term, FStat, DF1, DF2, pValue per timepoint")
+    fit.set_defaults(func=_fit)
     return parser
 
 
@@ -59,11 +236,17 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    if getattr(args, "n_times", 1) < 1:
-        parser.error("--n-times must be at least 1")
+    for name in ("out", "plot"):
+        paths = getattr(args, name, None)
+        for path in ([paths] if isinstance(paths, str) else paths or []):
+            if name == "out" and args.command == "run" and os.path.splitext(path)[1].lower() not in (
+                    ".mat", ".h5", ".hdf5", ".csv"):
+                parser.error(f"--out {path!r}: use a name ending in .mat, .h5 or .csv")
     try:
         return args.func(args)
-    except (ImportError, ValueError, TypeError, KeyError) as exc:
+    except KeyboardInterrupt:
+        return 130
+    except (ImportError, ValueError, TypeError, KeyError, OSError) as exc:
         print(f"clusterlmer: error: {exc}", file=sys.stderr)
         return 1
 

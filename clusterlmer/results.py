@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-__all__ = ["TimeseriesFit"]
+__all__ = ["TimeseriesFit", "PermutationClusterResult", "cluster_table"]
 
 _DDF_NAMES = {
     "satterthwaite": "Satterthwaite",
@@ -19,6 +19,11 @@ _TEST_NAMES = {
     "marginal": "marginal F-test of each term's coefficients (MATLAB anova)",
     "type3": "lmerTest type III F-test",
 }
+
+
+def _fit_health(d: pd.DataFrame) -> str:
+    return (f"{int(d['converged'].sum())} converged, {int(d['failed'].sum())} failed, "
+            f"{int((d['singular'] == 1).sum())} singular, {int((d['n_excluded'] > 0).sum())} with rows excluded")
 
 
 @dataclass(frozen=True, eq=False)
@@ -157,8 +162,7 @@ class TimeseriesFit:
             f"Coding:      {coding}",
             f"Samples:     {'x'.join(map(str, self.sample_shape))} (times {times[0]:g} .. {times[-1]:g}); "
             f"observations: {int(d['n_obs'].max()) if len(d) else 0}",
-            f"Fits:        {int(d['converged'].sum())} converged, {int(d['failed'].sum())} failed, "
-            f"{int((d['singular'] == 1).sum())} singular, {int((d['n_excluded'] > 0).sum())} with rows excluded",
+            f"Fits:        {_fit_health(d)}",
         ]
         if o["coding"] == "reference" and any(":" in term for term in self.terms):
             lines.append(
@@ -184,3 +188,177 @@ class TimeseriesFit:
             f"<TimeseriesFit | {self.formula} | {len(self.terms)} terms x "
             f"{'x'.join(map(str, self.sample_shape))} samples>"
         )
+
+
+def cluster_table(cluster_info: dict, times, freqs=None) -> pd.DataFrame:
+    """One row per cluster of every term, with its extent in samples and in the data's units.
+
+    Parameters
+    ----------
+    cluster_info : dict of str to ClusterTestInfo
+        Per term, the ``info`` returned by :func:`clusterlmer.cluster_test`.
+    times : array-like
+        Sample times (first axis of the statistic).
+    freqs : array-like, optional
+        Frequencies (second axis) for time x frequency statistics.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``term, sign, start, stop, t_start, t_stop`` (first and last
+        sample, inclusive, and their times), ``f_start, f_stop`` for 2-D
+        data, then ``size, stat, p``; sorted by term and start.
+    """
+    times = np.asarray(times)
+    rows = []
+    for term, info in cluster_info.items():
+        for c in info.clusters:
+            idx = [np.asarray(i) for i in c.indices]
+            row = {"term": term, "sign": "+" if c.sign > 0 else "-",
+                   "start": int(idx[0].min()), "stop": int(idx[0].max())}
+            row.update(t_start=times[row["start"]], t_stop=times[row["stop"]])
+            if freqs is not None and len(idx) > 1:
+                row.update(f_start=np.asarray(freqs)[idx[1].min()], f_stop=np.asarray(freqs)[idx[1].max()])
+            row.update(size=int(idx[0].size), stat=float(c.stat), p=float(c.p))
+            rows.append(row)
+    columns = ["term", "sign", "start", "stop", "t_start", "t_stop"]
+    columns += ["f_start", "f_stop"] if freqs is not None else []
+    columns += ["size", "stat", "p"]
+    table = pd.DataFrame(rows, columns=columns)
+    if len(table):
+        order = {t: i for i, t in enumerate(cluster_info)}
+        table = table.sort_values(["term", "start"], key=lambda s: s.map(order) if s.name == "term" else s)
+    return table.reset_index(drop=True)
+
+
+_TAIL_NAMES = {1: "upper-tailed", 0: "two-tailed", -1: "lower-tailed"}
+
+
+@dataclass(frozen=True, eq=False)
+class PermutationClusterResult:
+    """Result of :func:`clusterlmer.permutation_cluster_lmer`.
+
+    Per-term arrays are keyed by term name and shaped like the samples
+    (``(n_times,)`` or ``(n_times, n_freqs)``); nulls carry the permutation
+    axis last.
+
+    Attributes
+    ----------
+    fit : TimeseriesFit
+        The observed fits (all terms, DF1/DF2, parametric p).
+    statistic : {"F", "t"}
+    terms : tuple of str
+        Tested terms.
+    stat : dict
+        Observed statistic per tested term.
+    null : dict
+        Statistic under each permutation, shape ``sample_shape + (n_permutations,)``.
+    p_clust : dict
+        Cluster-corrected p per sample (1 outside clusters).
+    cluster_info : dict
+        The :class:`~clusterlmer.cluster.ClusterTestInfo` of each term
+        (thresholds, clusters, null distributions of the cluster statistic).
+    clusters : pandas.DataFrame
+        Every cluster of every term: extent in samples and time, statistic, p.
+    refit_failures : dict
+        Per term, the number of permutations whose refit failed at each sample.
+    n_permutations, seed : int
+    schemes : dict
+        How each fixed-effect variable was permuted.
+    tail : int
+    alpha, cluster_alpha : float
+    cluster_stat, quantile_method : str
+    run : dict
+        Worker count, wall time, permutations resumed from a checkpoint.
+    """
+
+    fit: TimeseriesFit
+    statistic: str
+    terms: tuple
+    stat: dict
+    null: dict
+    p_clust: dict
+    cluster_info: dict
+    clusters: pd.DataFrame
+    refit_failures: dict
+    n_permutations: int
+    seed: int
+    schemes: dict
+    tail: int
+    alpha: float
+    cluster_alpha: float
+    cluster_stat: str
+    quantile_method: str
+    run: dict
+
+    @property
+    def h(self) -> dict:
+        """Per term, where the cluster-corrected p is below ``alpha``."""
+        return {term: p < self.alpha for term, p in self.p_clust.items()}
+
+    @property
+    def times(self) -> np.ndarray:
+        return self.fit.times
+
+    def to_frame(self) -> pd.DataFrame:
+        """Tidy table, one row per tested term and sample: the fit's columns plus ``stat`` and ``p_clust``."""
+        table = self.fit.to_frame()
+        table = table[table["Term"].isin(self.terms)].reset_index(drop=True)
+        n = int(np.prod(self.fit.sample_shape))
+        table["stat"] = np.concatenate([self.stat[t].ravel() for t in self.terms])
+        table["p_clust"] = np.concatenate([self.p_clust[t].ravel() for t in self.terms])
+        table["refit_failures"] = np.concatenate([self.refit_failures[t].ravel() for t in self.terms])
+        assert len(table) == n * len(self.terms)
+        return table
+
+    def summary(self) -> str:
+        """Text summary: the method, its settings, the cluster table and fit health."""
+        schemes = ", ".join(f"{v}: {s}" for v, s in self.schemes.items())
+        fails = {t: int(f.sum()) for t, f in self.refit_failures.items()}
+        n_fits = self.n_permutations * int(np.prod(self.fit.sample_shape))
+        lines = [
+            "Cluster-based permutation test of per-sample mixed models (clusterlmer)",
+            f"Formula:       {self.fit.formula}",
+            f"Statistic:     {self.statistic} ({_TAIL_NAMES[self.tail]}), cluster statistic '{self.cluster_stat}'",
+            f"Thresholds:    per-sample {1 - self.cluster_alpha:g} quantile of the permutation distribution"
+            f"{' (per tail: cluster_alpha halved)' if self.tail == 0 else ''}, quantile method "
+            f"'{self.quantile_method}'; clusters significant at p < {self.alpha:g}",
+            f"Permutations:  {self.n_permutations} (seed {self.seed}); {schemes}",
+            f"Refit failures: " + (", ".join(f"{t}: {n} of {n_fits}" for t, n in fails.items())),
+            f"Observed fits: {_fit_health(self.fit.diagnostics)}",
+        ]
+        if self.fit.options["coding"] == "reference" and any(":" in t for t in self.fit.terms):
+            lines.append("Note:          reference coding: a main effect next to an interaction is the simple "
+                         "effect at the other factor's reference level (coding='effects' averages).")
+        table = self.clusters
+        significant = table[table["p"] < self.alpha] if len(table) else table
+        lines.append(f"Significant clusters (p < {self.alpha:g}):")
+        if len(significant):
+            lines.append(significant.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+        else:
+            lines.append("  none")
+        rest = len(table) - len(significant)
+        if rest:
+            best = table.loc[table["p"] >= self.alpha, "p"].min()
+            lines.append(f"  ... and {rest} cluster(s) with p >= {self.alpha:g} (smallest p = {best:.3g}); "
+                         "the full table is result.clusters.")
+        elif not len(table):
+            lines.append("  (no sample crossed its threshold in a cluster)")
+        return "\n".join(lines)
+
+    def save(self, path):
+        """Write the result: ``.mat`` (MATLAB struct ``lme``), ``.h5`` (everything) or ``.csv`` (tidy table)."""
+        from .saving import save_result
+
+        return save_result(self, path)
+
+    def plot(self, path=None, *, terms=None, show=False):
+        """Plot each tested term's statistic with thresholds and clusters; see :func:`clusterlmer.plotting.plot_result`."""
+        from .plotting import plot_result
+
+        return plot_result(self, path, terms=terms, show=show)
+
+    def __repr__(self) -> str:
+        n_sig = int((self.clusters["p"] < self.alpha).sum()) if len(self.clusters) else 0
+        return (f"<PermutationClusterResult | {self.fit.formula} | {self.statistic}, "
+                f"{self.n_permutations} permutations | {n_sig} significant cluster(s)>")

@@ -1,0 +1,172 @@
+"""Checkpoints: finished permutations kept on disk so a long run can resume.
+
+A checkpoint is a small HDF5 file holding the permutation statistics finished
+so far and fingerprints of everything that decides them (data, design,
+formula, fit options, seed, permutation schemes, tested statistic). A rerun
+with the same arguments loads the finished permutations and fits only the
+rest; because every permutation is drawn up front from one seeded generator
+and each fit is deterministic, the resumed result equals an uninterrupted one.
+
+The file is always replaced atomically (written next to the target, then
+renamed), so a process killed while saving leaves the previous checkpoint
+intact. Saving is throttled for large nulls so that writing never costs more
+than a few percent of the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+
+import numpy as np
+
+__all__ = ["Checkpoint", "CheckpointError", "fingerprint"]
+
+_FORMAT = "clusterlmer-checkpoint"
+_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that does not belong to this analysis, or is unreadable."""
+
+
+def fingerprint(obj) -> str:
+    """A stable SHA-256 hex digest of arrays, frames, strings and plain containers."""
+    h = hashlib.sha256()
+    _feed(h, obj)
+    return h.hexdigest()
+
+
+def _feed(h, obj):
+    import pandas as pd
+
+    if isinstance(obj, pd.DataFrame):
+        h.update(b"frame")
+        for name in obj.columns:
+            _feed(h, str(name))
+            col = obj[name]
+            _feed(h, col.to_numpy(dtype=float) if col.dtype.kind in "fiub" else [str(v) for v in col])
+    elif isinstance(obj, np.ndarray):
+        arr = np.ascontiguousarray(obj)
+        h.update(f"array{arr.dtype.str}{arr.shape}".encode())
+        h.update(arr.tobytes())
+    elif isinstance(obj, dict):
+        h.update(b"dict")
+        for key in sorted(obj, key=str):
+            _feed(h, str(key))
+            _feed(h, obj[key])
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"seq{len(obj)}".encode())
+        for item in obj:
+            _feed(h, item)
+    else:
+        h.update(json.dumps(obj, default=str).encode())
+
+
+class Checkpoint:
+    """Finished permutations of one analysis, mirrored to an HDF5 file.
+
+    Parameters
+    ----------
+    path : str or path-like or None
+        The file; ``None`` keeps everything in memory only.
+    keys : dict of str to str
+        Fingerprints of what decides the permutation statistics (``"data"``,
+        ``"formula"``, ``"seed"``, ...). A file with other fingerprints is
+        refused, naming what differs.
+    shape : tuple
+        Shape of one permutation's statistics, e.g. ``(n_terms, n_times)``.
+    n_permutations : int
+        Permutations wanted in this run. A file with more finished
+        permutations contributes its first ``n_permutations`` (permutations
+        are drawn prefix-stably); a file with fewer is extended.
+    """
+
+    def __init__(self, path, keys: dict, shape: tuple, n_permutations: int):
+        self.path = None if path is None else os.fspath(path)
+        self.keys = dict(keys)
+        self.shape = tuple(shape)
+        self.n_permutations = int(n_permutations)
+        self.values = np.full((self.n_permutations,) + self.shape, np.nan)
+        self.done = np.zeros(self.n_permutations, dtype=bool)
+        self.resumed = 0
+        self._last_save = 0.0
+        self._save_cost = 0.0
+        self._dirty = False
+        if self.path is not None and os.path.exists(self.path):
+            self._load()
+
+    def _load(self):
+        import h5py
+
+        try:
+            with h5py.File(self.path, "r") as f:
+                if f.attrs.get("format") != _FORMAT:
+                    raise CheckpointError(
+                        f"{self.path!r} is not a clusterlmer checkpoint. Choose a new checkpoint path "
+                        "(an existing file is only reused when it is a checkpoint of the same analysis)."
+                    )
+                stored = json.loads(f.attrs["keys"])
+                values, done = f["values"][()], f["done"][()]
+        except CheckpointError:
+            raise
+        except Exception as exc:  # h5py's errors on a damaged file are unhelpful as they stand
+            raise CheckpointError(
+                f"cannot read the checkpoint {self.path!r} ({exc}). Delete it to start afresh."
+            ) from None
+        differs = [k for k in sorted(set(stored) | set(self.keys)) if stored.get(k) != self.keys.get(k)]
+        if differs:
+            raise CheckpointError(
+                f"the checkpoint {self.path!r} was written for a different analysis (it differs in: "
+                f"{', '.join(differs)}). Rerun with the arguments that wrote it, or delete it / pass "
+                "another checkpoint path to start afresh."
+            )
+        if values.shape[1:] != self.shape:
+            raise CheckpointError(
+                f"the checkpoint {self.path!r} holds statistics of shape {values.shape[1:]}, "
+                f"this analysis has {self.shape}. Delete it or pass another checkpoint path."
+            )
+        n = min(len(done), self.n_permutations)
+        self.values[:n] = values[:n]
+        self.done[:n] = done[:n]
+        self.resumed = int(self.done.sum())
+
+    @property
+    def todo(self) -> np.ndarray:
+        """Indices of the permutations still to fit."""
+        return np.flatnonzero(~self.done)
+
+    def add(self, indices, values):
+        """Record finished permutations and save when due."""
+        self.values[indices] = values
+        self.done[indices] = True
+        self._dirty = True
+        # Saving costs time proportional to the file: keep it under ~5% of the run.
+        if time.perf_counter() - self._last_save >= 20 * self._save_cost:
+            self.save()
+
+    def save(self):
+        """Write the checkpoint now (atomically) if anything changed."""
+        if self.path is None or not self._dirty:
+            return
+        import h5py
+
+        start = time.perf_counter()
+        tmp = f"{self.path}.tmp-{os.getpid()}"
+        try:
+            with h5py.File(tmp, "w") as f:
+                f.attrs["format"] = _FORMAT
+                f.attrs["version"] = _VERSION
+                f.attrs["keys"] = json.dumps(self.keys, sort_keys=True)
+                f.create_dataset("values", data=self.values, chunks=True, compression="gzip",
+                                 compression_opts=1, shuffle=True)
+                f.create_dataset("done", data=self.done)
+            os.replace(tmp, self.path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        self._dirty = False
+        self._last_save = time.perf_counter()
+        self._save_cost = self._last_save - start

@@ -1,0 +1,143 @@
+"""Running permutation fits: in this process or in worker processes.
+
+R is single-threaded and not thread-safe, so parallel work goes to separate
+processes, each with its own embedded R (started on its first fit). The
+permutations are drawn in the parent before any split, and each
+permutation's fit is deterministic, so the result does not depend on the
+number of workers.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import contextmanager
+
+import numpy as np
+
+__all__ = ["run_permutations", "resolve_n_jobs"]
+
+_worker_task = None
+
+
+def resolve_n_jobs(n_jobs) -> int:
+    """``n_jobs`` as a worker count: -1 means every core (MNE/joblib convention)."""
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, (int, np.integer)) or n_jobs == 0 or n_jobs < -1:
+        raise ValueError(f"n_jobs must be a positive number of worker processes or -1 for all cores, got {n_jobs!r}.")
+    return (os.cpu_count() or 1) if n_jobs == -1 else int(n_jobs)
+
+
+def _init_worker(task):
+    global _worker_task
+    _worker_task = task
+    # Ctrl-C reaches the whole process group: the parent decides what stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextmanager
+def _interrupt_between_permutations():
+    """Turn Ctrl-C into a flag checked between permutations.
+
+    A KeyboardInterrupt raised while R runs surfaces inside rpy2's event
+    callback, where it is printed and swallowed, and the run goes on. With
+    this handler the first Ctrl-C stops the run after the permutation in
+    progress (its result is kept); a second one interrupts at once.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    hits = []
+
+    def handler(signum, frame):
+        hits.append(signum)
+        if len(hits) > 1:
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: bool(hits)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _run_block(indices):
+    return indices, np.stack([_worker_task.statistics(k) for k in indices])
+
+
+def _blocks(todo, n_jobs):
+    # Small blocks keep every worker busy to the end and bound the work lost
+    # with a worker; each block still amortises the transfer of its results.
+    size = int(np.clip(len(todo) // (4 * n_jobs), 1, 8))
+    return [todo[i:i + size] for i in range(0, len(todo), size)]
+
+
+def _progress_bar(total, initial, enabled):
+    show = enabled and sys.stderr.isatty()
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # progress is a nicety, never a reason to fail
+        show = False
+    if not show:
+        return None
+    return tqdm(total=total, initial=initial, unit="perm", desc="permutations", file=sys.stderr)
+
+
+def run_permutations(task, checkpoint, *, n_jobs=1, progress=True):
+    """Fit every permutation the checkpoint does not hold yet.
+
+    Parameters
+    ----------
+    task : object
+        Has ``statistics(k) -> ndarray`` giving permutation ``k``'s statistics;
+        must be picklable when ``n_jobs > 1``.
+    checkpoint : clusterlmer.checkpoint.Checkpoint
+        Receives each finished block (and saves it when due).
+    n_jobs : int
+        Worker processes; 1 runs in this process.
+    progress : bool
+        Show a progress bar on a terminal.
+    """
+    todo = checkpoint.todo
+    bar = _progress_bar(checkpoint.n_permutations, checkpoint.n_permutations - len(todo), progress)
+    try:
+        with _interrupt_between_permutations() as interrupted:
+            if n_jobs == 1 or len(todo) <= 1:
+                for k in todo:
+                    checkpoint.add([k], task.statistics(k)[None])
+                    if bar is not None:
+                        bar.update(1)
+                    if interrupted():
+                        raise KeyboardInterrupt
+            else:
+                _run_in_workers(task, checkpoint, todo, n_jobs, bar, interrupted)
+    finally:
+        checkpoint.save()
+        if bar is not None:
+            bar.close()
+
+
+def _run_in_workers(task, checkpoint, todo, n_jobs, bar, interrupted):
+    ctx = multiprocessing.get_context("spawn")  # a fork would copy the parent's R state
+    pool = ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx, initializer=_init_worker, initargs=(task,))
+    try:
+        pending = {pool.submit(_run_block, block) for block in _blocks(todo, n_jobs)}
+        while pending:
+            finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            for future in finished:
+                indices, values = future.result()
+                checkpoint.add(indices, values)
+                if bar is not None:
+                    bar.update(len(indices))
+            if interrupted():
+                raise KeyboardInterrupt
+    except BaseException:
+        # Blocks in flight are lost anyway: stop the workers instead of waiting for them.
+        for process in list(getattr(pool, "_processes", {}).values()):
+            process.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)

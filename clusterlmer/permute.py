@@ -1,0 +1,471 @@
+"""Permutations that keep the random-effects structure (REFERENCE.md section 4).
+
+Rows never move: every row keeps its subject, channel and grouping columns, so
+``(1|sid) + (1|sid:ch)`` stays valid for every permuted dataset. Only the
+fixed-effect columns are shuffled, at the level where each one varies:
+
+* ``"within-channel"`` -- labels shuffled among the rows of each channel
+  (two rows: a fair coin decides whether they swap);
+* ``"between-channel"`` -- channel-level values permuted across all channels;
+* ``"channel-within-subject"`` -- channel-level values permuted among the
+  channels of the same subject;
+* ``"between-subject"`` -- subject-level values permuted across subjects;
+* ``"none"`` -- never permuted (a nuisance covariate).
+
+Units come from the formula's random terms: each grouping (``sid``,
+``sid:ch``; ``sid/ch`` expands to both) partitions the rows. Nested
+groupings are ordered coarse to fine: the finest is the "channel", the
+coarsest the "subject" (one grouping: the two coincide). Crossed groupings,
+such as ``(1|sid) + (1|item)``, have no subject/channel hierarchy: the
+channel is then the cell of all grouping columns, only within-channel
+shuffles are derived automatically (they keep every row's groups),
+``"between-channel"`` must be asked for explicitly, and the subject schemes
+are refused.
+
+All permutations are drawn up front from ``np.random.default_rng(seed)``, one
+permutation after the other, so the first k do not depend on
+``n_permutations``, workers or engine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pandas as pd
+
+from ._checks import check_option
+from .data import TimeseriesData, _preview
+from .design import ModelDesign, _label_text
+from .formula import ModelFormula, parse_formula
+
+__all__ = ["SCHEMES", "Permutations", "check_one_row_per_level", "make_permutations"]
+
+SCHEMES = ("within-channel", "between-channel", "channel-within-subject", "between-subject", "none")
+# Fixed draw order inside one permutation: this is what makes runs prefix-stable.
+_DRAW_ORDER = SCHEMES[:4]
+
+
+@dataclass(frozen=True, eq=False)
+class Permutations:
+    """Permuted designs drawn up front, stored as integer row maps.
+
+    Attributes
+    ----------
+    design : pandas.DataFrame
+        The observed design (a private copy).
+    schemes : dict of str to str
+        Scheme used for each fixed-effect variable.
+    varies : dict of str to str
+        Level at which each variable varies in the data: ``"within-channel"``,
+        ``"between-channel"`` or ``"between-subject"``.
+    seed : int
+        Seed of ``np.random.default_rng``; drawn fresh when none was given.
+    n_permutations : int
+    maps : dict of str to numpy.ndarray
+        For each scheme in use, read-only ints ``(n_permutations, n_obs)``:
+        permutation ``k`` gives row ``i`` the values of row ``maps[s][k, i]``.
+    channel_columns, subject_columns : tuple of str
+        Columns defining channels and subjects (``subject_columns`` is empty
+        for crossed groupings).
+    n_channels, n_subjects : int
+    """
+
+    design: pd.DataFrame
+    schemes: dict
+    varies: dict
+    seed: int
+    n_permutations: int
+    maps: dict
+    channel_columns: tuple
+    subject_columns: tuple
+    n_channels: int
+    n_subjects: int
+
+    @property
+    def row_maps(self) -> dict:
+        """Row map ``(n_permutations, n_obs)`` of every permuted variable.
+
+        Variables sharing a scheme share one array (they move jointly).
+        """
+        return {v: self.maps[s] for v, s in self.schemes.items() if s != "none"}
+
+    def __len__(self) -> int:
+        return self.n_permutations
+
+    def _index(self, k) -> int:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+            raise TypeError(f"permutation index must be an integer, got {type(k).__name__}.")
+        if not -self.n_permutations <= k < self.n_permutations:
+            raise IndexError(f"permutation {k} out of range for {self.n_permutations} permutations.")
+        return int(k) % self.n_permutations
+
+    def __getitem__(self, k) -> pd.DataFrame:
+        return self.apply(k, self.design)
+
+    def __iter__(self):
+        for k in range(self.n_permutations):
+            yield self[k]
+
+    def column(self, k, name) -> pd.Series:
+        """Column ``name`` of the ``k``-th permuted design (same index and dtype)."""
+        k = self._index(k)
+        if name not in self.design.columns:
+            raise KeyError(f"{name!r} is not a design column; columns: {_preview(self.design.columns)}.")
+        col = self.design[name]
+        m = self.row_maps.get(name)
+        return col.copy() if m is None else _take(col, m[k])
+
+    def apply(self, k, frame):
+        """Permute the variables' columns of any table with the design's rows.
+
+        Parameters
+        ----------
+        k : int
+            Permutation index.
+        frame : pandas.DataFrame or ModelDesign
+            Same rows in the same order as the design, e.g. an already coded
+            ``ModelDesign.frame``. Columns named like permuted variables are
+            permuted; the others are left as they are.
+
+        Returns
+        -------
+        pandas.DataFrame or ModelDesign
+            A new object of the type given.
+        """
+        k = self._index(k)
+        if isinstance(frame, ModelDesign):
+            return replace(frame, frame=self.apply(k, frame.frame))
+        if not isinstance(frame, pd.DataFrame):
+            raise TypeError(f"frame must be a pandas DataFrame or ModelDesign, got {type(frame).__name__}.")
+        if len(frame) != len(self.design):
+            raise ValueError(f"frame has {len(frame)} rows but the design has {len(self.design)}; "
+                             "it must hold the same rows in the same order.")
+        out = frame.copy()
+        for name, m in self.row_maps.items():
+            if name in out.columns:
+                out[name] = _take(out[name], m[k])
+        return out
+
+    def describe(self) -> pd.DataFrame:
+        """One row per fixed-effect variable: where it varies and how it is permuted."""
+        among = {
+            "within-channel": f"rows within each of {self.n_channels} channels",
+            "between-channel": f"{self.n_channels} channels",
+            "channel-within-subject": f"channels within each of {self.n_subjects} subjects",
+            "between-subject": f"{self.n_subjects} subjects",
+            "none": "not permuted",
+        }
+        return pd.DataFrame(
+            [(v, self.varies[v], s, among[s]) for v, s in self.schemes.items()],
+            columns=["variable", "varies", "scheme", "permuted_among"],
+        )
+
+    def fingerprint(self) -> str:
+        """SHA-256 hex digest of the seed, schemes and row maps (for checkpoints)."""
+        h = hashlib.sha256()
+        head = {"seed": str(self.seed), "n_permutations": self.n_permutations,
+                "n_obs": len(self.design), "schemes": sorted(self.schemes.items())}
+        h.update(json.dumps(head, sort_keys=True).encode())
+        for scheme in sorted(self.maps):
+            h.update(scheme.encode())
+            h.update(np.ascontiguousarray(self.maps[scheme], dtype="<i8").tobytes())
+        return h.hexdigest()
+
+    def __repr__(self) -> str:
+        how = ", ".join(f"{v}: {s}" for v, s in self.schemes.items())
+        return f"<Permutations | {self.n_permutations} permutations, seed={self.seed} | {how}>"
+
+
+def _take(col: pd.Series, rows) -> pd.Series:
+    # .array.take keeps the dtype (categorical, string, nullable); same index.
+    return pd.Series(col.array.take(rows), index=col.index, name=col.name)
+
+
+def _codes(frame, cols) -> np.ndarray:
+    """Group code 0..G-1 (order of first appearance) of rows sharing ``cols``."""
+    return frame.groupby(list(cols), sort=False).ngroup().to_numpy()
+
+
+def _groupings(formula: ModelFormula) -> list:
+    """Column tuples of every grouping; ``a/b`` expands to ``a`` and ``a:b`` as in lme4."""
+    out = {}
+    for term in formula.random:
+        cols: list = []
+        for part in term.group.split("/"):
+            cols += [c.strip() for c in part.split(":")]
+            out.setdefault(frozenset(cols), tuple(cols))
+    return list(out.values())
+
+
+def _nested(fine, coarse) -> bool:
+    """Every group of ``fine`` lies inside one group of ``coarse``."""
+    return np.unique(np.c_[fine, coarse], axis=0).shape[0] == np.unique(fine).size
+
+
+def _offender(codes, values):
+    """First group in which ``values`` take more than one value, or None."""
+    n = pd.Series(pd.factorize(values)[0]).groupby(codes).nunique()
+    bad = n.index[n.to_numpy() > 1]
+    return None if bad.empty else int(bad[0])
+
+
+def _label(frame, cols, row) -> str:
+    return ":".join(str(frame[c].iloc[row]) for c in cols)
+
+
+class _Units:
+    """Channels and subjects of the design, as codes per row."""
+
+    def __init__(self, frame, formula):
+        self.grouping_columns = formula.grouping_variables
+        groupings = [(g, _codes(frame, g)) for g in _groupings(formula)]
+        groupings.sort(key=lambda gc: gc[1].max() + 1)
+        self.nested = all(_nested(f, c) for (_, c), (_, f) in zip(groupings, groupings[1:]))
+        if self.nested:
+            self.channel_cols, self.channel = groupings[-1]
+            self.subject_cols, self.subject = groupings[0]
+            # Intermediate levels (e.g. sid in site/sid/ch) are not permutation units.
+            self.middle = [(g, c) for g, c in groupings[1:-1] if c.max() != self.subject.max()
+                           and c.max() != self.channel.max()]
+        else:
+            cols = tuple(formula.grouping_variables)
+            self.channel_cols, self.channel = cols, _codes(frame, cols)
+            self.subject_cols, self.subject, self.middle = (), None, []
+            self.crossed = next((g, f) for (g, c), (f, cf) in zip(groupings, groupings[1:])
+                                if not _nested(cf, c))
+        self.n_channels = int(self.channel.max()) + 1
+        self.channel_first = np.unique(self.channel, return_index=True)[1]
+        if self.subject is not None:
+            self.n_subjects = int(self.subject.max()) + 1
+            self.subject_first = np.unique(self.subject, return_index=True)[1]
+            self.subject_of_channel = self.subject[self.channel_first]
+        else:
+            self.n_subjects = 0
+
+
+def _crossed_hint(units) -> str:
+    coarse, fine = (":".join(g) for g in units.crossed)
+    return (f"the formula's groupings are crossed, not nested ({fine!r} is not nested in {coarse!r}"
+            f"; if {fine!r} labels repeat across {coarse!r} groups, write (1|{coarse}:{fine}))")
+
+
+def _derive(frame, name, units) -> str:
+    """Level at which ``name`` varies; refuses a constant column."""
+    values = frame[name]
+    if pd.factorize(values)[0].max() < 1:
+        raise ValueError(f"variable {name!r} takes a single value ({_label_text(values[:1])[0]}) in every row: "
+                         "there is nothing to permute. Remove it from the formula or check the data.")
+    if _offender(units.channel, values) is not None:
+        return "within-channel"
+    if units.subject is None or _offender(units.subject, values) is not None:
+        return "between-channel"
+    return "between-subject"
+
+
+def _check_scheme(frame, name, scheme, varies, units, explicit):
+    """Refuse a scheme that breaks the structure or cannot change ``name``."""
+    where = f"schemes[{name!r}]={scheme!r}" if explicit else f"{name!r} ({scheme}, derived)"
+    if scheme == "none":
+        return
+    if name in units.grouping_columns:
+        raise ValueError(f"{where}: {name!r} is also a grouping column, so permuting it would move rows "
+                         f"between groups. Pass schemes={{{name!r}: 'none'}}.")
+    if scheme == "within-channel":
+        if np.bincount(units.channel).max() == 1:
+            raise ValueError(f"{where}: every channel has a single row, so within-channel shuffling "
+                             "cannot change labels.")
+        if varies != "within-channel":
+            raise ValueError(f"{where}: {name!r} is constant within every channel, so within-channel "
+                             f"shuffling cannot change it; use {varies!r}.")
+        return
+    bad = _offender(units.channel, frame[name])
+    if bad is not None:
+        row = units.channel_first[bad]
+        raise ValueError(f"{where}: {name!r} varies within channels (e.g. channel "
+                         f"{_label(frame, units.channel_cols, row)}), so it cannot be permuted as a "
+                         "channel-level value; use 'within-channel'.")
+    if not explicit and varies == "between-channel":
+        if not units.nested:
+            raise ValueError(f"{name!r} is constant within channels, but {_crossed_hint(units)}, so no "
+                             "channel-level permutation is known to keep the random-effects structure. "
+                             f"Pass schemes={{{name!r}: ...}} explicitly ('between-channel' or 'none').")
+        for g, codes in units.middle:
+            if _offender(codes, frame[name]) is None:
+                raise ValueError(f"{name!r} is constant within each {':'.join(g)!r} group, an intermediate "
+                                 "grouping level; clusterlmer permutes whole channels or whole subjects only. "
+                                 f"Pass schemes={{{name!r}: ...}} explicitly.")
+    if scheme in ("channel-within-subject", "between-subject"):
+        if units.subject is None:
+            raise ValueError(f"{where}: {_crossed_hint(units)}, so there is no subject level to permute "
+                             "at; use 'within-channel', 'between-channel' or 'none'.")
+        if scheme == "between-subject" and varies != "between-subject":
+            raise ValueError(f"{where}: {name!r} varies between channels of the same subject, so it cannot "
+                             "be permuted as a subject-level value; use 'channel-within-subject' or "
+                             "'between-channel'.")
+        if scheme == "channel-within-subject" and varies == "between-subject":
+            one = " (the formula has one grouping level, so channels and subjects coincide)" \
+                if units.n_channels == units.n_subjects else ""
+            raise ValueError(f"{where}: {name!r} is constant within every subject{one}, so permuting "
+                             "channels within subjects cannot change it; use 'between-subject'.")
+
+
+def _draw(units, in_use, n_permutations, seed) -> dict:
+    """Row maps for every scheme in use, one permutation after the other."""
+    rng = np.random.default_rng(seed)
+    ch = units.channel
+    n_obs = ch.size
+    dtype = np.int32 if n_obs < 2**31 else np.int64
+    maps = {s: np.empty((n_permutations, n_obs), dtype) for s in _DRAW_ORDER if s in in_use}
+    rows_by_channel = np.argsort(ch, kind="stable")
+    if "channel-within-subject" in maps:
+        sub_of_ch = units.subject_of_channel
+        channels_by_subject = np.argsort(sub_of_ch, kind="stable")
+    for k in range(n_permutations):
+        for scheme, out in maps.items():
+            if scheme == "within-channel":
+                # Random keys sorted inside each channel: a uniform shuffle per channel.
+                out[k, rows_by_channel] = np.lexsort((rng.random(n_obs), ch))
+            elif scheme == "between-channel":
+                target = np.argsort(rng.random(units.n_channels))
+                out[k] = units.channel_first[target][ch]
+            elif scheme == "channel-within-subject":
+                target = np.empty(units.n_channels, np.intp)
+                target[channels_by_subject] = np.lexsort((rng.random(units.n_channels), sub_of_ch))
+                out[k] = units.channel_first[target][ch]
+            else:
+                target = np.argsort(rng.random(units.n_subjects))
+                out[k] = units.subject_first[target][units.subject]
+    for out in maps.values():
+        out.flags.writeable = False
+    return maps
+
+
+def _check_columns(frame, names, what):
+    missing = [c for c in names if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{what} {_preview(map(repr, missing))} {'is' if len(missing) == 1 else 'are'} not in the "
+                         f"design. Available columns: {_preview(frame.columns)}.")
+    for c in names:
+        na = frame[c].isna().to_numpy()
+        if na.any():
+            raise ValueError(f"column {c!r} has {na.sum()} missing value(s) (rows "
+                             f"{_preview(np.flatnonzero(na), 6)}); fill them or drop those rows.")
+
+
+def make_permutations(design, formula, n_permutations, seed=None, *, schemes=None) -> Permutations:
+    """Draw permuted designs that keep the random-effects structure.
+
+    Parameters
+    ----------
+    design : pandas.DataFrame or TimeseriesData
+        One row per observation (e.g. ``sid``, ``ch``, ``hit_miss``, ``region``).
+    formula : str or ModelFormula
+        Its random terms define channels and subjects; its fixed-effect
+        variables are permuted.
+    n_permutations : int
+        Number of permuted designs (positive).
+    seed : int, optional
+        Seed for ``np.random.default_rng``. ``None`` draws a fresh one and
+        stores it in ``Permutations.seed`` so the run can be repeated.
+    schemes : dict of str to str, optional
+        Scheme per variable, overriding the derived one; one of
+        ``"within-channel"``, ``"between-channel"``,
+        ``"channel-within-subject"``, ``"between-subject"``, ``"none"``.
+        Variables sharing a scheme are permuted jointly.
+
+    Returns
+    -------
+    Permutations
+    """
+    if isinstance(design, TimeseriesData):
+        design = design.design
+    if not isinstance(design, pd.DataFrame):
+        raise TypeError(f"design must be a pandas DataFrame or TimeseriesData, got {type(design).__name__}.")
+    if len(design) == 0:
+        raise ValueError("design has no rows: there is nothing to permute.")
+    if not isinstance(formula, ModelFormula):
+        formula = parse_formula(formula)
+    if isinstance(n_permutations, bool) or not isinstance(n_permutations, (int, np.integer)) \
+            or n_permutations < 1:
+        raise ValueError(f"n_permutations must be a positive integer, got {n_permutations!r}.")
+    if seed is None:
+        seed = int(np.random.SeedSequence().entropy)
+    elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}.")
+    schemes = dict(schemes or {})
+    fixed = formula.fixed_variables
+    for name, scheme in schemes.items():
+        if name not in fixed:
+            raise ValueError(f"schemes names {name!r}, which is not a fixed-effect variable of the formula. "
+                             f"Fixed-effect variables: {_preview(fixed) or '(none)'}.")
+        check_option(f"schemes[{name!r}]", scheme, SCHEMES)
+    _check_columns(design, formula.grouping_variables, "grouping column(s)")
+    _check_columns(design, fixed, "fixed-effect column(s)")
+    if not fixed:
+        raise ValueError(f"formula {formula.text!r} has no fixed-effect variable: there is nothing to permute.")
+
+    units = _Units(design, formula)
+    varies, used = {}, {}
+    for name in fixed:
+        explicit = name in schemes
+        # A constant nuisance column the user chose not to permute is not an error here.
+        constant = explicit and schemes[name] == "none" and design[name].nunique() < 2
+        varies[name] = "constant" if constant else _derive(design, name, units)
+        used[name] = schemes.get(name, varies[name])  # the level it varies at names its scheme
+        _check_scheme(design, name, used[name], varies[name], units, explicit)
+    in_use = set(used.values()) - {"none"}
+    if not in_use:
+        raise ValueError("every fixed-effect variable has scheme 'none': there is nothing to permute.")
+    maps = _draw(units, in_use, int(n_permutations), seed)
+    return Permutations(design.copy(), used, varies, int(seed), int(n_permutations), maps,
+                        tuple(units.channel_cols), tuple(units.subject_cols), units.n_channels,
+                        units.n_subjects)
+
+
+def check_one_row_per_level(design, variable, channel_columns=("sid", "ch")):
+    """Require exactly one row per level of ``variable`` in every channel.
+
+    The seed layout has one hit and one miss row per channel; a channel with
+    a missing or repeated condition would make within-channel swaps unequal.
+
+    Parameters
+    ----------
+    design : pandas.DataFrame or TimeseriesData
+    variable : str
+        A within-channel condition, e.g. ``"hit_miss"``.
+    channel_columns : tuple of str
+        Columns that together identify a channel.
+
+    Raises
+    ------
+    ValueError
+        Naming the first offending channels and what they hold.
+    """
+    if isinstance(design, TimeseriesData):
+        design = design.design
+    channel_columns = (channel_columns,) if isinstance(channel_columns, str) else tuple(channel_columns)
+    _check_columns(design, [*channel_columns, variable], "column(s)")
+    texts = pd.Series(_label_text(design[variable]), index=design.index)
+    levels = list(dict.fromkeys(texts))
+    if len(levels) < 2:
+        raise ValueError(f"{variable!r} has a single level ({levels[0]!r}); each channel needs one row per "
+                         f"level of {variable!r}, so the data must hold at least two levels.")
+    codes = _codes(design, channel_columns)
+    counts = pd.crosstab(codes, texts.to_numpy())
+    bad = counts.index[(counts.to_numpy() != 1).any(axis=1)]
+    if len(bad):
+        first = np.unique(codes, return_index=True)[1]
+        shown = []
+        for code in bad[:5]:
+            held = texts.iloc[np.flatnonzero(codes == code)].tolist()
+            shown.append(f"{_label(design, channel_columns, first[code])} has {len(held)} row(s) "
+                         f"({', '.join(held)})")
+        more = f", ... ({len(bad)} channels in all)" if len(bad) > 5 else ""
+        raise ValueError(
+            f"each channel needs one row per level of {variable!r} (one row each for "
+            f"{', '.join(levels)}, e.g. one hit and one miss row); {len(bad)} of {len(first)} channels "
+            f"do not: {'; '.join(shown)}{more}. Drop or fix those channels."
+        )

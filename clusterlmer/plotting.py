@@ -1,0 +1,141 @@
+"""Figures of a permutation cluster result (matplotlib).
+
+One row per tested term: on the left the observed statistic over time with
+the per-sample cluster thresholds and the clusters shaded (significant ones
+in colour, annotated with their p), or a time x frequency map with cluster
+outlines for 2-D data; on the right the permutation distribution of the
+largest cluster statistic with the observed clusters marked.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["plot_result"]
+
+_SIG = "#d62728"
+_NONSIG = "#bbbbbb"
+
+
+def _figure(n_rows, show):
+    if show:
+        import matplotlib.pyplot as plt
+
+        return plt.figure(figsize=(11, 2.8 * n_rows + 0.6))
+    from matplotlib.figure import Figure  # no pyplot: works without a display and leaks no global state
+
+    return Figure(figsize=(11, 2.8 * n_rows + 0.6))
+
+
+def _stat_label(result):
+    return "F" if result.statistic == "F" else "t"
+
+
+def _plot_timecourse(ax, result, term, info):
+    times = np.asarray(result.times, dtype=float)
+    stat = result.stat[term]
+    ax.plot(times, stat, color="black", lw=1.2, label=f"observed {_stat_label(result)}")
+    for thr, label in ((info.threshold_upper, "cluster threshold"), (info.threshold_lower, None)):
+        if thr is not None and np.any(np.isfinite(thr)):
+            ax.plot(times, thr, color="tab:blue", lw=0.9, ls="--", label=label)
+    step = np.median(np.diff(times)) if len(times) > 1 else 1.0
+    top = np.nanmax(np.abs(stat)) if np.any(np.isfinite(stat)) else 1.0
+    for c in info.clusters:
+        idx = np.asarray(c.indices[0])
+        lo, hi = times[idx.min()] - step / 2, times[idx.max()] + step / 2
+        significant = c.p < result.alpha
+        ax.axvspan(lo, hi, color=_SIG if significant else _NONSIG, alpha=0.25 if significant else 0.3, lw=0)
+        if significant:
+            y = top * (0.92 if c.sign > 0 else -0.92) if result.statistic == "t" else top * 0.92
+            ax.text((lo + hi) / 2, y, f"p = {c.p:.3g}", ha="center", va="center", fontsize=8, color=_SIG)
+    if result.statistic == "t":
+        ax.axhline(0, color="grey", lw=0.5)
+    ax.set_xlim(times[0] - step / 2, times[-1] + step / 2)
+    ax.set_ylabel(_stat_label(result))
+    ax.set_title(term, loc="left", fontsize=10)
+
+
+def _plot_map(ax, result, term, info):
+    times = np.asarray(result.times, dtype=float)
+    freqs = np.asarray(result.fit.freqs, dtype=float)
+    stat = result.stat[term]
+    vmax = np.nanmax(np.abs(stat)) if np.any(np.isfinite(stat)) else 1.0
+    cmap, vmin = ("viridis", 0) if result.statistic == "F" else ("RdBu_r", -vmax)
+    mesh = ax.pcolormesh(times, freqs, stat.T, shading="nearest", cmap=cmap, vmin=vmin, vmax=vmax)
+    ax.figure.colorbar(mesh, ax=ax, label=_stat_label(result), pad=0.01)
+    for c in info.clusters:
+        significant = c.p < result.alpha
+        ax.contour(times, freqs, np.asarray(c.mask, dtype=float).T, levels=[0.5],
+                   colors="white" if significant else "grey", linewidths=1.5 if significant else 0.8,
+                   linestyles="solid" if significant else "dashed")
+        if significant:
+            idx = c.indices
+            ax.text(times[int(np.median(idx[0]))], freqs[int(np.median(idx[1]))], f"p={c.p:.3g}",
+                    color="white", fontsize=8, ha="center")
+    ax.set_ylabel("frequency")
+    ax.set_title(term, loc="left", fontsize=10)
+
+
+def _plot_null(ax, result, term, info):
+    shown = False
+    for null, sign in ((info.null_max, 1), (info.null_min, -1)):
+        if null is None:
+            continue
+        null = np.asarray(null, dtype=float)
+        null = null[np.isfinite(null)]
+        if null.size == 0:
+            continue
+        ax.hist(null, bins=min(40, max(5, null.size // 5)), color="tab:blue" if sign > 0 else "tab:purple",
+                alpha=0.6, label="max (+)" if sign > 0 else "min / max (-)")
+        shown = True
+    for c in info.clusters:
+        ax.axvline(c.stat, color=_SIG if c.p < result.alpha else "grey", lw=1.2)
+    if not shown:
+        ax.text(0.5, 0.5, "no permutation\nhad a cluster", ha="center", va="center", transform=ax.transAxes)
+    ax.set_title("null of the cluster statistic", fontsize=9)
+    ax.set_xlabel(f"cluster {result.cluster_stat}")
+    ax.tick_params(labelsize=8)
+
+
+def plot_result(result, path=None, *, terms=None, show=False):
+    """Draw each tested term's statistic, thresholds, clusters and cluster-statistic null.
+
+    Parameters
+    ----------
+    result : PermutationClusterResult
+    path : str or path-like, optional
+        Save the figure there (format from the suffix, e.g. ``.png``, ``.pdf``).
+    terms : list of str, optional
+        Terms to draw (default: every tested term).
+    show : bool
+        Draw with pyplot (for interactive sessions) instead of an off-screen figure.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    terms = list(result.terms if terms is None else ([terms] if isinstance(terms, str) else terms))
+    unknown = [t for t in terms if t not in result.terms]
+    if unknown:
+        raise ValueError(f"terms {unknown} were not tested; tested terms: {list(result.terms)}.")
+    fig = _figure(len(terms), show)
+    grid = fig.add_gridspec(len(terms), 2, width_ratios=(3.2, 1), hspace=0.55, wspace=0.18)
+    two_d = len(result.fit.sample_shape) == 2
+    for row, term in enumerate(terms):
+        info = result.cluster_info[term]
+        ax = fig.add_subplot(grid[row, 0])
+        (_plot_map if two_d else _plot_timecourse)(ax, result, term, info)
+        if row == len(terms) - 1:
+            ax.set_xlabel("time")
+        if row == 0 and not two_d:
+            ax.legend(loc="upper left", fontsize=8, frameon=False)
+        _plot_null(fig.add_subplot(grid[row, 1]), result, term, info)
+    fig.suptitle(f"{result.fit.formula}  —  {result.n_permutations} permutations, cluster '{result.cluster_stat}', "
+                 f"shaded: clusters (red: p < {result.alpha:g})", fontsize=10)
+    if path is not None:
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+    if show:
+        import matplotlib.pyplot as plt
+
+        plt.show()
+    return fig

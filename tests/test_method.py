@@ -1,0 +1,199 @@
+"""The whole method with the real R engine: permutations, null, cluster p, checkpoints, workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+import clusterlmer as cl
+from clusterlmer.checkpoint import CheckpointError
+
+FORMULA = "data ~ hit_miss * region + (1|sid) + (1|sid:ch)"
+SMALL = dict(kind="2way", n_subjects=6, n_channels=24, n_times=12, seed=3)
+
+
+@pytest.fixture(scope="module")
+def small():
+    return cl.simulate_ieeg(**SMALL)
+
+
+@pytest.fixture(scope="module")
+def reference(small):
+    """An uninterrupted single-process run that the other runs must reproduce."""
+    return cl.permutation_cluster_lmer(small, FORMULA, n_permutations=12, seed=7, progress=False)
+
+
+def assert_same_result(a, b):
+    assert a.terms == b.terms and a.seed == b.seed and a.n_permutations == b.n_permutations
+    for term in a.terms:
+        np.testing.assert_array_equal(a.null[term], b.null[term])
+        np.testing.assert_array_equal(a.stat[term], b.stat[term])
+        np.testing.assert_array_equal(a.p_clust[term], b.p_clust[term])
+    assert a.clusters.equals(b.clusters)
+
+
+def test_null_is_each_permutation_refit_with_lmer(small, reference):
+    """The null of permutation k equals fitting the k-th permuted design from scratch."""
+    perms = cl.make_permutations(small.design, FORMULA, 12, seed=7)
+    for k in (0, 11):
+        permuted = cl.TimeseriesData(design=perms[k], values=small.values, times=small.times)
+        # Level order (hence the reference level) stays the observed one, not the permuted first appearance.
+        fit = cl.fit_timeseries(permuted, FORMULA, levels=reference.fit.levels)
+        for term in reference.terms:
+            np.testing.assert_array_equal(reference.null[term][:, k], fit.F[fit.terms.index(term)])
+    # and the observed statistic is the plain fit
+    fit = cl.fit_timeseries(small, FORMULA)
+    np.testing.assert_array_equal(reference.stat["hit_miss"], fit.F[fit.terms.index("hit_miss")])
+    assert reference.null["hit_miss"].shape == (12, 12)
+    assert reference.schemes == {"hit_miss": "within-channel", "region": "between-channel"}
+
+
+def test_p_clust_follows_cluster_test(reference):
+    for term in reference.terms:
+        h, p, info = cl.cluster_test(reference.stat[term], reference.null[term], tail=1)
+        np.testing.assert_array_equal(p, reference.p_clust[term])
+        assert p.min() >= 1 / 13  # (0 + 1) / (n_permutations + 1)
+    table = reference.clusters
+    assert list(table.columns[:6]) == ["term", "sign", "start", "stop", "t_start", "t_stop"]
+    for row in table.itertuples():
+        assert row.t_start == reference.times[row.start] and row.t_stop == reference.times[row.stop]
+        assert np.all(reference.p_clust[row.term][row.start:row.stop + 1] == row.p)
+
+
+def test_same_seed_same_result_with_two_workers(small, reference):
+    parallel = cl.permutation_cluster_lmer(small, FORMULA, n_permutations=12, seed=7, n_jobs=2, progress=False)
+    assert_same_result(reference, parallel)
+    other = cl.permutation_cluster_lmer(small, FORMULA, n_permutations=12, seed=8, progress=False)
+    assert not np.array_equal(other.null["hit_miss"], reference.null["hit_miss"])
+
+
+def test_checkpoint_resume_equals_uninterrupted_run(small, reference, tmp_path):
+    path = tmp_path / "run.h5"
+    first = cl.permutation_cluster_lmer(small, FORMULA, n_permutations=5, seed=7, checkpoint=path, progress=False)
+    with h5py.File(path) as f:
+        assert f["done"][()].sum() == 5
+    # Asking for more permutations reuses the first five (they are drawn prefix-stably).
+    resumed = cl.permutation_cluster_lmer(small, FORMULA, n_permutations=12, seed=7, checkpoint=path,
+                                          progress=False)
+    assert resumed.run["resumed"] == 5
+    assert_same_result(reference, resumed)
+    np.testing.assert_array_equal(first.null["region"], reference.null["region"][:, :5])
+
+
+@pytest.mark.parametrize("change, differs", [
+    (dict(seed=8), "seed"),
+    (dict(formula="data ~ hit_miss + region + (1|sid) + (1|sid:ch)"), "formula"),
+    (dict(reml=False), "fit options"),
+    (dict(data_seed=4), "data"),
+])
+def test_checkpoint_of_another_analysis_is_refused(small, tmp_path, change, differs):
+    path = tmp_path / "run.h5"
+    cl.permutation_cluster_lmer(small, FORMULA, n_permutations=2, seed=7, checkpoint=path, progress=False)
+    data = cl.simulate_ieeg(**{**SMALL, "seed": change.pop("data_seed")}) if "data_seed" in change else small
+    args = dict(n_permutations=2, seed=7, checkpoint=path, progress=False)
+    formula = change.pop("formula", FORMULA)
+    args.update(change)
+    with pytest.raises(CheckpointError, match=f"different analysis.*{differs}"):
+        cl.permutation_cluster_lmer(data, formula, **args)
+
+
+def test_checkpoint_that_is_not_one_is_refused(small, tmp_path):
+    path = tmp_path / "other.h5"
+    with h5py.File(path, "w") as f:
+        f["x"] = 1
+    with pytest.raises(CheckpointError, match="not a clusterlmer checkpoint"):
+        cl.permutation_cluster_lmer(small, FORMULA, n_permutations=2, seed=7, checkpoint=path, progress=False)
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="cannot read the checkpoint"):
+        cl.permutation_cluster_lmer(small, FORMULA, n_permutations=2, seed=7, checkpoint=bad, progress=False)
+
+
+_CHILD = textwrap.dedent("""
+    import sys, clusterlmer as cl
+    data = cl.simulate_ieeg(**{small})
+    cl.permutation_cluster_lmer(data, {formula!r}, n_permutations=40, seed=7, checkpoint=sys.argv[1],
+                                progress=False)
+""")
+
+
+def _done_in(path):
+    try:
+        with h5py.File(path, "r") as f:
+            return int(f["done"][()].sum())
+    except (OSError, KeyError):
+        return 0
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT], ids=["killed", "ctrl-c"])
+def test_killed_or_interrupted_run_resumes_exactly(reference, tmp_path, how):
+    path = tmp_path / "run.h5"
+    child = subprocess.Popen([sys.executable, "-c", _CHILD.format(small=SMALL, formula=FORMULA), str(path)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while _done_in(path) < 3 and child.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert child.poll() is None, "the child finished before it could be interrupted"
+    child.send_signal(how)
+    _, err = child.communicate(timeout=60)
+    saved = _done_in(path)
+    assert 3 <= saved < 40
+    if how == signal.SIGINT:
+        assert "Rerun with the same arguments to resume" in err
+    resumed = cl.permutation_cluster_lmer(cl.simulate_ieeg(**SMALL), FORMULA, n_permutations=12, seed=7,
+                                          checkpoint=path, progress=False)
+    assert resumed.run["resumed"] == min(saved, 12)
+    assert_same_result(reference, resumed)
+
+
+def test_failed_refits_are_counted_not_fatal(small):
+    values = small.values.copy()
+    values[:, 4] = np.nan
+    values[:3, 4] = [1.0, 2.0, 3.0]  # too few rows for the model: every fit at sample 4 fails
+    data = cl.TimeseriesData(design=small.design, values=values, times=small.times)
+    res = cl.permutation_cluster_lmer(data, FORMULA, n_permutations=4, seed=1, progress=False)
+    for term in res.terms:
+        assert res.refit_failures[term][4] == 4
+        assert res.refit_failures[term].sum() == 4
+        assert np.isnan(res.stat[term][4]) and res.p_clust[term][4] == 1
+    assert "hit_miss: 4 of 48" in res.summary()
+    assert res.fit.diagnostics["failed"][4]
+
+
+def test_t_statistic_is_two_tailed_signed_t(small):
+    res = cl.permutation_cluster_lmer(small, "data ~ hit_miss + (1|sid) + (1|sid:ch)", n_permutations=4, seed=2,
+                                      statistic="t", progress=False)
+    assert res.tail == 0 and res.terms == ("hit_miss",)
+    fit = res.fit
+    np.testing.assert_array_equal(res.stat["hit_miss"], fit.t[fit.terms.index("hit_miss")])
+    assert (res.null["hit_miss"] < 0).any() and (res.null["hit_miss"] > 0).any()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(statistic="t"), "statistic='t' needs one-coefficient terms"),
+    (dict(statistic="z"), "Invalid value for the 'statistic' parameter"),
+    (dict(tail=0), "only tail=1"),
+    (dict(n_permutations=0), "n_permutations must be a positive integer"),
+    (dict(terms=["(Intercept)"]), "intercept cannot be tested"),
+    (dict(terms=["hemisphere"]), "not in the model"),
+    (dict(alpha=1.5), "alpha must be a number between 0 and 1"),
+    (dict(n_jobs=0), "n_jobs must be a positive number"),
+    (dict(cluster_stat="max"), "Invalid value for the 'cluster_stat' parameter"),
+    (dict(schemes={"region": "none", "hit_miss": "none"}), "not permuted"),
+])
+def test_bad_arguments_are_named(small, kwargs, message):
+    data, formula = small, FORMULA
+    if kwargs.get("statistic") == "t":  # a three-level factor has a 2-df F, no t
+        channel = (small.design["sid"] + ":" + small.design["ch"]).factorize()[0]
+        design = small.design.assign(region=[f"r{c % 3}" for c in channel])
+        data = cl.TimeseriesData(design=design, values=small.values, times=small.times)
+    with pytest.raises((ValueError, TypeError), match=message):
+        cl.permutation_cluster_lmer(data, formula, progress=False, **{"n_permutations": 2, **kwargs})
