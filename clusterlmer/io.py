@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from .data import TimeseriesData, _preview
+from .permute import check_one_row_per_level
 
 # h5py and scipy.io are imported inside the functions that use them, so that
 # ``import clusterlmer`` stays quick.
@@ -457,7 +458,8 @@ def _cell_item(elem):
 # ---- the loader
 
 
-def load_mat(path, *, data_key="data", times=None, times_key="times", freqs=None, freqs_key="freqs") -> TimeseriesData:
+def load_mat(path, *, data_key="data", times=None, times_key="times", freqs=None, freqs_key="freqs",
+             check_channels=True) -> TimeseriesData:
     """Load a MATLAB ``.mat`` file in the seed's layout as :class:`TimeseriesData`.
 
     Parameters
@@ -478,6 +480,11 @@ def load_mat(path, *, data_key="data", times=None, times_key="times", freqs=None
         variable of the right length. Defaults to ``0 .. n_freqs - 1``.
     freqs_key : str or None
         Variable holding the frequencies; ``None`` to ignore any.
+    check_channels : bool
+        When the file has ``sid``, ``ch`` and ``hit_miss``, require the
+        original's layout: every channel (``sid`` + ``ch``) has exactly one
+        row per ``hit_miss`` level. Pass ``False`` for data with several rows
+        per channel and condition (e.g. single trials).
 
     Returns
     -------
@@ -512,6 +519,12 @@ def load_mat(path, *, data_key="data", times=None, times_key="times", freqs=None
     data = _with_variables(
         path, lambda variables: _assemble(path, variables, data_key, times, times_key, freqs, freqs_key, notes)
     )
+    if check_channels and all(c in data.design for c in _ROW_KEY):
+        try:
+            check_one_row_per_level(data.design, "hit_miss", ("sid", "ch"))
+        except ValueError as exc:
+            raise MatFileError(f"{path!r}: {exc} (Pass check_channels=False to load data with several rows "
+                               "per channel and condition.)") from None
     for note in notes:
         warnings.warn(note, UserWarning, stacklevel=2)
     return data

@@ -465,7 +465,7 @@ def check_one_row_per_level(design, variable, channel_columns=("sid", "ch")):
                          f"({', '.join(held)})")
         more = f", ... ({len(bad)} channels in all)" if len(bad) > 5 else ""
         raise ValueError(
-            f"each channel needs one row per level of {variable!r} (one row each for "
-            f"{', '.join(levels)}, e.g. one hit and one miss row); {len(bad)} of {len(first)} channels "
+            f"each channel needs one row per level of {variable!r} (one row each for {', '.join(levels)}"
+            f"{', i.e. one hit and one miss row' if variable == 'hit_miss' else ''}); {len(bad)} of {len(first)} channels "
             f"do not: {'; '.join(shown)}{more}. Drop or fix those channels."
         )

@@ -234,6 +234,14 @@ def cluster_table(cluster_info: dict, times, freqs=None) -> pd.DataFrame:
 _TAIL_NAMES = {1: "upper-tailed", 0: "two-tailed", -1: "lower-tailed"}
 
 
+def _quantiles(tail, cluster_alpha):
+    if tail == 1:
+        return f"{1 - cluster_alpha:g} quantile"
+    if tail == -1:
+        return f"{cluster_alpha:g} quantile"
+    return f"{cluster_alpha / 2:g} and {1 - cluster_alpha / 2:g} quantiles"
+
+
 @dataclass(frozen=True, eq=False)
 class PermutationClusterResult:
     """Result of :func:`clusterlmer.permutation_cluster_lmer`.
@@ -320,9 +328,8 @@ class PermutationClusterResult:
             "Cluster-based permutation test of per-sample mixed models (clusterlmer)",
             f"Formula:       {self.fit.formula}",
             f"Statistic:     {self.statistic} ({_TAIL_NAMES[self.tail]}), cluster statistic '{self.cluster_stat}'",
-            f"Thresholds:    per-sample {1 - self.cluster_alpha:g} quantile of the permutation distribution"
-            f"{' (per tail: cluster_alpha halved)' if self.tail == 0 else ''}, quantile method "
-            f"'{self.quantile_method}'; clusters significant at p < {self.alpha:g}",
+            f"Thresholds:    per-sample {_quantiles(self.tail, self.cluster_alpha)} of the permutation "
+            f"distribution (quantile method '{self.quantile_method}'); clusters significant at p < {self.alpha:g}",
             f"Permutations:  {self.n_permutations} (seed {self.seed}); {schemes}",
             f"Refit failures: " + (", ".join(f"{t}: {n} of {n_fits}" for t, n in fails.items())),
             f"Observed fits: {_fit_health(self.fit.diagnostics)}",

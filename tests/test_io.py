@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import scipy.io
 
+import clusterlmer as cl
 from clusterlmer.io import MatFileError, load_mat, write_mat5, write_mat73
 
 WRITERS = {"v73": write_mat73, "v5": write_mat5}
@@ -580,3 +581,19 @@ def test_matlab_string_array_label(tmp_path):
         obj.attrs["MATLAB_object_decode"] = np.int32(3)
     with pytest.raises(MatFileError, match=r"label 'region' .*string array; convert it with cellstr"):
         load_mat(p)
+
+
+def test_channel_without_one_row_per_condition_is_named(tmp_path):
+    """The original's layout has one hit and one miss row per channel (sid + ch)."""
+    path = tmp_path / "unbalanced.mat"
+    cl.io.write_mat73(path, {
+        "sid": ["S1", "S1", "S1", "S2", "S2"],
+        "ch": ["a", "a", "b", "a", "a"],
+        "hit_miss": np.array([1.0, 0.0, 1.0, 1.0, 0.0]),
+        "data": np.arange(15.0).reshape(5, 3),
+    })
+    with pytest.raises(cl.MatFileError, match=r"one row per level of 'hit_miss'.*S1:b has 1 row\(s\) \(1\)"
+                                              r".*check_channels=False"):
+        cl.load_mat(path)
+    data = cl.load_mat(path, check_channels=False)
+    assert data.values.shape == (5, 3)

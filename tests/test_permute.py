@@ -490,7 +490,7 @@ def test_one_row_per_level_ok(sim2, d2):
 def test_one_row_per_level_errors(d2):
     missing = d2.drop(index=[0])
     with pytest.raises(ValueError, match=r"each channel needs one row per level of 'hit_miss' \(one row each "
-                                         r"for 0, 1, e.g. one hit and one miss row\); 1 of 169 channels do not: "
+                                         r"for 0, 1, i.e. one hit and one miss row\); 1 of 169 channels do not: "
                                          r"S01:ch1 has 1 row\(s\) \(0\)\. Drop or fix"):
         check_one_row_per_level(missing, "hit_miss")
     doubled = pd.concat([d2, d2.iloc[[2]]], ignore_index=True)
