@@ -213,7 +213,7 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
         print(f"clusterlmer: resuming from {store.path}: {store.resumed} of {n_permutations} permutations "
               "already done.", file=sys.stderr)
     try:
-        run_permutations(task, store, n_jobs=n_jobs, progress=progress)
+        restarts = run_permutations(task, store, n_jobs=n_jobs, progress=progress)
     except KeyboardInterrupt:
         if store.path is not None:
             print(f"\nclusterlmer: interrupted; {int(store.done.sum())} of {n_permutations} permutations are "
@@ -247,5 +247,5 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
         cluster_stat=cluster_stat,
         quantile_method=quantile_method,
         run={"n_jobs": n_jobs, "elapsed_s": time.perf_counter() - start, "resumed": store.resumed,
-             "checkpoint": store.path},
+             "worker_restarts": restarts, "checkpoint": store.path},
     )

@@ -143,34 +143,24 @@ def _add_method_options(p, nperm):
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _checked(convert, ok, what):
+    """An argparse ``type`` converting with ``convert`` and accepting values where ``ok(value)``."""
+
+    def parse(text):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _jobs(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of workers or -1, got {text!r}") from None
-    if value == 0 or value < -1:
-        raise argparse.ArgumentTypeError(f"expected a positive number of workers or -1, got {text!r}")
-    return value
-
-
-def _unit_interval(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}")
-    return value
+_positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
+_jobs = _checked(int, lambda v: v >= 1 or v == -1, "a positive number of workers or -1 (every core)")
+_unit_interval = _checked(float, lambda v: 0 < v < 1, "a number between 0 and 1")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -230,18 +220,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _figure_formats():
+    from matplotlib.figure import Figure
+
+    return set(Figure().canvas.get_supported_filetypes())
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
+    # Check the outputs before the run: a bad name found after hours of permutations would lose them.
     for name in ("out", "plot"):
         paths = getattr(args, name, None)
         for path in ([paths] if isinstance(paths, str) else paths or []):
-            if name == "out" and args.command == "run" and os.path.splitext(path)[1].lower() not in (
-                    ".mat", ".h5", ".hdf5", ".csv"):
+            suffix = os.path.splitext(path)[1].lower()
+            if name == "out" and args.command == "run" and suffix not in (".mat", ".h5", ".hdf5", ".csv"):
                 parser.error(f"--out {path!r}: use a name ending in .mat, .h5 or .csv")
+            if name == "plot" and suffix and suffix[1:] not in _figure_formats():
+                parser.error(f"--plot {path!r}: use a name ending in one of "
+                             f"{', '.join('.' + f for f in sorted(_figure_formats()))}")
+            folder = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(folder):
+                parser.error(f"--{name} {path!r}: the folder {folder!r} does not exist")
     try:
         return args.func(args)
     except KeyboardInterrupt:

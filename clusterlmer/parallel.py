@@ -14,7 +14,9 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 
 import numpy as np
@@ -22,6 +24,8 @@ import numpy as np
 __all__ = ["run_permutations", "resolve_n_jobs"]
 
 _worker_task = None
+# A block that kills its worker every time (e.g. R crashing on it) must not loop forever.
+MAX_WORKER_RESTARTS = 3
 
 
 def resolve_n_jobs(n_jobs) -> int:
@@ -100,8 +104,14 @@ def run_permutations(task, checkpoint, *, n_jobs=1, progress=True):
         Worker processes; 1 runs in this process.
     progress : bool
         Show a progress bar on a terminal.
+
+    Returns
+    -------
+    int
+        How many times dead workers were replaced (their blocks refitted).
     """
     todo = checkpoint.todo
+    restarts = 0
     bar = _progress_bar(checkpoint.n_permutations, checkpoint.n_permutations - len(todo), progress)
     try:
         with _interrupt_between_permutations() as interrupted:
@@ -113,31 +123,63 @@ def run_permutations(task, checkpoint, *, n_jobs=1, progress=True):
                     if interrupted():
                         raise KeyboardInterrupt
             else:
-                _run_in_workers(task, checkpoint, todo, n_jobs, bar, interrupted)
+                restarts = _run_in_workers(task, checkpoint, todo, n_jobs, bar, interrupted)
     finally:
         checkpoint.save()
         if bar is not None:
             bar.close()
+    return restarts
 
 
-def _run_in_workers(task, checkpoint, todo, n_jobs, bar, interrupted):
+def _stop(pool):
+    # Blocks in flight are lost anyway: stop the workers instead of waiting for them.
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _run_in_workers(task, checkpoint, todo, n_jobs, bar, interrupted) -> int:
+    """Fit blocks of permutations in worker processes; returns how many times workers were replaced."""
     ctx = multiprocessing.get_context("spawn")  # a fork would copy the parent's R state
-    pool = ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx, initializer=_init_worker, initargs=(task,))
-    try:
-        pending = {pool.submit(_run_block, block) for block in _blocks(todo, n_jobs)}
-        while pending:
-            finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-            for future in finished:
-                indices, values = future.result()
-                checkpoint.add(indices, values)
-                if bar is not None:
-                    bar.update(len(indices))
-            if interrupted():
-                raise KeyboardInterrupt
-    except BaseException:
-        # Blocks in flight are lost anyway: stop the workers instead of waiting for them.
-        for process in list(getattr(pool, "_processes", {}).values()):
-            process.terminate()
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
+    remaining = {tuple(block) for block in _blocks(todo, n_jobs)}
+    restarts = 0
+    while remaining:
+        pool = ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx, initializer=_init_worker,
+                                   initargs=(task,))
+        broken = False
+        try:
+            futures = {pool.submit(_run_block, list(block)): block for block in remaining}
+            pending = set(futures)
+            while pending and not broken:
+                finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    try:
+                        indices, values = future.result()
+                    except BrokenProcessPool:
+                        broken = True  # a worker died (killed, or R crashed): its block is unknown
+                        continue
+                    checkpoint.add(indices, values)
+                    remaining.discard(futures[future])
+                    if bar is not None:
+                        bar.update(len(indices))
+                if interrupted():
+                    raise KeyboardInterrupt
+        except BaseException:
+            _stop(pool)
+            raise
+        if not broken:
+            pool.shutdown(wait=True)
+            break
+        _stop(pool)
+        restarts += 1
+        n_left = sum(len(b) for b in remaining)
+        if restarts > MAX_WORKER_RESTARTS:
+            raise RuntimeError(
+                f"worker processes died {restarts} times (killed, out of memory, or a crash in R); "
+                f"{n_left} permutations are not done. Finished permutations are "
+                f"{'kept in the checkpoint: rerun to resume' if checkpoint.path else 'lost: use checkpoint= to keep them'}."
+            )
+        warnings.warn(f"a worker process died (killed, out of memory, or a crash in R); refitting the "
+                      f"{n_left} unfinished permutations in fresh workers (restart {restarts}).",
+                      RuntimeWarning, stacklevel=3)
+    return restarts

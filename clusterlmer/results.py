@@ -334,6 +334,9 @@ class PermutationClusterResult:
             f"Refit failures: " + (", ".join(f"{t}: {n} of {n_fits}" for t, n in fails.items())),
             f"Observed fits: {_fit_health(self.fit.diagnostics)}",
         ]
+        if self.run.get("worker_restarts"):
+            lines.append(f"Workers:       {self.run['worker_restarts']} worker process(es) died; their permutations "
+                         "were refitted in fresh workers (the result is unaffected).")
         if self.fit.options["coding"] == "reference" and any(":" in t for t in self.fit.terms):
             lines.append("Note:          reference coding: a main effect next to an interaction is the simple "
                          "effect at the other factor's reference level (coding='effects' averages).")

@@ -197,3 +197,30 @@ def test_bad_arguments_are_named(small, kwargs, message):
         data = cl.TimeseriesData(design=design, values=small.values, times=small.times)
     with pytest.raises((ValueError, TypeError), match=message):
         cl.permutation_cluster_lmer(data, formula, progress=False, **{"n_permutations": 2, **kwargs})
+
+
+class _CrashOnce:
+    """A real permutation task whose worker process dies (SIGKILL) the first time it meets one permutation."""
+
+    def __init__(self, task, k, marker):
+        self.task, self.k, self.marker = task, k, marker
+
+    def statistics(self, k):
+        if k == self.k and not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return self.task.statistics(k)
+
+
+def test_dead_worker_is_replaced_and_the_result_is_complete(small, reference, tmp_path, monkeypatch):
+    from clusterlmer import analysis
+
+    real = analysis.run_permutations
+    monkeypatch.setattr(analysis, "run_permutations", lambda task, store, **kw: real(
+        _CrashOnce(task, 5, str(tmp_path / "crashed")), store, **kw))
+    with pytest.warns(RuntimeWarning, match="a worker process died"):
+        res = cl.permutation_cluster_lmer(small, FORMULA, n_permutations=12, seed=7, n_jobs=2, progress=False)
+    assert os.path.exists(tmp_path / "crashed")
+    assert res.run["worker_restarts"] == 1
+    assert "worker process(es) died" in res.summary()
+    assert_same_result(reference, res)
