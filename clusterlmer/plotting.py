@@ -40,19 +40,42 @@ def _plot_timecourse(ax, result, term, info):
             ax.plot(times, thr, color="tab:blue", lw=0.9, ls="--", label=label)
     step = np.median(np.diff(times)) if len(times) > 1 else 1.0
     top = np.nanmax(np.abs(stat)) if np.any(np.isfinite(stat)) else 1.0
+    # Head room above (and below, for t) the curve for the cluster p labels.
+    ax.set_ylim(-1.18 * top if result.statistic == "t" else min(0.0, np.nanmin(stat)), 1.18 * top)
     for c in info.clusters:
         idx = np.asarray(c.indices[0])
         lo, hi = times[idx.min()] - step / 2, times[idx.max()] + step / 2
         significant = c.p < result.alpha
         ax.axvspan(lo, hi, color=_SIG if significant else _NONSIG, alpha=0.25 if significant else 0.3, lw=0)
-        if significant:
-            y = top * (0.92 if c.sign > 0 else -0.92) if result.statistic == "t" else top * 0.92
-            ax.text((lo + hi) / 2, y, f"p = {c.p:.3g}", ha="center", va="center", fontsize=8, color=_SIG)
+        if significant or idx.size >= 3:  # label every cluster wide enough to carry one
+            y = 1.09 * top * (-1 if c.sign < 0 else 1)
+            ax.text((lo + hi) / 2, y, f"p={c.p:.2g}", ha="center", va="center", fontsize=7 if significant else 6,
+                    color=_SIG if significant else "dimgrey")
     if result.statistic == "t":
         ax.axhline(0, color="grey", lw=0.5)
     ax.set_xlim(times[0] - step / 2, times[-1] + step / 2)
     ax.set_ylabel(_stat_label(result))
     ax.set_title(term, loc="left", fontsize=10)
+
+
+def _cell_edges(centers):
+    """Edges of the cells ``pcolormesh(shading="nearest")`` draws around ``centers`` (midpoints)."""
+    c = np.asarray(centers, dtype=float)
+    if c.size == 1:
+        return np.array([c[0] - 0.5, c[0] + 0.5])
+    mid = (c[:-1] + c[1:]) / 2
+    return np.concatenate([[2 * c[0] - mid[0]], mid, [2 * c[-1] - mid[-1]]])
+
+
+def _outline(ax, mask, times, freqs, **style):
+    """Draw the border of a cluster's cells (a contour of the mask would cut through cells)."""
+    from matplotlib.collections import LineCollection
+
+    te, fe = _cell_edges(times), _cell_edges(freqs)
+    m = np.pad(np.asarray(mask, dtype=bool), 1)
+    segments = [[(te[i], fe[j]), (te[i], fe[j + 1])] for i, j in zip(*np.nonzero(m[1:, 1:-1] != m[:-1, 1:-1]))]
+    segments += [[(te[i], fe[j]), (te[i + 1], fe[j])] for i, j in zip(*np.nonzero(m[1:-1, 1:] != m[1:-1, :-1]))]
+    ax.add_collection(LineCollection(segments, **style))
 
 
 def _plot_map(ax, result, term, info):
@@ -65,9 +88,8 @@ def _plot_map(ax, result, term, info):
     ax.figure.colorbar(mesh, ax=ax, label=_stat_label(result), pad=0.01)
     for c in info.clusters:
         significant = c.p < result.alpha
-        ax.contour(times, freqs, np.asarray(c.mask, dtype=float).T, levels=[0.5],
-                   colors="white" if significant else "grey", linewidths=1.5 if significant else 0.8,
-                   linestyles="solid" if significant else "dashed")
+        _outline(ax, c.mask, times, freqs, colors="white" if significant else "grey",
+                 linewidths=1.5 if significant else 0.8, linestyles="solid" if significant else "dashed")
         if significant:
             idx = c.indices
             ax.text(times[int(np.median(idx[0]))], freqs[int(np.median(idx[1]))], f"p={c.p:.3g}",
@@ -92,7 +114,8 @@ def _plot_null(ax, result, term, info):
         ax.axvline(c.stat, color=_SIG if c.p < result.alpha else "grey", lw=1.2)
     if not shown:
         ax.text(0.5, 0.5, "no permutation\nhad a cluster", ha="center", va="center", transform=ax.transAxes)
-    ax.set_title("null of the cluster statistic", fontsize=9)
+    ax.set_title("null: largest cluster per permutation", fontsize=9)
+    ax.set_ylabel("permutations", fontsize=8)
     ax.set_xlabel(f"cluster {result.cluster_stat}")
     ax.tick_params(labelsize=8)
 
@@ -119,7 +142,9 @@ def plot_result(result, path=None, *, terms=None, show=False):
     if unknown:
         raise ValueError(f"terms {unknown} were not tested; tested terms: {list(result.terms)}.")
     fig = _figure(len(terms), show)
-    grid = fig.add_gridspec(len(terms), 2, width_ratios=(3.2, 1), hspace=0.55, wspace=0.18)
+    # Keep 0.8 inch above the first row for the suptitle and the row's titles (they overlap with one row).
+    grid = fig.add_gridspec(len(terms), 2, width_ratios=(3.2, 1), hspace=0.55, wspace=0.18,
+                            top=1 - 0.8 / fig.get_figheight())
     two_d = len(result.fit.sample_shape) == 2
     for row, term in enumerate(terms):
         info = result.cluster_info[term]
@@ -128,10 +153,11 @@ def plot_result(result, path=None, *, terms=None, show=False):
         if row == len(terms) - 1:
             ax.set_xlabel("time")
         if row == 0 and not two_d:
-            ax.legend(loc="upper left", fontsize=8, frameon=False)
+            ax.legend(loc="best", fontsize=8, frameon=False)
         _plot_null(fig.add_subplot(grid[row, 1]), result, term, info)
+    legend = "outlined: clusters (white, solid" if two_d else "shaded: clusters (red"
     fig.suptitle(f"{result.fit.formula}  —  {result.n_permutations} permutations, cluster '{result.cluster_stat}', "
-                 f"shaded: clusters (red: p < {result.alpha:g})", fontsize=10)
+                 f"{legend}: p < {result.alpha:g})", fontsize=10)
     if path is not None:
         fig.savefig(path, dpi=120, bbox_inches="tight")
     if show:

@@ -65,7 +65,8 @@ def _matlab_struct(result: PermutationClusterResult) -> dict:
     if result.statistic == "t" and len(result.terms) == 1:
         lme = dict(per_term[result.terms[0]])  # the 1-way original: lme.t, lme.p, lme.p_clust
     else:
-        lme, used = {}, set()
+        # The fields added below must not overwrite a term's struct (e.g. a predictor named "times").
+        lme, used = {}, {"times", "clusters", "settings", "freqs"}
         for term, fields in per_term.items():
             name = matlab_field_name(term)
             while name in used:
