@@ -194,6 +194,12 @@ def build_design(design: pd.DataFrame, formula: ModelFormula, *, coding="referen
             values = series.to_numpy(dtype=float)
             if not np.isfinite(values).all():
                 raise DesignError(f"numeric column {name!r} has non-finite values; fill or drop those rows.")
+            if name in formula.fixed_variables and np.all(values == values[0]):
+                raise DesignError(
+                    f"column {name!r} has the same value ({values[0]:g}) in every row, so it cannot explain "
+                    "anything (a condition with a single level). Check that the data hold every condition, "
+                    "or remove it from the formula."
+                )
             frame[name] = values
             numeric.append(name)
     for name in formula.grouping_variables:

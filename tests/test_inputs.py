@@ -168,6 +168,12 @@ def test_fit_refuses_single_level_factor(sim):
         cl.fit_timeseries(data, "data ~ hit_miss + site + (1|sid)")
 
 
+def test_fit_refuses_numeric_condition_with_one_value(sim):
+    data = with_design(sim, sim.design.assign(hit_miss=1.0))
+    with pytest.raises(DesignError, match=r"column 'hit_miss' has the same value \(1\) in every row"):
+        cl.fit_timeseries(data, "data ~ hit_miss + (1|sid)")
+
+
 def test_fit_refuses_single_group(sim):
     data = with_design(sim, sim.design.assign(sid="S"))
     with pytest.raises(DesignError, match=r"grouping factor 'sid' has a single level: random effects need"):

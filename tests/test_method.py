@@ -187,7 +187,8 @@ def test_t_statistic_is_two_tailed_signed_t(small):
     (dict(alpha=1.5), "alpha must be a number between 0 and 1"),
     (dict(n_jobs=0), "n_jobs must be a positive number"),
     (dict(cluster_stat="max"), "Invalid value for the 'cluster_stat' parameter"),
-    (dict(schemes={"region": "none", "hit_miss": "none"}), "not permuted"),
+    (dict(schemes={"region": "none"}), "term 'region' uses only variables that are not permuted"),
+    (dict(schemes={"region": "none", "hit_miss": "none"}), "nothing to permute"),
 ])
 def test_bad_arguments_are_named(small, kwargs, message):
     data, formula = small, FORMULA
