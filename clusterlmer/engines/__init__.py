@@ -10,7 +10,7 @@ import importlib
 
 from .._checks import check_option
 
-ENGINES = ("r",)
+ENGINES = ("r", "native")
 
 
 def get_engine(name: str):
