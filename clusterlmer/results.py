@@ -157,13 +157,20 @@ class TimeseriesFit:
         lines = [
             f"Mixed-model fits per sample (clusterlmer, engine: {o['engine']})",
             f"Formula:     {self.formula}",
-            f"Fit method:  {'REML' if o['reml'] else 'ML'}; optimizer {o['optimizer']} ({opt_ctrl})",
+            f"Fit method:  {'REML' if o['reml'] else 'ML'}; "
+            + (f"optimizer {o['optimizer']} ({opt_ctrl})" if o["engine"] == "r"
+               else "native engine (profiled criterion optimised by batched Newton to ~1e-12 in theta)"),
             f"Test:        {_TEST_NAMES[o['test']]}; DF2: {_DDF_NAMES[o['ddf']]}",
             f"Coding:      {coding}",
             f"Samples:     {'x'.join(map(str, self.sample_shape))} (times {times[0]:g} .. {times[-1]:g}); "
             f"observations: {int(d['n_obs'].max()) if len(d) else 0}",
             f"Fits:        {_fit_health(d)}",
         ]
+        check = o.get("cross_check")
+        if check is not None:
+            lines.append("Cross-check: " + (f"R engine refit at samples {check['samples']}: largest relative "
+                                            f"difference in F/DF2 {check['max_rel_diff']:.2g}"
+                                            if check["max_rel_diff"] is not None else check["note"] or "not run"))
         if o["coding"] == "reference" and any(":" in term for term in self.terms):
             lines.append(
                 "Note:        with reference coding and an interaction, a 'main effect' is the simple effect "
@@ -232,6 +239,16 @@ def cluster_table(cluster_info: dict, times, freqs=None) -> pd.DataFrame:
 
 
 _TAIL_NAMES = {1: "upper-tailed", 0: "two-tailed", -1: "lower-tailed"}
+
+
+def _engine_text(options) -> str:
+    if options["engine"] == "r":
+        return "r (lme4 + lmerTest at every fit)"
+    check = options.get("cross_check") or {}
+    if check.get("max_rel_diff") is None:
+        return f"native (no R cross-check: {check.get('note') or 'not run'})"
+    return (f"native; cross-checked with lme4/lmerTest at samples {check['samples']}: largest relative "
+            f"difference in F/DF2 {check['max_rel_diff']:.2g}")
 
 
 def _quantiles(tail, cluster_alpha):
@@ -333,6 +350,7 @@ class PermutationClusterResult:
             f"Permutations:  {self.n_permutations} (seed {self.seed}); {schemes}",
             f"Refit failures: " + (", ".join(f"{t}: {n} of {n_fits}" for t, n in fails.items())),
             f"Observed fits: {_fit_health(self.fit.diagnostics)}",
+            f"Engine:        {_engine_text(self.fit.options)}",
         ]
         if self.run.get("worker_restarts"):
             lines.append(f"Workers:       {self.run['worker_restarts']} worker process(es) died; their permutations "

@@ -225,3 +225,27 @@ def test_dead_worker_is_replaced_and_the_result_is_complete(small, reference, tm
     assert res.run["worker_restarts"] == 1
     assert "worker process(es) died" in res.summary()
     assert_same_result(reference, res)
+
+
+def test_engine_auto_picks_native_for_nested_intercepts_and_cross_checks_with_r(small):
+    fit = cl.fit_timeseries(small, FORMULA, engine="auto")
+    assert fit.options["engine"] == "native"
+    check = fit.options["cross_check"]
+    assert len(check["samples"]) == 3 and check["max_rel_diff"] < 1e-4
+    assert "cross-checked with lme4/lmerTest" not in fit.summary()  # the fit summary has its own line
+    assert "Cross-check: R engine refit at samples" in fit.summary()
+    slope = "data ~ hit_miss + (hit_miss|sid)"
+    with pytest.warns(UserWarning, match="engine='auto' uses the R engine: the random term"):
+        assert cl.fit_timeseries(small, slope, engine="auto").options["engine"] == "r"
+    with pytest.raises(ValueError, match="engine='native' cannot fit this model"):
+        cl.fit_timeseries(small, slope, engine="native")
+    with pytest.raises(ValueError, match="Invalid value for the 'engine' parameter"):
+        cl.fit_timeseries(small, FORMULA, engine="python")
+
+
+def test_native_permutation_run_matches_r_and_records_its_engine(small, reference):
+    res = cl.permutation_cluster_lmer(small, FORMULA, n_permutations=12, seed=7, engine="native", progress=False)
+    assert res.fit.options["engine"] == "native" and "Engine:        native" in res.summary()
+    assert res.clusters[["term", "start", "stop", "p"]].equals(reference.clusters[["term", "start", "stop", "p"]])
+    for term in res.terms:
+        np.testing.assert_allclose(res.null[term], reference.null[term], rtol=1e-5, atol=1e-9)

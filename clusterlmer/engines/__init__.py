@@ -11,6 +11,31 @@ import importlib
 from .._checks import check_option
 
 ENGINES = ("r", "native")
+ENGINE_CHOICES = ("auto",) + ENGINES
+
+
+def resolve_engine(engine, design, options):
+    """The engine that will fit ``design``: ``engine``, or for ``"auto"`` native when it can.
+
+    Returns
+    -------
+    name : str
+        ``"r"`` or ``"native"``.
+    note : str
+        Why ``"auto"`` chose R (empty otherwise).
+    """
+    check_option("engine", engine, ENGINE_CHOICES)
+    if engine == "r":
+        return "r", ""
+    from . import native
+
+    ok, reason = native.supports(design, options)
+    if engine == "native":
+        if not ok:
+            raise ValueError(f"engine='native' cannot fit this model: {reason}. Use engine='r' (lme4 through R) "
+                             "or engine='auto' to pick R for such models.")
+        return "native", ""
+    return ("native", "") if ok else ("r", f"engine='auto' uses the R engine: {reason}")
 
 
 def get_engine(name: str):
