@@ -21,7 +21,7 @@ from .data import TimeseriesData, _preview
 from .design import ModelDesign, build_design
 from .fit import _check_options, fit_samples, fit_timeseries
 from .formula import parse_formula
-from .parallel import resolve_n_jobs, run_permutations
+from .parallel import check_client, resolve_n_jobs, run_permutations
 from .permute import make_permutations
 from .results import PermutationClusterResult, cluster_table
 
@@ -101,8 +101,8 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
                              tail=None, alpha=0.05, cluster_alpha=0.05, cluster_stat="sum",
                              quantile_method="hazen", schemes=None, reml=True, ddf="satterthwaite",
                              coding="reference", test="marginal", optimizer="bobyqa", optimizer_options=None,
-                             levels=None, engine="r", n_jobs=1, checkpoint=None,
-                             progress=True) -> PermutationClusterResult:
+                             levels=None, engine="r", cross_check=3, n_jobs=1, checkpoint=None,
+                             progress=True, client=None) -> PermutationClusterResult:
     """Mixed model per sample with a cluster-based permutation test across samples.
 
     Parameters
@@ -138,8 +138,9 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
     schemes : dict, optional
         Permutation scheme per fixed-effect variable, overriding the one
         derived from the design; see :func:`clusterlmer.make_permutations`.
-    reml, ddf, coding, test, optimizer, optimizer_options, levels, engine
-        As :func:`clusterlmer.fit_timeseries`.
+    reml, ddf, coding, test, optimizer, optimizer_options, levels, engine, cross_check
+        As :func:`clusterlmer.fit_timeseries`; ``engine="native"`` (or
+        ``"auto"``) fits the seed models hundreds of times faster.
     n_jobs : int
         Worker processes for the permutation fits (-1: every core). The
         result does not depend on it.
@@ -149,6 +150,17 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
         uninterrupted run. A checkpoint of another analysis is refused.
     progress : bool
         Show a progress bar over permutations (only on a terminal).
+    client : distributed.Client or str, optional
+        Fit the permutations on a Dask cluster: a ``dask.distributed.Client``
+        (e.g. of a ``LocalCluster`` or a dask-jobqueue ``SLURMCluster``) or a
+        scheduler address such as ``"tcp://host:8786"`` (connected to, and
+        disconnected at the end). Blocks of permutations go to the workers,
+        each running R in a child process of its own (start workers with one
+        thread each, one per core); finished blocks stream into the
+        checkpoint, and the blocks of a worker that dies are refitted on the
+        others. ``n_jobs`` must stay 1: the cluster's size decides the
+        parallelism. The result is identical to ``n_jobs=1``. Needs
+        ``pip install 'clusterlmer[dask]'``.
 
     Returns
     -------
@@ -182,6 +194,7 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
         if not isinstance(value, (int, float)) or not 0 < value < 1:
             raise ValueError(f"{name} must be a number between 0 and 1, got {value!r}.")
     n_jobs = resolve_n_jobs(n_jobs)
+    check_client(client, n_jobs)
     options = _check_options(reml, ddf, test, optimizer, optimizer_options)
     model = parse_formula(formula)
     design = build_design(data.design, model, coding=coding, levels=levels, response_column=data.response)
@@ -190,7 +203,9 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
 
     start = time.perf_counter()
     fit = fit_timeseries(data, formula, reml=reml, ddf=ddf, coding=coding, test=test, optimizer=optimizer,
-                         optimizer_options=optimizer_options, levels=levels, engine=engine)
+                         optimizer_options=optimizer_options, levels=levels, engine=engine,
+                         cross_check=cross_check)
+    engine = fit.options["engine"]  # "auto" resolved once, on the observed design
     tested = _tested_terms(fit, terms, statistic)
     for term in tested:
         if all(v in unpermuted for v in _term_variables(term, model.fixed_variables)):
@@ -202,7 +217,7 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
     keys = {
         "data": fingerprint([data.values, data.design]),
         "formula": model.text,
-        "fit options": fingerprint([fit.options, fit.levels]),
+        "fit options": fingerprint([{k: v for k, v in fit.options.items() if k != "cross_check"}, fit.levels]),
         "seed": str(perms.seed),
         "permutation schemes": fingerprint(perms.schemes),
         "statistic": statistic,
@@ -213,7 +228,7 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
         print(f"clusterlmer: resuming from {store.path}: {store.resumed} of {n_permutations} permutations "
               "already done.", file=sys.stderr)
     try:
-        restarts = run_permutations(task, store, n_jobs=n_jobs, progress=progress)
+        restarts = run_permutations(task, store, n_jobs=n_jobs, progress=progress, client=client)
     except KeyboardInterrupt:
         if store.path is not None:
             print(f"\nclusterlmer: interrupted; {int(store.done.sum())} of {n_permutations} permutations are "

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import time
+from contextlib import contextmanager
 
 import numpy as np
 
-DEMO_NPERM = 50
+DEMO_NPERM = 200
 
 
 class _Parser(argparse.ArgumentParser):
@@ -36,7 +38,8 @@ def _print_peaks(fit, terms):
 
 
 def _fit_kwargs(args) -> dict:
-    return dict(reml=not args.ml, ddf=args.ddf, coding=args.coding, test=args.test, optimizer=args.optimizer)
+    return dict(reml=not args.ml, ddf=args.ddf, coding=args.coding, test=args.test, optimizer=args.optimizer,
+                engine=args.engine)
 
 
 def _write_outputs(result, outs, plot):
@@ -60,12 +63,13 @@ def _demo(args) -> int:
     for w in truth.windows.values():
         print(f"Known effect (simulated): {w.name} in samples {w.first}-{w.last} ({w.first_time:g} to "
               f"{w.last_time:g} s), peak {w.effect:g} noise SD.")
-    print(f"Model: {datasets.FORMULA_2WAY}; REML, Satterthwaite DF; F tests, cluster 'sum', upper tail.")
-    print(f"Permutations: {args.nperm} (the demo's small default to finish in minutes; the original uses "
-          f"1000 - pass --nperm 1000 for a publication run), seed {args.seed}, {args.jobs} worker(s).")
+    print(f"Model: {datasets.FORMULA_2WAY}; REML, Satterthwaite DF; F tests, cluster 'sum', upper tail; "
+          f"engine '{args.engine}'.")
+    print(f"Permutations: {args.nperm} (the demo's default, to finish quickly; the original uses 1000 - pass "
+          f"--nperm 1000 for a publication run), seed {args.seed}, {args.jobs} worker(s).")
     start = time.perf_counter()
     res = cl.permutation_cluster_lmer(data, datasets.FORMULA_2WAY, n_permutations=args.nperm, seed=args.seed,
-                                      n_jobs=args.jobs, progress=not args.no_progress)
+                                      n_jobs=args.jobs, progress=not args.no_progress, engine=args.engine)
     elapsed = time.perf_counter() - start
     n_fits = (args.nperm + 1) * data.n_times
     print(f"Done: {n_fits} model fits in {elapsed:.0f} s ({1000 * elapsed / n_fits:.1f} ms per fit, "
@@ -91,14 +95,73 @@ def _run(args) -> int:
     import clusterlmer as cl
 
     data = _load(args)
-    res = cl.permutation_cluster_lmer(
-        data, args.formula, n_permutations=args.nperm, seed=args.seed, statistic=args.statistic,
-        terms=args.terms, tail=args.tail, alpha=args.alpha, cluster_alpha=args.cluster_alpha,
-        cluster_stat=args.cluster_stat, quantile_method=args.quantile_method, n_jobs=args.jobs,
-        checkpoint=args.checkpoint, progress=not args.no_progress, **_fit_kwargs(args))
+    with _dask_client(args) as client:
+        res = cl.permutation_cluster_lmer(
+            data, args.formula, n_permutations=args.nperm, seed=args.seed, statistic=args.statistic,
+            terms=args.terms, tail=args.tail, alpha=args.alpha, cluster_alpha=args.cluster_alpha,
+            cluster_stat=args.cluster_stat, quantile_method=args.quantile_method, n_jobs=args.jobs,
+            checkpoint=args.checkpoint, progress=not args.no_progress, client=client, **_fit_kwargs(args))
     print(res.summary())
     _write_outputs(res, args.out, args.plot)
     return 0
+
+
+_DASK_HINT = "pip install 'clusterlmer[dask]'"
+_SLURM_DEFAULTS = dict(slurm_jobs=1, slurm_cores=1, slurm_memory="4GB", slurm_walltime="01:00:00")
+
+
+@contextmanager
+def _dask_client(args):
+    """None (local workers), the --scheduler address, or a client of SLURM jobs started for --slurm."""
+    if args.scheduler:
+        try:
+            from distributed import Client
+        except ImportError:
+            raise ImportError(f"--scheduler needs Dask's distributed package: {_DASK_HINT}") from None
+        with Client(args.scheduler, set_as_default=False) as client:  # connect before the observed fit
+            yield client
+        return
+    if not args.slurm:
+        yield None
+        return
+    try:
+        from dask_jobqueue import SLURMCluster
+        from distributed import Client
+    except ImportError:
+        raise ImportError(f"--slurm needs dask-jobqueue: {_DASK_HINT}") from None
+    if shutil.which("sbatch") is None:
+        raise OSError("--slurm needs SLURM's sbatch on PATH (run on a login node of a SLURM cluster).")
+    options = {key: getattr(args, key) for key in _SLURM_DEFAULTS}
+    # One Dask worker process per core, one thread each: one R per core (clusterlmer.parallel).
+    cluster = SLURMCluster(
+        cores=options["slurm_cores"], processes=options["slurm_cores"], memory=options["slurm_memory"],
+        walltime=options["slurm_walltime"], queue=args.slurm_queue, account=args.slurm_account,
+        python=args.slurm_python or sys.executable, log_directory=args.slurm_log_dir,
+        job_extra_directives=args.slurm_extra or [], job_name="clusterlmer")
+    try:
+        _submit_jobs(cluster, options["slurm_jobs"])
+        print(f"clusterlmer: submitted {options['slurm_jobs']} SLURM job(s) of {options['slurm_cores']} core(s), "
+              f"{options['slurm_memory']}, walltime {options['slurm_walltime']}; Dask scheduler "
+              f"{cluster.scheduler_address}.", file=sys.stderr)
+        with Client(cluster, set_as_default=False) as client:
+            yield client
+    finally:
+        cluster.close()
+
+
+def _submit_jobs(cluster, n_jobs, timeout=120):
+    """Submit the jobs now, before R starts in this process.
+
+    Starting R adds R's library folders to LD_LIBRARY_PATH in this process's environment, and
+    sbatch passes the environment on to the jobs: a worker Python then may load another Python's
+    library. Jobs submitted first carry the environment as it was.
+    """
+    cluster.scale(jobs=n_jobs)
+    deadline = time.monotonic() + timeout
+    while sum(getattr(job, "job_id", None) is not None for job in cluster.workers.values()) < n_jobs:
+        if time.monotonic() > deadline:
+            raise OSError(f"SLURM did not accept {n_jobs} job(s) within {timeout} s (sbatch failed?).")
+        time.sleep(0.1)
 
 
 def _fit(args) -> int:
@@ -125,6 +188,9 @@ def _add_fit_options(p):
                    help="marginal F per term as MATLAB's anova (default) or lmerTest's type III")
     g.add_argument("--optimizer", default="bobyqa", choices=["bobyqa", "nloptwrap", "Nelder_Mead"],
                    help="lme4 optimizer (default bobyqa with rhoend 1e-9)")
+    g.add_argument("--engine", default="r", choices=["r", "native", "auto"],
+                   help="r: lme4/lmerTest (default); native: batched closed-form engine for nested random "
+                   "intercepts, hundreds of times faster; auto: native when the model allows")
 
 
 def _add_data_options(p):
@@ -177,10 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
         "test on the bundled simulated 2-way sample (338 rows x 139 timepoints), print the ANOVA at the "
         "peak timepoints and the cluster table, and write results (.mat, .h5) and a figure (.png).")
     demo.add_argument("--nperm", type=_positive_int, default=DEMO_NPERM,
-                      help=f"number of permutations (default {DEMO_NPERM}, small to finish in minutes)")
+                      help=f"number of permutations (default {DEMO_NPERM})")
     demo.add_argument("--seed", type=int, default=0, help="seed of the permutations (default 0)")
     demo.add_argument("--jobs", type=_jobs, default=os.cpu_count() or 1,
                       help="worker processes (default: every core)")
+    demo.add_argument("--engine", default="auto", choices=["auto", "native", "r"],
+                      help="auto (default): the native engine for this model, cross-checked against lme4/lmerTest "
+                      "at 3 timepoints; r: lme4/lmerTest at every fit (about 20 ms per fit: use --nperm 50)")
     demo.add_argument("--out-dir", default="clusterlmer-demo", help="folder for the outputs (default clusterlmer-demo)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
     demo.set_defaults(func=_demo)
@@ -204,6 +273,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="numpy quantile method for thresholds (default hazen = MATLAB; linear = the notebook)")
     g.add_argument("--checkpoint", metavar="FILE.h5", help="keep finished permutations here; rerun to resume")
     _add_fit_options(run)
+    d = run.add_argument_group(
+        "Dask and SLURM (pip install 'clusterlmer[dask]'; instead of --jobs; same result for the same seed)")
+    d.add_argument("--scheduler", metavar="ADDRESS",
+                   help="fit the permutations on the workers of this Dask scheduler, e.g. tcp://host:8786")
+    d.add_argument("--slurm", action="store_true",
+                   help="submit SLURM jobs running Dask workers (dask-jobqueue) and fit the permutations there")
+    d.add_argument("--slurm-jobs", type=_positive_int, metavar="N",
+                   help=f"number of SLURM jobs (default {_SLURM_DEFAULTS['slurm_jobs']})")
+    d.add_argument("--slurm-cores", type=_positive_int, metavar="N",
+                   help=f"cores per job, one worker (one R) per core (default {_SLURM_DEFAULTS['slurm_cores']})")
+    d.add_argument("--slurm-memory", metavar="SIZE",
+                   help=f"memory per job, e.g. 8GB (default {_SLURM_DEFAULTS['slurm_memory']})")
+    d.add_argument("--slurm-walltime", metavar="HH:MM:SS",
+                   help=f"time limit per job (default {_SLURM_DEFAULTS['slurm_walltime']})")
+    d.add_argument("--slurm-queue", metavar="PARTITION", help="SLURM partition (default: the cluster's)")
+    d.add_argument("--slurm-account", metavar="ACCOUNT", help="SLURM account to charge")
+    d.add_argument("--slurm-extra", action="append", metavar="OPTION",
+                   help="more sbatch options, e.g. --slurm-extra=--qos=short; repeatable")
+    d.add_argument("--slurm-python", metavar="PYTHON",
+                   help="Python on the compute nodes, with clusterlmer installed (default: this one)")
+    d.add_argument("--slurm-log-dir", metavar="DIR", help="folder for the jobs' output files")
     o = run.add_argument_group("outputs")
     o.add_argument("--out", action="append", metavar="FILE",
                    help="results file: .mat (MATLAB struct lme), .h5 (everything) or .csv; repeatable")
@@ -226,6 +316,21 @@ def _figure_formats():
     return set(Figure().canvas.get_supported_filetypes())
 
 
+def _check_dask_options(parser, args):
+    slurm_only = [f"--{name.replace('_', '-')}" for name in vars(args)
+                  if name.startswith("slurm_") and getattr(args, name) is not None]
+    if args.scheduler and args.slurm:
+        parser.error("use either --scheduler or --slurm, not both")
+    if slurm_only and not args.slurm:
+        parser.error(f"{', '.join(slurm_only)} only apply with --slurm")
+    if (args.scheduler or args.slurm) and args.jobs != 1:
+        parser.error("--jobs sets local worker processes; with --scheduler or --slurm the Dask workers fit "
+                     "the permutations (size them with --slurm-jobs/--slurm-cores)")
+    for key, value in _SLURM_DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -245,6 +350,8 @@ def main(argv=None) -> int:
             folder = os.path.dirname(os.path.abspath(path))
             if not os.path.isdir(folder):
                 parser.error(f"--{name} {path!r}: the folder {folder!r} does not exist")
+    if args.command == "run":
+        _check_dask_options(parser, args)
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -205,7 +205,7 @@ def test_fit_refuses_infinite_numeric_predictor(sim):
         ("coding", "sum", "'reference', 'effects'"),
         ("test", "type2", "'marginal', 'type3'"),
         ("optimizer", "nlminb", "'bobyqa', 'nloptwrap', 'Nelder_Mead'"),
-        ("engine", "python", "'r'"),
+        ("engine", "python", "'auto', 'r', 'native'"),
     ],
 )
 def test_fit_bad_option_names_parameter_and_allowed_values(sim, option, value, allowed):

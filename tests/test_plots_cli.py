@@ -231,9 +231,11 @@ def _subparser(name):
 @pytest.mark.parametrize("command, options", [
     ("run", ["--formula", "--data-key", "--nperm", "--seed", "--jobs", "--no-progress", "--statistic", "--terms",
              "--tail", "--alpha", "--cluster-alpha", "--cluster-stat", "--quantile-method", "--checkpoint", "--ml",
-             "--ddf", "--coding", "--test", "--optimizer", "--out", "--plot"]),
-    ("fit", ["--formula", "--data-key", "--ml", "--ddf", "--coding", "--test", "--optimizer", "--out"]),
-    ("demo", ["--nperm", "--seed", "--jobs", "--out-dir", "--no-progress"]),
+             "--ddf", "--coding", "--test", "--optimizer", "--engine", "--out", "--plot", "--scheduler", "--slurm",
+             "--slurm-jobs", "--slurm-cores", "--slurm-memory", "--slurm-walltime", "--slurm-queue",
+             "--slurm-account", "--slurm-extra", "--slurm-python", "--slurm-log-dir"]),
+    ("fit", ["--formula", "--data-key", "--ml", "--ddf", "--coding", "--test", "--optimizer", "--engine", "--out"]),
+    ("demo", ["--nperm", "--seed", "--jobs", "--engine", "--out-dir", "--no-progress"]),
 ])
 def test_help_mentions_every_option(capsys, command, options):
     code, out, err = run_cli(capsys, [command, "--help"])

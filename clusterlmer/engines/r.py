@@ -56,11 +56,20 @@ class _RSession:
 
     def __init__(self):
         _find_r_home()
+        # rpy2 sets LD_LIBRARY_PATH for R's libraries when it starts R; every process started afterwards
+        # (worker processes, Dask workers, sbatch jobs) would inherit it and may load the system's
+        # libpython instead of its own. R is loaded by then, so the original value is put back.
+        saved = os.environ.get("LD_LIBRARY_PATH")
         try:
             import rpy2.robjects as ro
             from rpy2.robjects import vectors
         except Exception as exc:  # rpy2 missing, or R not found / not loadable
             raise ImportError(f"The R engine needs R and the Python package rpy2 ({exc}). {R_INSTALL_HINT}") from exc
+        finally:
+            if saved is None:
+                os.environ.pop("LD_LIBRARY_PATH", None)
+            else:
+                os.environ["LD_LIBRARY_PATH"] = saved
         self.ro, self.vectors = ro, vectors
         for pkg in ("lme4", "lmerTest", "numDeriv"):
             self.require(pkg)

@@ -1,0 +1,273 @@
+"""Permutations on a Dask cluster (a LocalCluster of worker processes here): same result as one process.
+
+Covers ``permutation_cluster_lmer(..., client=Client | address)``, checkpoints filled block by block,
+resuming, Ctrl-C, a killed Dask worker, a killed R process inside a worker, errors in a block, and
+``clusterlmer run --scheduler``. SLURM through dask-jobqueue is in tests/test_slurm.py.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from contextlib import contextmanager
+
+import h5py
+import numpy as np
+import pytest
+
+import clusterlmer as cl
+from clusterlmer import analysis, parallel
+from clusterlmer.cli import main
+
+distributed = pytest.importorskip("distributed")
+
+FORMULA = "data ~ hit_miss * region + (1|sid) + (1|sid:ch)"
+SMALL = dict(kind="2way", n_subjects=6, n_channels=24, n_times=12, seed=3)
+N_PERM, SEED = 8, 7
+
+# Starting R in this process puts R's library folders in front of LD_LIBRARY_PATH in os.environ, and
+# every process started afterwards inherits that: with a Python built as a shared library (pyenv),
+# Dask's worker processes would then load the system's libpython instead of their own and fail
+# (import ssl: undefined symbol). The value at collection time is the one before any test started R.
+_LIBRARY_PATH = os.environ.get("LD_LIBRARY_PATH")
+
+
+def restore_library_path(mp):
+    if _LIBRARY_PATH is None:
+        mp.delenv("LD_LIBRARY_PATH", raising=False)
+    else:
+        mp.setenv("LD_LIBRARY_PATH", _LIBRARY_PATH)
+
+
+def assert_same_result(a, b):
+    assert a.terms == b.terms and a.seed == b.seed and a.n_permutations == b.n_permutations
+    for term in a.terms:
+        np.testing.assert_array_equal(a.null[term], b.null[term])
+        np.testing.assert_array_equal(a.stat[term], b.stat[term])
+        np.testing.assert_array_equal(a.p_clust[term], b.p_clust[term])
+    assert a.clusters.equals(b.clusters)
+
+
+@pytest.fixture(scope="module")
+def small():
+    return cl.simulate_ieeg(**SMALL)
+
+
+@pytest.fixture(scope="module")
+def reference(small):
+    """The single-process run every Dask run must reproduce bit for bit."""
+    return cl.permutation_cluster_lmer(small, FORMULA, n_permutations=N_PERM, seed=SEED, progress=False)
+
+
+@pytest.fixture(scope="module")
+def cluster(reference):
+    """Two worker processes with one thread each, started after R (see _LIBRARY_PATH) with a clean environment.
+
+    The environment stays clean while the cluster lives: the nanny restarts a killed worker from it.
+    """
+    with pytest.MonkeyPatch.context() as mp:
+        restore_library_path(mp)
+        with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                      dashboard_address=None) as c:
+            yield c
+
+
+@pytest.fixture
+def client(cluster):
+    with distributed.Client(cluster, set_as_default=False) as c:
+        c.wait_for_workers(2, timeout=60)
+        yield c
+
+
+def _r_processes():
+    """(R processes of this worker, those still holding a run's task or busy with a block)."""
+    procs = list(parallel._r_all)
+    return len(procs), sum(p.token is not None or p.busy_for is not None for p in procs)
+
+
+def _clusterlmer_tasks(dask_scheduler):
+    return [key for key in dask_scheduler.tasks if "clusterlmer" in str(key)]
+
+
+def _eventually(check, timeout=15):
+    deadline = time.monotonic() + timeout
+    while not check() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return check()
+
+
+def _nothing_left(client):
+    """No task of a run left on the scheduler; on each worker at most one R process (one thread), idle,
+    without the run's data (kept up for the next run)."""
+    def check():
+        states = client.run(_r_processes).values()
+        return not client.run_on_scheduler(_clusterlmer_tasks) and all(n <= 1 and not held for n, held in states)
+
+    return _eventually(check)
+
+
+def test_client_arguments_are_checked(small):
+    with pytest.raises(TypeError, match="client must be a dask.distributed Client or a scheduler address"):
+        cl.permutation_cluster_lmer(small, FORMULA, n_permutations=2, client=3, progress=False)
+    with pytest.raises(ValueError, match="leave n_jobs=1"):
+        cl.permutation_cluster_lmer(small, FORMULA, n_permutations=2, client="tcp://127.0.0.1:1", n_jobs=2,
+                                    progress=False)
+
+
+def test_local_cluster_gives_the_single_process_result_block_by_block(small, reference, client, tmp_path,
+                                                                     monkeypatch):
+    path = tmp_path / "run.h5"
+    # Three permutations done in this process first: the Dask run resumes from them.
+    cl.permutation_cluster_lmer(small, FORMULA, n_permutations=3, seed=SEED, checkpoint=path, progress=False)
+    added = []
+    real_add = cl.checkpoint.Checkpoint.add
+    monkeypatch.setattr(cl.checkpoint.Checkpoint, "add",
+                        lambda self, indices, values: (added.append(list(indices)), real_add(self, indices, values)))
+    res = cl.permutation_cluster_lmer(small, FORMULA, n_permutations=N_PERM, seed=SEED, checkpoint=path,
+                                      progress=False, client=client)
+    assert res.run["resumed"] == 3 and res.run["worker_restarts"] == 0
+    assert_same_result(reference, res)
+    # each finished block went into the checkpoint as it came, and the file holds them all
+    assert len(added) >= 2 and sorted(k for block in added for k in block) == list(range(3, N_PERM))
+    with h5py.File(path) as f:
+        assert f["done"][()].all()
+        np.testing.assert_array_equal(f["values"][:, 0], np.moveaxis(reference.null[res.terms[0]], -1, 0))
+    assert _nothing_left(client)
+
+
+def test_scheduler_address_is_connected_to_and_disconnected(small, reference, cluster, client):
+    def n_clients():
+        return client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.clients))
+
+    before = n_clients()
+    res = cl.permutation_cluster_lmer(small, FORMULA, n_permutations=N_PERM, seed=SEED, progress=False,
+                                      client=cluster.scheduler_address)
+    assert_same_result(reference, res)
+    assert _eventually(lambda: n_clients() == before), "the connection opened for the address was not closed"
+
+
+def test_cli_run_with_scheduler(small, reference, cluster, tmp_path, capsys):
+    data = tmp_path / "lme_data.mat"
+    d = small.design
+    cl.io.write_mat73(data, {"sid": d["sid"].tolist(), "ch": d["ch"].tolist(),
+                             "hit_miss": d["hit_miss"].to_numpy(dtype=float), "region": d["region"].tolist(),
+                             "data": small.values})
+    out = tmp_path / "r.h5"
+    code = main(["run", str(data), "--formula", FORMULA, "--nperm", str(N_PERM), "--seed", str(SEED),
+                 "--scheduler", cluster.scheduler_address, "--no-progress", "--out", str(out)])
+    _, err = capsys.readouterr()
+    assert code == 0, err
+    loaded = cl.load_result(out)
+    for term in reference.terms:
+        np.testing.assert_array_equal(loaded.null[term], reference.null[term])
+        np.testing.assert_array_equal(loaded.p_clust[term], reference.p_clust[term])
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--scheduler", "tcp://127.0.0.1:1", "--jobs", "2"], ["--jobs", "Dask workers"]),
+    (["--scheduler", "tcp://127.0.0.1:1", "--slurm"], ["either --scheduler or --slurm"]),
+    (["--slurm-jobs", "2", "--slurm-memory", "8GB"], ["--slurm-jobs, --slurm-memory only apply with --slurm"]),
+])
+def test_cli_dask_options_are_checked(tmp_path, capsys, argv, words):
+    with pytest.raises(SystemExit) as exc:
+        main(["run", str(tmp_path / "x.mat"), "--formula", FORMULA] + argv)
+    assert exc.value.code == 2
+    message = capsys.readouterr().err.strip()
+    assert "\n" not in message
+    for word in words:
+        assert word in message
+
+
+def test_cli_slurm_without_dask_jobqueue_or_sbatch(small, tmp_path, capsys, monkeypatch):
+    data = tmp_path / "lme_data.mat"
+    d = small.design
+    cl.io.write_mat73(data, {"sid": d["sid"].tolist(), "ch": d["ch"].tolist(),
+                             "hit_miss": d["hit_miss"].to_numpy(dtype=float), "region": d["region"].tolist(),
+                             "data": small.values})
+    argv = ["run", str(data), "--formula", FORMULA, "--nperm", "2", "--slurm"]
+    with monkeypatch.context() as mp:
+        mp.setitem(sys.modules, "dask_jobqueue", None)  # as if not installed
+        assert main(argv) == 1
+    message = capsys.readouterr().err.strip()
+    assert "\n" not in message and "--slurm needs dask-jobqueue: pip install 'clusterlmer[dask]'" in message
+    pytest.importorskip("dask_jobqueue")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here
+    assert main(argv) == 1
+    message = capsys.readouterr().err.strip()
+    assert "\n" not in message and "--slurm needs SLURM's sbatch on PATH" in message
+
+
+@contextmanager
+def _interrupt_once_a_block_is_in(stores):
+    # What the run loop sees after a first Ctrl-C: the flag, here once a block is in the checkpoint.
+    yield lambda: bool(stores) and bool(stores[0].done.any())
+
+
+def test_ctrl_c_cancels_the_rest_and_keeps_finished_blocks(small, client, tmp_path, monkeypatch):
+    stores = []
+    real = analysis.run_permutations
+    monkeypatch.setattr(analysis, "run_permutations",
+                        lambda task, store, **kw: (stores.append(store), real(task, store, **kw))[1])
+    monkeypatch.setattr(parallel, "_interrupt_between_permutations", lambda: _interrupt_once_a_block_is_in(stores))
+    path = tmp_path / "run.h5"
+    with pytest.raises(KeyboardInterrupt):
+        cl.permutation_cluster_lmer(small, FORMULA, n_permutations=N_PERM, seed=SEED, checkpoint=path,
+                                    progress=False, client=client)
+    with h5py.File(path) as f:
+        assert 1 <= f["done"][()].sum() < N_PERM
+    assert _nothing_left(client)
+
+
+class _Failing:
+    """A permutation task that raises at one permutation (a bug, not a dead process)."""
+
+    def __init__(self, task, k):
+        self.task, self.k = task, k
+
+    def statistics(self, k):
+        if k == self.k:
+            raise ValueError(f"no statistics for permutation {k}")
+        return self.task.statistics(k)
+
+
+def test_an_error_in_a_block_is_raised_as_it_is(small, client, monkeypatch):
+    real = analysis.run_permutations
+    monkeypatch.setattr(analysis, "run_permutations", lambda task, store, **kw: real(_Failing(task, 0), store, **kw))
+    with pytest.raises(ValueError, match="no statistics for permutation 0"):
+        cl.permutation_cluster_lmer(small, FORMULA, n_permutations=N_PERM, seed=SEED, progress=False, client=client)
+    assert _nothing_left(client)
+
+
+class _KillOnce:
+    """A real permutation task whose process is SIGKILLed the first time it meets permutation ``k``:
+    the R process alone (``"r-process"``), or also the Dask worker process that started it (``"worker"``)."""
+
+    def __init__(self, task, k, marker, what):
+        self.task, self.k, self.marker, self.what = task, k, marker, what
+
+    def statistics(self, k):
+        if k == self.k and not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            if self.what == "worker":
+                os.kill(os.getppid(), signal.SIGKILL)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return self.task.statistics(k)
+
+
+# Last in the module: the nanny replaces the killed worker, the other tests need not see that.
+@pytest.mark.parametrize("what", ["r-process", "worker"])
+def test_a_killed_worker_or_r_process_is_survived(small, reference, client, tmp_path, monkeypatch, what):
+    real = analysis.run_permutations
+    marker = tmp_path / "killed"
+    monkeypatch.setattr(analysis, "run_permutations",
+                        lambda task, store, **kw: real(_KillOnce(task, 5, str(marker), what), store, **kw))
+    message = "1 Dask worker\\(s\\) died" if what == "worker" else "1 R process\\(es\\) on the Dask workers died"
+    with pytest.warns(RuntimeWarning, match=message):
+        res = cl.permutation_cluster_lmer(small, FORMULA, n_permutations=N_PERM, seed=SEED, progress=False,
+                                          client=client)
+    assert marker.exists()
+    assert res.run["worker_restarts"] == 1
+    assert "worker process(es) died" in res.summary()
+    assert_same_result(reference, res)

@@ -1,0 +1,148 @@
+"""Permutations on a real SLURM cluster through dask-jobqueue: the result equals the local one.
+
+Needs a running SLURM (``bash scripts/slurm-localhost.sh start`` sets up a single-node one on this
+machine, as root). Without one the tests are skipped, unless CLUSTERLMER_REQUIRE_SLURM=1 (CI), where
+they fail instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import clusterlmer as cl
+from clusterlmer.cli import main
+
+FORMULA = "data ~ hit_miss * region + (1|sid) + (1|sid:ch)"
+SMALL = dict(kind="2way", n_subjects=6, n_channels=24, n_times=12, seed=3)
+N_PERM, SEED = 8, 7
+JOB_NAME = "clusterlmer-test"
+
+# As in test_dask.py: R started in this process prepends R's library folders to LD_LIBRARY_PATH,
+# and sbatch hands this environment to the jobs; the value at collection time is the one before R.
+_LIBRARY_PATH = os.environ.get("LD_LIBRARY_PATH")
+
+
+def restore_library_path(mp):
+    if _LIBRARY_PATH is None:
+        mp.delenv("LD_LIBRARY_PATH", raising=False)
+    else:
+        mp.setenv("LD_LIBRARY_PATH", _LIBRARY_PATH)
+
+
+@functools.lru_cache(maxsize=None)
+def _slurm_missing():
+    """Why SLURM cannot be used here, or None (asked once: sinfo takes seconds to give up)."""
+    try:
+        import dask_jobqueue  # noqa: F401
+    except ImportError:
+        return "dask-jobqueue is not installed (pip install 'clusterlmer[dask]')"
+    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
+        return "SLURM's sinfo/sbatch are not on PATH"
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        return "sinfo did not answer within 30 s"
+    if out.returncode != 0:
+        return f"sinfo failed: {(out.stderr or out.stdout).strip()}"
+    states = out.stdout.split()
+    if not any(s.rstrip("*~#!%$@^-").startswith(("idle", "mixed")) for s in states):
+        return f"no SLURM node is idle (sinfo: {' '.join(states) or 'no nodes'})"
+    return None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def slurm():
+    reason = _slurm_missing()
+    if reason is None:
+        return
+    if os.environ.get("CLUSTERLMER_REQUIRE_SLURM") == "1":
+        pytest.fail(f"CLUSTERLMER_REQUIRE_SLURM=1 but {reason}. Start the single-node SLURM of "
+                    "scripts/slurm-localhost.sh first (bash scripts/slurm-localhost.sh start).", pytrace=False)
+    pytest.skip(f"{reason}; 'bash scripts/slurm-localhost.sh start' (as root) sets one up")
+
+
+@pytest.fixture(scope="module")
+def small():
+    return cl.simulate_ieeg(**SMALL)
+
+
+@pytest.fixture(scope="module")
+def reference(small):
+    return cl.permutation_cluster_lmer(small, FORMULA, n_permutations=N_PERM, seed=SEED, progress=False)
+
+
+def assert_same_result(a, b):
+    assert a.terms == b.terms and a.seed == b.seed and a.n_permutations == b.n_permutations
+    for term in a.terms:
+        np.testing.assert_array_equal(a.null[term], b.null[term])
+        np.testing.assert_array_equal(a.stat[term], b.stat[term])
+        np.testing.assert_array_equal(a.p_clust[term], b.p_clust[term])
+    assert a.clusters.equals(b.clusters)
+
+
+def _our_jobs(name=JOB_NAME):
+    out = subprocess.run(["squeue", "-h", "-n", name, "-o", "%i %T"], capture_output=True, text=True, timeout=30)
+    return [line.split() for line in out.stdout.splitlines()]
+
+
+def _wait_for_no_jobs(name=JOB_NAME, timeout=60):
+    deadline = time.monotonic() + timeout
+    while _our_jobs(name) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return not _our_jobs(name)
+
+
+def test_slurm_cluster_gives_the_local_result(small, reference, tmp_path, monkeypatch):
+    """Two SLURM jobs, each one Dask worker with one thread, running the workers with this Python."""
+    from dask_jobqueue import SLURMCluster
+    from distributed import Client
+
+    restore_library_path(monkeypatch)  # before sbatch runs: the jobs inherit this environment
+    with SLURMCluster(cores=1, processes=1, memory="2GB", walltime="00:10:00", python=sys.executable,
+                      job_name=JOB_NAME, log_directory=str(tmp_path / "logs"),
+                      local_directory=str(tmp_path / "scratch"),
+                      scheduler_options={"dashboard_address": None}) as cluster:
+        cluster.scale(jobs=2)
+        with Client(cluster, set_as_default=False) as client:
+            client.wait_for_workers(2, timeout=180)
+            jobs = _our_jobs()
+            assert len(jobs) == 2 and all(state == "RUNNING" for _, state in jobs), jobs
+            res = cl.permutation_cluster_lmer(small, FORMULA, n_permutations=N_PERM, seed=SEED, progress=False,
+                                              client=client)
+            assert len(client.scheduler_info()["workers"]) == 2
+    assert_same_result(reference, res)
+    assert res.run["worker_restarts"] == 0
+    assert list((tmp_path / "logs").glob("*.err")), "no SLURM job logs in the log directory"
+    assert _wait_for_no_jobs(), f"SLURM jobs left after the cluster closed: {_our_jobs()}"
+
+
+def test_cli_run_with_slurm(small, reference, tmp_path, capsys, monkeypatch):
+    """One SLURM job of two cores: two Dask workers (one R each) in it, started by `clusterlmer run --slurm`."""
+    data = tmp_path / "lme_data.mat"
+    d = small.design
+    cl.io.write_mat73(data, {"sid": d["sid"].tolist(), "ch": d["ch"].tolist(),
+                             "hit_miss": d["hit_miss"].to_numpy(dtype=float), "region": d["region"].tolist(),
+                             "data": small.values})
+    out, logs = tmp_path / "r.h5", tmp_path / "logs"
+    restore_library_path(monkeypatch)
+    monkeypatch.chdir(tmp_path)  # anything a job writes to its working folder lands here
+    code = main(["run", str(data), "--formula", FORMULA, "--nperm", str(N_PERM), "--seed", str(SEED),
+                 "--slurm", "--slurm-jobs", "1", "--slurm-cores", "2", "--slurm-memory", "2GB",
+                 "--slurm-walltime", "00:10:00", "--slurm-log-dir", str(logs), "--no-progress", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "submitted 1 SLURM job(s) of 2 core(s)" in captured.err
+    loaded = cl.load_result(out)
+    for term in reference.terms:
+        np.testing.assert_array_equal(loaded.null[term], reference.null[term])
+        np.testing.assert_array_equal(loaded.p_clust[term], reference.p_clust[term])
+    assert list(logs.glob("*.err"))
+    assert _wait_for_no_jobs("clusterlmer"), f"the CLI left SLURM jobs behind: {_our_jobs('clusterlmer')}"
