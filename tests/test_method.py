@@ -237,7 +237,7 @@ def test_engine_auto_picks_native_for_nested_intercepts_and_cross_checks_with_r(
     slope = "data ~ hit_miss + (hit_miss|sid)"
     with pytest.warns(UserWarning, match="engine='auto' uses the R engine: the random term"):
         assert cl.fit_timeseries(small, slope, engine="auto").options["engine"] == "r"
-    with pytest.raises(ValueError, match="engine='native' cannot fit this model"):
+    with pytest.raises(ValueError, match="the native engine cannot fit this model: the random term"):
         cl.fit_timeseries(small, slope, engine="native")
     with pytest.raises(ValueError, match="Invalid value for the 'engine' parameter"):
         cl.fit_timeseries(small, FORMULA, engine="python")

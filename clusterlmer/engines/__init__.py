@@ -32,7 +32,7 @@ def resolve_engine(engine, design, options):
     ok, reason = native.supports(design, options)
     if engine == "native":
         if not ok:
-            raise ValueError(f"engine='native' cannot fit this model: {reason}. Use engine='r' (lme4 through R) "
+            raise ValueError(f"the native engine cannot fit this model: {reason}. Use engine='r' (lme4 through R) "
                              "or engine='auto' to pick R for such models.")
         return "native", ""
     return ("native", "") if ok else ("r", f"engine='auto' uses the R engine: {reason}")
