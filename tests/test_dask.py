@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import clusterlmer as cl
+from conftest import assert_same_result
 from clusterlmer import analysis, parallel
 from clusterlmer.cli import main
 
@@ -39,15 +40,6 @@ def restore_library_path(mp):
         mp.delenv("LD_LIBRARY_PATH", raising=False)
     else:
         mp.setenv("LD_LIBRARY_PATH", _LIBRARY_PATH)
-
-
-def assert_same_result(a, b):
-    assert a.terms == b.terms and a.seed == b.seed and a.n_permutations == b.n_permutations
-    for term in a.terms:
-        np.testing.assert_array_equal(a.null[term], b.null[term])
-        np.testing.assert_array_equal(a.stat[term], b.stat[term])
-        np.testing.assert_array_equal(a.p_clust[term], b.p_clust[term])
-    assert a.clusters.equals(b.clusters)
 
 
 @pytest.fixture(scope="module")

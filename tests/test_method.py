@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import clusterlmer as cl
+from conftest import assert_same_result
 from clusterlmer.checkpoint import CheckpointError
 
 FORMULA = "data ~ hit_miss * region + (1|sid) + (1|sid:ch)"
@@ -29,15 +30,6 @@ def small():
 def reference(small):
     """An uninterrupted single-process run that the other runs must reproduce."""
     return cl.permutation_cluster_lmer(small, FORMULA, n_permutations=12, seed=7, progress=False)
-
-
-def assert_same_result(a, b):
-    assert a.terms == b.terms and a.seed == b.seed and a.n_permutations == b.n_permutations
-    for term in a.terms:
-        np.testing.assert_array_equal(a.null[term], b.null[term])
-        np.testing.assert_array_equal(a.stat[term], b.stat[term])
-        np.testing.assert_array_equal(a.p_clust[term], b.p_clust[term])
-    assert a.clusters.equals(b.clusters)
 
 
 def test_null_is_each_permutation_refit_with_lmer(small, reference):

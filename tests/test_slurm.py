@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import clusterlmer as cl
+from conftest import assert_same_result
 from clusterlmer.cli import main
 
 FORMULA = "data ~ hit_miss * region + (1|sid) + (1|sid:ch)"
@@ -77,15 +78,6 @@ def small():
 @pytest.fixture(scope="module")
 def reference(small):
     return cl.permutation_cluster_lmer(small, FORMULA, n_permutations=N_PERM, seed=SEED, progress=False)
-
-
-def assert_same_result(a, b):
-    assert a.terms == b.terms and a.seed == b.seed and a.n_permutations == b.n_permutations
-    for term in a.terms:
-        np.testing.assert_array_equal(a.null[term], b.null[term])
-        np.testing.assert_array_equal(a.stat[term], b.stat[term])
-        np.testing.assert_array_equal(a.p_clust[term], b.p_clust[term])
-    assert a.clusters.equals(b.clusters)
 
 
 def _our_jobs(name=JOB_NAME):
