@@ -118,7 +118,13 @@ def save_result(result: PermutationClusterResult, path):
         raise ValueError(f"cannot tell the format of {path!r}: use a name ending in .mat (MATLAB), "
                          ".h5 (everything, readable with cl.load_result) or .csv (table).")
     if suffix == ".mat":
-        write_mat73(path, _matlab_struct(result))
+        tmp = f"{path}.tmp-{os.getpid()}"  # written next to the target, then renamed: never half a file
+        try:
+            write_mat73(tmp, _matlab_struct(result))
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
     elif suffix == ".csv":
         result.to_frame().to_csv(path, index=False)
     else:
