@@ -3,6 +3,28 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
+
+# A small seed-shaped dataset and its single-process permutation run, which the
+# parallel back ends (workers, Dask, SLURM) must reproduce bit for bit.
+SMALL_FORMULA = "data ~ hit_miss * region + (1|sid) + (1|sid:ch)"
+SMALL = dict(kind="2way", n_subjects=6, n_channels=24, n_times=12, seed=3)
+SMALL_N_PERM, SMALL_SEED = 8, 7
+
+
+@pytest.fixture(scope="module")
+def small():
+    import clusterlmer as cl
+
+    return cl.simulate_ieeg(**SMALL)
+
+
+@pytest.fixture(scope="module")
+def reference(small):
+    import clusterlmer as cl
+
+    return cl.permutation_cluster_lmer(small, SMALL_FORMULA, n_permutations=SMALL_N_PERM, seed=SMALL_SEED,
+                                       progress=False)
 
 
 def assert_same_result(a, b):

@@ -18,52 +18,21 @@ import numpy as np
 import pytest
 
 import clusterlmer as cl
-from conftest import assert_same_result
+from conftest import SMALL_FORMULA, SMALL_N_PERM, SMALL_SEED, assert_same_result
 from clusterlmer import analysis, parallel
 from clusterlmer.cli import main
 
 distributed = pytest.importorskip("distributed")
 
-FORMULA = "data ~ hit_miss * region + (1|sid) + (1|sid:ch)"
-SMALL = dict(kind="2way", n_subjects=6, n_channels=24, n_times=12, seed=3)
-N_PERM, SEED = 8, 7
-
-# Starting R in this process puts R's library folders in front of LD_LIBRARY_PATH in os.environ, and
-# every process started afterwards inherits that: with a Python built as a shared library (pyenv),
-# Dask's worker processes would then load the system's libpython instead of their own and fail
-# (import ssl: undefined symbol). The value at collection time is the one before any test started R.
-_LIBRARY_PATH = os.environ.get("LD_LIBRARY_PATH")
-
-
-def restore_library_path(mp):
-    if _LIBRARY_PATH is None:
-        mp.delenv("LD_LIBRARY_PATH", raising=False)
-    else:
-        mp.setenv("LD_LIBRARY_PATH", _LIBRARY_PATH)
-
-
-@pytest.fixture(scope="module")
-def small():
-    return cl.simulate_ieeg(**SMALL)
-
-
-@pytest.fixture(scope="module")
-def reference(small):
-    """The single-process run every Dask run must reproduce bit for bit."""
-    return cl.permutation_cluster_lmer(small, FORMULA, n_permutations=N_PERM, seed=SEED, progress=False)
+FORMULA, N_PERM, SEED = SMALL_FORMULA, SMALL_N_PERM, SMALL_SEED
 
 
 @pytest.fixture(scope="module")
 def cluster(reference):
-    """Two worker processes with one thread each, started after R (see _LIBRARY_PATH) with a clean environment.
-
-    The environment stays clean while the cluster lives: the nanny restarts a killed worker from it.
-    """
-    with pytest.MonkeyPatch.context() as mp:
-        restore_library_path(mp)
-        with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                      dashboard_address=None) as c:
-            yield c
+    """Two worker processes with one thread each, started after this process's R (the R engine leaves
+    LD_LIBRARY_PATH as it found it, so they start with a clean environment)."""
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c:
+        yield c
 
 
 @pytest.fixture

@@ -18,24 +18,11 @@ import numpy as np
 import pytest
 
 import clusterlmer as cl
-from conftest import assert_same_result
+from conftest import SMALL_FORMULA, SMALL_N_PERM, SMALL_SEED, assert_same_result
 from clusterlmer.cli import main
 
-FORMULA = "data ~ hit_miss * region + (1|sid) + (1|sid:ch)"
-SMALL = dict(kind="2way", n_subjects=6, n_channels=24, n_times=12, seed=3)
-N_PERM, SEED = 8, 7
+FORMULA, N_PERM, SEED = SMALL_FORMULA, SMALL_N_PERM, SMALL_SEED
 JOB_NAME = "clusterlmer-test"
-
-# As in test_dask.py: R started in this process prepends R's library folders to LD_LIBRARY_PATH,
-# and sbatch hands this environment to the jobs; the value at collection time is the one before R.
-_LIBRARY_PATH = os.environ.get("LD_LIBRARY_PATH")
-
-
-def restore_library_path(mp):
-    if _LIBRARY_PATH is None:
-        mp.delenv("LD_LIBRARY_PATH", raising=False)
-    else:
-        mp.setenv("LD_LIBRARY_PATH", _LIBRARY_PATH)
 
 
 @functools.lru_cache(maxsize=None)
@@ -70,14 +57,6 @@ def slurm():
     pytest.skip(f"{reason}; 'bash scripts/slurm-localhost.sh start' (as root) sets one up")
 
 
-@pytest.fixture(scope="module")
-def small():
-    return cl.simulate_ieeg(**SMALL)
-
-
-@pytest.fixture(scope="module")
-def reference(small):
-    return cl.permutation_cluster_lmer(small, FORMULA, n_permutations=N_PERM, seed=SEED, progress=False)
 
 
 def _our_jobs(name=JOB_NAME):
@@ -97,7 +76,6 @@ def test_slurm_cluster_gives_the_local_result(small, reference, tmp_path, monkey
     from dask_jobqueue import SLURMCluster
     from distributed import Client
 
-    restore_library_path(monkeypatch)  # before sbatch runs: the jobs inherit this environment
     with SLURMCluster(cores=1, processes=1, memory="2GB", walltime="00:10:00", python=sys.executable,
                       job_name=JOB_NAME, log_directory=str(tmp_path / "logs"),
                       local_directory=str(tmp_path / "scratch"),
@@ -124,7 +102,6 @@ def test_cli_run_with_slurm(small, reference, tmp_path, capsys, monkeypatch):
                              "hit_miss": d["hit_miss"].to_numpy(dtype=float), "region": d["region"].tolist(),
                              "data": small.values})
     out, logs = tmp_path / "r.h5", tmp_path / "logs"
-    restore_library_path(monkeypatch)
     monkeypatch.chdir(tmp_path)  # anything a job writes to its working folder lands here
     code = main(["run", str(data), "--formula", FORMULA, "--nperm", str(N_PERM), "--seed", str(SEED),
                  "--slurm", "--slurm-jobs", "1", "--slurm-cores", "2", "--slurm-memory", "2GB",
