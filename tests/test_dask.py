@@ -1,12 +1,15 @@
 """Permutations on a Dask cluster (a LocalCluster of worker processes here): same result as one process.
 
 Covers ``permutation_cluster_lmer(..., client=Client | address)``, checkpoints filled block by block,
-resuming, Ctrl-C, a killed Dask worker, a killed R process inside a worker, errors in a block, and
-``clusterlmer run --scheduler``. SLURM through dask-jobqueue is in tests/test_slurm.py.
+resuming, Ctrl-C, a killed Dask worker, a killed R process inside a worker, errors in a block,
+``clusterlmer run --scheduler``, and the native engine (in the Dask worker threads and in local
+worker processes, without R). SLURM through dask-jobqueue is in tests/test_slurm.py. Runs that
+exercise R on the workers pass ``engine="r"`` (the default, "auto", would pick native for this model).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -19,12 +22,13 @@ import pytest
 
 import clusterlmer as cl
 from conftest import SMALL_FORMULA, SMALL_N_PERM, SMALL_SEED, assert_same_result
-from clusterlmer import analysis, parallel
+from clusterlmer import analysis, dask_backend, parallel
 from clusterlmer.cli import main
 
 distributed = pytest.importorskip("distributed")
 
 FORMULA, N_PERM, SEED = SMALL_FORMULA, SMALL_N_PERM, SMALL_SEED
+N_PERM_NATIVE = 40  # native fits are cheap: enough permutations for several blocks per worker
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +48,22 @@ def client(cluster):
 
 def _r_processes():
     """(R processes of this worker, those still holding a run's task or busy with a block)."""
-    procs = list(parallel._r_all)
+    procs = list(dask_backend._r_all)
     return len(procs), sum(p.token is not None or p.busy_for is not None for p in procs)
+
+
+def _child_processes():
+    """Processes started by this (worker) process, at any depth."""
+    import psutil
+
+    return len(psutil.Process().children(recursive=True))
+
+
+def _where_blocks_ran(client):
+    """Per block attempt announced by the workers' events: "R process" or "worker thread"."""
+    events = client.get_events()
+    return [msg["in"] for topic, log in events.items() if topic.startswith("clusterlmer-")
+            for _, msg in log if isinstance(msg, dict) and "in" in msg]
 
 
 def _clusterlmer_tasks(dask_scheduler):
@@ -81,13 +99,14 @@ def test_local_cluster_gives_the_single_process_result_block_by_block(small, ref
                                                                      monkeypatch):
     path = tmp_path / "run.h5"
     # Three permutations done in this process first: the Dask run resumes from them.
-    cl.permutation_cluster_lmer(small, FORMULA, n_permutations=3, seed=SEED, checkpoint=path, progress=False)
+    cl.permutation_cluster_lmer(small, FORMULA, n_permutations=3, seed=SEED, checkpoint=path, progress=False,
+                                engine="r")
     added = []
     real_add = cl.checkpoint.Checkpoint.add
     monkeypatch.setattr(cl.checkpoint.Checkpoint, "add",
                         lambda self, indices, values: (added.append(list(indices)), real_add(self, indices, values)))
     res = cl.permutation_cluster_lmer(small, FORMULA, n_permutations=N_PERM, seed=SEED, checkpoint=path,
-                                      progress=False, client=client)
+                                      progress=False, client=client, engine="r")
     assert res.run["resumed"] == 3 and res.run["worker_restarts"] == 0
     assert_same_result(reference, res)
     # each finished block went into the checkpoint as it came, and the file holds them all
@@ -96,6 +115,9 @@ def test_local_cluster_gives_the_single_process_result_block_by_block(small, ref
         assert f["done"][()].all()
         np.testing.assert_array_equal(f["values"][:, 0], np.moveaxis(reference.null[res.terms[0]], -1, 0))
     assert _nothing_left(client)
+    # the R engine's blocks ran in R child processes, which the checks of the native tests below can see
+    assert set(_where_blocks_ran(client)) == {"R process"}
+    assert sum(client.run(_child_processes).values()) >= 1
 
 
 def test_scheduler_address_is_connected_to_and_disconnected(small, reference, cluster, client):
@@ -104,7 +126,7 @@ def test_scheduler_address_is_connected_to_and_disconnected(small, reference, cl
 
     before = n_clients()
     res = cl.permutation_cluster_lmer(small, FORMULA, n_permutations=N_PERM, seed=SEED, progress=False,
-                                      client=cluster.scheduler_address)
+                                      client=cluster.scheduler_address, engine="r")
     assert_same_result(reference, res)
     assert _eventually(lambda: n_clients() == before), "the connection opened for the address was not closed"
 
@@ -116,7 +138,7 @@ def test_cli_run_with_scheduler(small, reference, cluster, tmp_path, capsys):
                              "hit_miss": d["hit_miss"].to_numpy(dtype=float), "region": d["region"].tolist(),
                              "data": small.values})
     out = tmp_path / "r.h5"
-    code = main(["run", str(data), "--formula", FORMULA, "--nperm", str(N_PERM), "--seed", str(SEED),
+    code = main(["run", str(data), "--formula", FORMULA, "--nperm", str(N_PERM), "--seed", str(SEED), "--engine", "r",
                  "--scheduler", cluster.scheduler_address, "--no-progress", "--out", str(out)])
     _, err = capsys.readouterr()
     assert code == 0, err
@@ -160,6 +182,69 @@ def test_cli_slurm_without_dask_jobqueue_or_sbatch(small, tmp_path, capsys, monk
     assert "\n" not in message and "--slurm needs SLURM's sbatch on PATH" in message
 
 
+# The native engine: numpy only, so no R anywhere but in this process (its observed-fit cross-check).
+
+
+@pytest.fixture(scope="module")
+def native_reference(small):
+    return cl.permutation_cluster_lmer(small, FORMULA, n_permutations=N_PERM_NATIVE, seed=SEED, engine="native",
+                                       progress=False)
+
+
+def _r_loaded():
+    """Whether R is loaded in this process (rpy2 imported, or R's shared library mapped)."""
+    if "rpy2" in sys.modules:
+        return True
+    with open("/proc/self/maps") as maps:
+        return "libR.so" in maps.read()
+
+
+class _RecordR:
+    """A permutation task that records, per permutation, its process and whether R is loaded there."""
+
+    def __init__(self, task, folder):
+        self.task, self.folder = task, folder
+
+    def statistics(self, k):
+        values = self.task.statistics(k)
+        with open(os.path.join(self.folder, f"{k}.json"), "w") as f:
+            json.dump({"pid": os.getpid(), "r": _r_loaded()}, f)
+        return values
+
+
+def test_native_engine_in_local_workers_gives_the_same_result_without_r(small, reference, native_reference,
+                                                                       tmp_path, monkeypatch):
+    assert _r_loaded()  # this process ran the R engine (reference): the probe does see R where it is
+    real = analysis.run_permutations
+    monkeypatch.setattr(analysis, "run_permutations",
+                        lambda task, store, **kw: real(_RecordR(task, str(tmp_path)), store, **kw))
+    res = cl.permutation_cluster_lmer(small, FORMULA, n_permutations=N_PERM_NATIVE, seed=SEED, engine="native",
+                                      n_jobs=2, progress=False)
+    assert_same_result(native_reference, res)
+    seen = [json.loads(p.read_text()) for p in tmp_path.glob("*.json")]
+    assert len(seen) == N_PERM_NATIVE
+    assert os.getpid() not in {s["pid"] for s in seen}, "the permutations did not run in worker processes"
+    assert not any(s["r"] for s in seen), "a native worker process loaded R"
+
+
+def test_native_engine_on_dask_runs_in_the_worker_threads_without_r(small, native_reference):
+    """A LocalCluster of its own: its workers must end the run without any child process."""
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=":0") as native_cluster, \
+            distributed.Client(native_cluster, set_as_default=False) as client:
+        client.wait_for_workers(2, timeout=60)
+        res = cl.permutation_cluster_lmer(small, FORMULA, n_permutations=N_PERM_NATIVE, seed=SEED,
+                                          engine="native", progress=False, client=client)
+        where = _where_blocks_ran(client)
+        children = client.run(_child_processes)
+        r_loaded = client.run(_r_loaded)
+    assert_same_result(native_reference, res)
+    assert res.run["worker_restarts"] == 0
+    assert len(where) >= 2 and set(where) == {"worker thread"}, where
+    assert not any(children.values()), f"native blocks started processes on the workers: {children}"
+    assert not any(r_loaded.values()), f"a Dask worker loaded R: {r_loaded}"
+
+
 @contextmanager
 def _interrupt_once_a_block_is_in(stores):
     # What the run loop sees after a first Ctrl-C: the flag, here once a block is in the checkpoint.
@@ -175,7 +260,7 @@ def test_ctrl_c_cancels_the_rest_and_keeps_finished_blocks(small, client, tmp_pa
     path = tmp_path / "run.h5"
     with pytest.raises(KeyboardInterrupt):
         cl.permutation_cluster_lmer(small, FORMULA, n_permutations=N_PERM, seed=SEED, checkpoint=path,
-                                    progress=False, client=client)
+                                    progress=False, client=client, engine="r")
     with h5py.File(path) as f:
         assert 1 <= f["done"][()].sum() < N_PERM
     assert _nothing_left(client)
@@ -197,7 +282,8 @@ def test_an_error_in_a_block_is_raised_as_it_is(small, client, monkeypatch):
     real = analysis.run_permutations
     monkeypatch.setattr(analysis, "run_permutations", lambda task, store, **kw: real(_Failing(task, 0), store, **kw))
     with pytest.raises(ValueError, match="no statistics for permutation 0"):
-        cl.permutation_cluster_lmer(small, FORMULA, n_permutations=N_PERM, seed=SEED, progress=False, client=client)
+        cl.permutation_cluster_lmer(small, FORMULA, n_permutations=N_PERM, seed=SEED, progress=False, client=client,
+                                    engine="r")
     assert _nothing_left(client)
 
 
@@ -227,7 +313,7 @@ def test_a_killed_worker_or_r_process_is_survived(small, reference, client, tmp_
     message = "1 Dask worker\\(s\\) died" if what == "worker" else "1 R process\\(es\\) on the Dask workers died"
     with pytest.warns(RuntimeWarning, match=message):
         res = cl.permutation_cluster_lmer(small, FORMULA, n_permutations=N_PERM, seed=SEED, progress=False,
-                                          client=client)
+                                          client=client, engine="r")
     assert marker.exists()
     assert res.run["worker_restarts"] == 1
     assert "worker process(es) died" in res.summary()

@@ -1,4 +1,5 @@
-"""Permutations on a real SLURM cluster through dask-jobqueue: the result equals the local one.
+"""Permutations on a real SLURM cluster through dask-jobqueue: the result equals the local one,
+with the R engine (an R process per worker) and the native engine (in the worker threads, no R).
 
 Needs a running SLURM (``bash scripts/slurm-localhost.sh start`` sets up a single-node one on this
 machine, as root). Without one the tests are skipped, unless CLUSTERLMER_REQUIRE_SLURM=1 (CI), where
@@ -22,6 +23,7 @@ from conftest import SMALL_FORMULA, SMALL_N_PERM, SMALL_SEED, assert_same_result
 from clusterlmer.cli import main
 
 FORMULA, N_PERM, SEED = SMALL_FORMULA, SMALL_N_PERM, SMALL_SEED
+N_PERM_NATIVE = 40
 JOB_NAME = "clusterlmer-test"
 
 
@@ -57,6 +59,16 @@ def slurm():
     pytest.skip(f"{reason}; 'bash scripts/slurm-localhost.sh start' (as root) sets one up")
 
 
+@pytest.fixture(scope="module")
+def native_reference(small):
+    return cl.permutation_cluster_lmer(small, FORMULA, n_permutations=N_PERM_NATIVE, seed=SEED, engine="native",
+                                       progress=False)
+
+
+def _where_blocks_ran(client):
+    """Per run (event topic), where each block attempt ran: "R process" or "worker thread"."""
+    return {topic: [msg["in"] for _, msg in log if isinstance(msg, dict) and "in" in msg]
+            for topic, log in client.get_events().items() if topic.startswith("clusterlmer-")}
 
 
 def _our_jobs(name=JOB_NAME):
@@ -71,8 +83,9 @@ def _wait_for_no_jobs(name=JOB_NAME, timeout=60):
     return not _our_jobs(name)
 
 
-def test_slurm_cluster_gives_the_local_result(small, reference, tmp_path, monkeypatch):
-    """Two SLURM jobs, each one Dask worker with one thread, running the workers with this Python."""
+def test_slurm_cluster_gives_the_local_result(small, reference, native_reference, tmp_path, monkeypatch):
+    """Two SLURM jobs, each one Dask worker with one thread, running the workers with this Python;
+    the R engine, then the native engine on the same workers."""
     from dask_jobqueue import SLURMCluster
     from distributed import Client
 
@@ -86,10 +99,18 @@ def test_slurm_cluster_gives_the_local_result(small, reference, tmp_path, monkey
             jobs = _our_jobs()
             assert len(jobs) == 2 and all(state == "RUNNING" for _, state in jobs), jobs
             res = cl.permutation_cluster_lmer(small, FORMULA, n_permutations=N_PERM, seed=SEED, progress=False,
-                                              client=client)
+                                              client=client, engine="r")
+            r_run = _where_blocks_ran(client)
+            native = cl.permutation_cluster_lmer(small, FORMULA, n_permutations=N_PERM_NATIVE, seed=SEED,
+                                                 progress=False, client=client, engine="native")
+            native_run = {t: v for t, v in _where_blocks_ran(client).items() if t not in r_run}
             assert len(client.scheduler_info()["workers"]) == 2
     assert_same_result(reference, res)
     assert res.run["worker_restarts"] == 0
+    assert_same_result(native_reference, native)
+    assert native.run["worker_restarts"] == 0
+    assert [set(v) for v in r_run.values()] == [{"R process"}], r_run
+    assert [set(v) for v in native_run.values()] == [{"worker thread"}], native_run
     assert list((tmp_path / "logs").glob("*.err")), "no SLURM job logs in the log directory"
     assert _wait_for_no_jobs(), f"SLURM jobs left after the cluster closed: {_our_jobs()}"
 
@@ -103,7 +124,7 @@ def test_cli_run_with_slurm(small, reference, tmp_path, capsys, monkeypatch):
                              "data": small.values})
     out, logs = tmp_path / "r.h5", tmp_path / "logs"
     monkeypatch.chdir(tmp_path)  # anything a job writes to its working folder lands here
-    code = main(["run", str(data), "--formula", FORMULA, "--nperm", str(N_PERM), "--seed", str(SEED),
+    code = main(["run", str(data), "--formula", FORMULA, "--nperm", str(N_PERM), "--seed", str(SEED), "--engine", "r",
                  "--slurm", "--slurm-jobs", "1", "--slurm-cores", "2", "--slurm-memory", "2GB",
                  "--slurm-walltime", "00:10:00", "--slurm-log-dir", str(logs), "--no-progress", "--out", str(out)])
     captured = capsys.readouterr()
