@@ -20,7 +20,7 @@ ENV DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8
 # Python's venv and headers.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
-        r-base-core r-base-dev r-cran-lme4 r-cran-lmertest r-cran-pbkrtest r-cran-numderiv \
+        r-base-core r-base-dev r-cran-lme4 r-cran-lmertest r-cran-pbkrtest r-cran-numderiv r-cran-emmeans \
         python3 python3-venv python3-dev \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --create-home --uid 1000 --shell /bin/bash clusterlmer \

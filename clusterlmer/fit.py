@@ -13,7 +13,7 @@ from .design import build_design
 from .engines import get_engine, resolve_engine
 from .engines.base import DDF_METHODS, OPTIMIZERS, TESTS, BlockFit, FitOptions
 from .formula import parse_formula
-from .results import TimeseriesFit
+from .results import FitSource, TimeseriesFit
 
 __all__ = ["fit_timeseries"]
 
@@ -255,4 +255,5 @@ def fit_timeseries(data, formula, *, reml=True, ddf="satterthwaite", coding="ref
             **({"cross_check": checked} if checked is not None else {}),
         },
         levels={k: list(v) for k, v in design.factors.items()},
+        source=FitSource(design, Y),  # for fit.model_at; Y is data.values reshaped (a view when contiguous)
     )

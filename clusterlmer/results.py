@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["TimeseriesFit", "PermutationClusterResult", "cluster_table"]
+__all__ = ["TimeseriesFit", "FitSource", "PermutationClusterResult", "cluster_table"]
 
 _DDF_NAMES = {
     "satterthwaite": "Satterthwaite",
@@ -24,6 +24,26 @@ _TEST_NAMES = {
 def _fit_health(d: pd.DataFrame) -> str:
     return (f"{int(d['converged'].sum())} converged, {int(d['failed'].sum())} failed, "
             f"{int((d['singular'] == 1).sum())} singular, {int((d['n_excluded'] > 0).sum())} with rows excluded")
+
+
+@dataclass(frozen=True, eq=False)
+class FitSource:
+    """What a :class:`TimeseriesFit` was computed from, kept in memory for
+    :meth:`TimeseriesFit.model_at` (never saved to a result file).
+
+    Attributes
+    ----------
+    design : clusterlmer.design.ModelDesign
+        The design as the engine received it (columns, level order, coding, formula).
+    values : numpy.ndarray
+        The responses, shape ``(n_obs, n_samples)`` (samples flattened in C order).
+    """
+
+    design: object
+    values: np.ndarray
+
+    def __repr__(self) -> str:
+        return f"<FitSource | {self.values.shape[0]} observations x {self.values.shape[1]} samples>"
 
 
 @dataclass(frozen=True, eq=False)
@@ -56,6 +76,9 @@ class TimeseriesFit:
         Fit method, ddf method, test, coding, optimizer and its controls.
     levels : dict
         Level order per factor (reference level first).
+    source : FitSource or None
+        The design and responses, for :meth:`model_at`; ``None`` in a fit
+        loaded from a file (result files do not hold the data).
     """
 
     formula: str
@@ -73,6 +96,8 @@ class TimeseriesFit:
     diagnostics: pd.DataFrame
     options: dict
     levels: dict
+    # Not part of the result: left out of comparisons, repr and result files.
+    source: FitSource | None = field(default=None, repr=False, compare=False)
 
     @property
     def sample_shape(self) -> tuple:
@@ -127,6 +152,47 @@ class TimeseriesFit:
                 "pValue": self.p[sel],
             }
         )
+
+    def model_at(self, t=None, *, time=None):
+        """Open one sample's model as a fitted pymer4 ``Lmer`` for post-hoc work.
+
+        The model is refitted by lme4/lmerTest through pymer4 with this fit's
+        formula, rows (observations whose response is NaN/Inf at the sample
+        left out), factor level order, coding (reference: treatment contrasts
+        against the first level; effects: sum-to-zero, last level -1), REML/ML
+        and optimizer, so its coefficients, named as in ``coef_names``, equal
+        ``estimates`` at that sample (a warning says otherwise).
+
+        Parameters
+        ----------
+        t : int or tuple of int
+            Sample index (``(time, freq)`` for 2-D samples).
+        time : float
+            Alternatively, the time in the data's unit (nearest sample).
+
+        Returns
+        -------
+        pymer4.models.Lmer
+            E.g. ``model.coefs``, ``model.anova()`` (lmerTest's type III
+            table), ``model.post_hoc(marginal_vars=..., grouping_vars=...)``
+            (emmeans), ``model.summary()``.
+
+        Raises
+        ------
+        ValueError
+            When the fit holds no data (loaded from a file).
+        ImportError
+            When pymer4 0.8 is not installed: ``pip install
+            'clusterlmer[pymer4]'`` in its own environment (pymer4 0.8 needs
+            pandas < 3).
+        """
+        sample = self._sample_index(t, time)
+        if self.source is None:
+            raise ValueError("this fit holds no data (result files do not store it, so a loaded result's fit has "
+                             "none): refit with cl.fit_timeseries(data, formula, ...) and call model_at on that fit.")
+        from .pymer4_bridge import lmer_at
+
+        return lmer_at(self, sample)
 
     def to_frame(self) -> pd.DataFrame:
         """Tidy long table: one row per term and sample."""

@@ -216,7 +216,7 @@ def _write_h5(result: PermutationClusterResult, path):
             f.attrs["format"] = _FORMAT
             f.attrs["version"] = _VERSION
             fit_group = f.create_group("fit")
-            _put_dataclass(fit_group, result.fit, skip=("diagnostics",))
+            _put_dataclass(fit_group, result.fit, skip=("diagnostics", "source"))  # no data in files
             _put_frame(fit_group.create_group("diagnostics"), result.fit.diagnostics)
             _put_dataclass(f, result, skip=("fit", "stat", "null", "p_clust", "cluster_info", "clusters",
                                             "refit_failures"))
@@ -270,7 +270,7 @@ def load_result(path) -> PermutationClusterResult:
     with f:
         if f.attrs.get("format") != _FORMAT:
             raise ValueError(f"{path!r} is not a clusterlmer result file (written by result.save('x.h5')).")
-        fit_fields = _get_fields(f["fit"], TimeseriesFit, skip=("diagnostics",))
+        fit_fields = _get_fields(f["fit"], TimeseriesFit, skip=("diagnostics", "source"))
         fit = TimeseriesFit(diagnostics=_get_frame(f["fit"]["diagnostics"]), **fit_fields)
         top = _get_fields(f, PermutationClusterResult, skip=("fit", "stat", "null", "p_clust", "cluster_info",
                                                              "clusters", "refit_failures"))

@@ -51,7 +51,8 @@ def assert_same(a, b, where="result"):
     """Recursive equality of everything a result holds: arrays (values, dtype, NaN), frames, dataclasses."""
     if dataclasses.is_dataclass(a) and not isinstance(a, type):
         assert type(a) is type(b), where
-        for f in dataclasses.fields(a):
+        # compare=False marks what is not part of the result (TimeseriesFit.source: the data, never saved).
+        for f in (f for f in dataclasses.fields(a) if f.compare):
             assert_same(getattr(a, f.name), getattr(b, f.name), f"{where}.{f.name}")
     elif isinstance(a, pd.DataFrame):
         assert isinstance(b, pd.DataFrame), where
@@ -384,3 +385,15 @@ def test_load_result_errors(res2, tmp_path):
     (tmp_path / "garbage.h5").write_bytes(np.random.default_rng(0).bytes(2000))
     with pytest.raises(ValueError, match="is not a readable HDF5 file"):
         cl.load_result(tmp_path / "garbage.h5")
+
+def test_h5_holds_no_data_and_a_loaded_fit_cannot_open_a_model(res2, tmp_path):
+    """fit.source (the data, for model_at) stays in memory: not in the file, so a loaded fit says to refit."""
+    assert res2.fit.source is not None and res2.fit.source.values.shape == (res2.fit.diagnostics["n_obs"].max(), 12)
+    assert "source" not in repr(res2.fit)
+    res2.save(tmp_path / "r.h5")
+    with h5py.File(tmp_path / "r.h5", "r") as f:
+        assert "source" not in f["fit"] and "source" not in f["fit"].attrs
+    back = cl.load_result(tmp_path / "r.h5")
+    assert back.fit.source is None
+    with pytest.raises(ValueError, match=r"holds no data .*refit with cl\.fit_timeseries"):
+        back.fit.model_at(0)
