@@ -66,7 +66,7 @@ def profile_block(data):
     import rpy2.robjects as ro
 
     ro.r('Rprof(tf <- tempfile(), interval = 0.002)')
-    cl.fit_timeseries(data, FORMULA)
+    cl.fit_timeseries(data, FORMULA, engine="r")
     ro.r("Rprof(NULL)")
     tab = ro.r('s <- summaryRprof(tf)$by.total; s[order(-s$total.time), ][1:40, c("total.time", "total.pct")]')
     names = list(ro.r("rownames")(tab))
@@ -91,7 +91,7 @@ def main():
     print(f"Data: {data.n_obs} rows x {data.n_times} timepoints; model {FORMULA}; REML, Satterthwaite, marginal F")
     # Warm-up: start R, load lme4/lmerTest and byte-compile, outside the timings.
     small = cl.TimeseriesData(data.design, data.values[:, :2], data.times[:2])
-    cl.fit_timeseries(small, FORMULA)
+    cl.fit_timeseries(small, FORMULA, engine="r")
     naive_loop(small)
 
     t_naive, t_block = [], []
@@ -100,7 +100,7 @@ def main():
         ref = naive_loop(data)
         t_naive.append(time.perf_counter() - start)
         start = time.perf_counter()
-        fit = cl.fit_timeseries(data, FORMULA)
+        fit = cl.fit_timeseries(data, FORMULA, engine="r")
         t_block.append(time.perf_counter() - start)
     ms_naive = 1000 * min(t_naive) / data.n_times
     ms_block = 1000 * min(t_block) / data.n_times

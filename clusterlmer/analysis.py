@@ -101,7 +101,7 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
                              tail=None, alpha=0.05, cluster_alpha=0.05, cluster_stat="sum",
                              quantile_method="hazen", schemes=None, reml=True, ddf="satterthwaite",
                              coding="reference", test="marginal", optimizer="bobyqa", optimizer_options=None,
-                             levels=None, engine="r", cross_check=3, n_jobs=1, checkpoint=None,
+                             levels=None, engine="auto", cross_check=3, n_jobs=1, checkpoint=None,
                              progress=True, client=None) -> PermutationClusterResult:
     """Mixed model per sample with a cluster-based permutation test across samples.
 
@@ -138,16 +138,29 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
     schemes : dict, optional
         Permutation scheme per fixed-effect variable, overriding the one
         derived from the design; see :func:`clusterlmer.make_permutations`.
-    reml, ddf, coding, test, optimizer, optimizer_options, levels, engine, cross_check
-        As :func:`clusterlmer.fit_timeseries`; ``engine="native"`` (or
-        ``"auto"``) fits the seed models hundreds of times faster.
+    reml, ddf, coding, test, optimizer, optimizer_options, levels
+        As :func:`clusterlmer.fit_timeseries`.
+    engine : {"auto", "r", "native"}
+        As :func:`clusterlmer.fit_timeseries`, decided once on the observed
+        design and used for every permutation: ``"auto"`` (default) runs the
+        seed models on the native engine, hundreds of times faster, and
+        anything else on R with one warning; ``engine="r"`` forces
+        lme4/lmerTest everywhere. The engine used is recorded in
+        ``result.fit.options["engine"]`` and the summary.
+    cross_check : int
+        With the native engine, the observed fit also refits this many
+        samples with R and reports the largest deviation (see
+        :func:`clusterlmer.fit_timeseries`); 0 to skip. Permutations are
+        not cross-checked.
     n_jobs : int
         Worker processes for the permutation fits (-1: every core). The
         result does not depend on it.
     checkpoint : str or path-like, optional
         HDF5 file keeping finished permutations; rerunning with the same
         arguments resumes from it and gives the same result as an
-        uninterrupted run. A checkpoint of another analysis is refused.
+        uninterrupted run. A checkpoint of another analysis is refused,
+        including one written with another engine (native and R statistics
+        differ by ~1e-6, so one null must come from one engine).
     progress : bool
         Show a progress bar over permutations (only on a terminal).
     client : distributed.Client or str, optional
@@ -217,6 +230,7 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
     keys = {
         "data": fingerprint([data.values, data.design]),
         "formula": model.text,
+        "engine": engine,  # also inside "fit options"; kept apart so a refusal can name it
         "fit options": fingerprint([{k: v for k, v in fit.options.items() if k != "cross_check"}, fit.levels]),
         "seed": str(perms.seed),
         "permutation schemes": fingerprint(perms.schemes),

@@ -26,6 +26,9 @@ __all__ = ["Checkpoint", "CheckpointError", "fingerprint"]
 
 _FORMAT = "clusterlmer-checkpoint"
 _VERSION = 1
+# Keys recorded apart only to name them in a refusal, whose value another key's
+# fingerprint also covers: a file written before they existed is compared without them.
+_COVERED_BY = {"engine": "fit options"}
 
 
 class CheckpointError(ValueError):
@@ -63,6 +66,16 @@ def _feed(h, obj):
             _feed(h, item)
     else:
         h.update(json.dumps(obj, default=str).encode())
+
+
+def _difference(key, stored, current):
+    """``key``, with both values when they are readable (not fingerprints)."""
+    def readable(v):
+        return isinstance(v, str) and len(v) <= 80 and not (len(v) == 64 and all(c in "0123456789abcdef" for c in v))
+
+    if readable(stored) and readable(current):
+        return f"{key} ({stored!r} in the checkpoint, {current!r} in this run)"
+    return key
 
 
 class Checkpoint:
@@ -116,12 +129,13 @@ class Checkpoint:
             raise CheckpointError(
                 f"cannot read the checkpoint {self.path!r} ({exc}). Delete it to start afresh."
             ) from None
-        differs = [k for k in sorted(set(stored) | set(self.keys)) if stored.get(k) != self.keys.get(k)]
+        differs = [k for k in sorted(set(stored) | set(self.keys)) if stored.get(k) != self.keys.get(k)
+                   and not (k not in stored and _COVERED_BY.get(k) in stored)]
         if differs:
             raise CheckpointError(
                 f"the checkpoint {self.path!r} was written for a different analysis (it differs in: "
-                f"{', '.join(differs)}). Rerun with the arguments that wrote it, or delete it / pass "
-                "another checkpoint path to start afresh."
+                f"{', '.join(_difference(k, stored.get(k), self.keys.get(k)) for k in differs)}). Rerun with "
+                "the arguments that wrote it, or delete it / pass another checkpoint path to start afresh."
             )
         if values.shape[1:] != self.shape:
             raise CheckpointError(

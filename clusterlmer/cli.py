@@ -187,10 +187,12 @@ def _add_fit_options(p):
     g.add_argument("--test", default="marginal", choices=["marginal", "type3"],
                    help="marginal F per term as MATLAB's anova (default) or lmerTest's type III")
     g.add_argument("--optimizer", default="bobyqa", choices=["bobyqa", "nloptwrap", "Nelder_Mead"],
-                   help="lme4 optimizer (default bobyqa with rhoend 1e-9)")
-    g.add_argument("--engine", default="r", choices=["r", "native", "auto"],
-                   help="r: lme4/lmerTest (default); native: batched closed-form engine for nested random "
-                   "intercepts, hundreds of times faster; auto: native when the model allows")
+                   help="lme4 optimizer (default bobyqa with rhoend 1e-9); another one makes --engine auto use R")
+    g.add_argument("--engine", default="auto", choices=["auto", "r", "native"],
+                   help="auto (default): the native engine (batched closed form, hundreds of times faster) when "
+                   "the model and options allow, cross-checked against lme4/lmerTest at 3 timepoints, else "
+                   "lme4/lmerTest with a warning saying why; r: lme4/lmerTest at every fit; native: the native "
+                   "engine or an error naming what it cannot fit")
 
 
 def _add_data_options(p):

@@ -41,10 +41,11 @@ def _mask_groups(finite):
     return [np.flatnonzero(inverse == g) for g in range(inverse.max() + 1)]
 
 
-def fit_samples(design, Y, options, engine="r"):
-    """Fit each column of ``Y`` (n_obs, n_samples); rows with non-finite values
-    are left out of that column's fit. Returns a :class:`BlockFit` over all
-    columns plus the count of observations used per column.
+def fit_samples(design, Y, options, engine):
+    """Fit each column of ``Y`` (n_obs, n_samples) with ``engine`` (``"r"`` or
+    ``"native"``, already resolved); rows with non-finite values are left out
+    of that column's fit. Returns a :class:`BlockFit` over all columns plus the
+    count of observations used per column.
     """
     eng = get_engine(engine)
     finite = np.isfinite(Y)
@@ -119,7 +120,7 @@ def _cross_check(design, Y, options, native_fit, n_samples):
 
 def fit_timeseries(data, formula, *, reml=True, ddf="satterthwaite", coding="reference", test="marginal",
                    optimizer="bobyqa", optimizer_options=None, levels=None, terms=None,
-                   engine="r", cross_check=3) -> TimeseriesFit:
+                   engine="auto", cross_check=3) -> TimeseriesFit:
     """Fit a linear mixed model at every sample and test each fixed-effect term.
 
     Parameters
@@ -144,25 +145,35 @@ def fit_timeseries(data, formula, *, reml=True, ddf="satterthwaite", coding="ref
         lmerTest's type III table.
     optimizer : {"bobyqa", "nloptwrap", "Nelder_Mead"}
         lme4 optimizer. bobyqa runs with ``rhoend=1e-9`` unless
-        ``optimizer_options`` says otherwise.
+        ``optimizer_options`` says otherwise. Another optimizer makes
+        ``engine="auto"`` use R (the native engine has its own, exact one).
     optimizer_options : dict, optional
-        Passed to the optimizer as lme4's ``optCtrl``.
+        Passed to the optimizer as lme4's ``optCtrl``; R engine only, like
+        ``optimizer``.
     levels : dict, optional
         Level order per factor column, reference level first. Naming a
         numeric column makes it a factor.
     terms : list of str, optional
         Report only these terms (default: all, intercept first).
-    engine : {"r", "native", "auto"}
-        ``"r"``: lme4/lmerTest through R. ``"native"``: clusterlmer's batched
-        closed-form engine for nested random intercepts (e.g. ``(1|sid) +
-        (1|sid:ch)``), REML/ML, Satterthwaite/residual/none, marginal tests;
+    engine : {"auto", "r", "native"}
+        ``"auto"`` (default): the native engine when it can fit the model and
+        options, else R with one warning saying why. ``"native"``:
+        clusterlmer's batched closed-form engine for nested random
+        intercepts (e.g. ``(1|sid) + (1|sid:ch)``), REML/ML,
+        Satterthwaite/residual/none, marginal tests, bobyqa's optimum;
         hundreds of times faster, equal to lmerTest within the precision of
-        lme4's optimizer. ``"auto"``: native when the model allows, else R
-        (with a warning saying why).
+        lme4's optimizer; a model or option outside that class (random
+        slopes, crossed groupings, Kenward-Roger, type III, other optimizer
+        settings) is an error naming it. ``"r"``: lme4/lmerTest through R at
+        every sample (pass it to get lmerTest's own numbers). The engine used
+        is ``fit.options["engine"]``.
     cross_check : int
-        With the native engine, refit this many samples with the R engine
-        and record the largest relative difference in
-        ``fit.options["cross_check"]`` (a warning when above 1e-4); 0 to skip.
+        When the native engine fits, also refit this many observed samples
+        (spread over the finite ones) with the R engine and record the
+        largest relative difference in F and DF2 in
+        ``fit.options["cross_check"]`` and the summary; a difference above
+        1e-4 is a ``RuntimeWarning``. 0 skips it (and R is then not needed);
+        without R installed the check is skipped with a note.
 
     Returns
     -------

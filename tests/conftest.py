@@ -16,7 +16,8 @@ except ImportError:
     collect_ignore = ["test_pymer4.py"]
 
 # A small seed-shaped dataset and its single-process permutation run, which the
-# parallel back ends (workers, Dask, SLURM) must reproduce bit for bit.
+# parallel back ends (workers, Dask, SLURM) must reproduce bit for bit. The run
+# uses the R engine explicitly: those back ends exist to run R in their workers.
 SMALL_FORMULA = "data ~ hit_miss * region + (1|sid) + (1|sid:ch)"
 SMALL = dict(kind="2way", n_subjects=6, n_channels=24, n_times=12, seed=3)
 SMALL_N_PERM, SMALL_SEED = 8, 7
@@ -34,7 +35,7 @@ def reference(small):
     import clusterlmer as cl
 
     return cl.permutation_cluster_lmer(small, SMALL_FORMULA, n_permutations=SMALL_N_PERM, seed=SMALL_SEED,
-                                       progress=False)
+                                       progress=False, engine="r")
 
 
 def assert_same_result(a, b):

@@ -2,7 +2,11 @@
 values, factor coding) behaves as documented.
 
 The first half needs no R: every check runs before anything is fitted. The
-second half fits the small simulated 2-way dataset (338 rows, 3 samples).
+second half fits the small simulated 2-way dataset (338 rows, 3 samples) with
+the default engine (auto: native for this model, cross-checked against R):
+what is tested here is fit_timeseries's handling of data, which does not
+depend on the engine (test_native_engine.py compares NaN rows, constant and
+empty samples between the engines; test_parity_lmertest.py checks R's).
 """
 
 import numpy as np
@@ -263,7 +267,7 @@ def test_levels_for_a_column_outside_the_fixed_part(sim, column, why):
 
 
 # ---------------------------------------------------------------------------
-# Fits (R)
+# Fits (default engine)
 # ---------------------------------------------------------------------------
 
 
@@ -483,4 +487,4 @@ def test_empty_terms_list_is_refused(sim):
 
 def test_type3_on_an_intercept_only_model_is_refused(sim):
     with pytest.raises(ValueError, match=r"no term besides the intercept.*test='marginal'"):
-        cl.fit_timeseries(sim, "data ~ 1 + (1|sid)", test="type3")
+        cl.fit_timeseries(sim, "data ~ 1 + (1|sid)", test="type3", engine="r")  # type III: lmerTest only

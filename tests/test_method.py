@@ -1,7 +1,15 @@
-"""The whole method with the real R engine: permutations, null, cluster p, checkpoints, workers."""
+"""The whole method with the real R engine: permutations, null, cluster p, checkpoints, workers.
+
+Every run that checks what the method computes, or how workers, interruptions and resumes
+behave, passes ``engine="r"``: the null must be lme4's refits and the workers must each run R
+(the kill and Ctrl-C tests also need R's pace to interrupt a run). Argument checks and
+checkpoint refusals use the default engine ("auto": native for this model). The native engine
+against R is in test_native_engine.py; here only the checkpoint rules between engines.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -29,7 +37,7 @@ def small():
 @pytest.fixture(scope="module")
 def reference(small):
     """An uninterrupted single-process run that the other runs must reproduce."""
-    return cl.permutation_cluster_lmer(small, FORMULA, n_permutations=12, seed=7, progress=False)
+    return cl.permutation_cluster_lmer(small, FORMULA, n_permutations=12, seed=7, progress=False, engine="r")
 
 
 def test_null_is_each_permutation_refit_with_lmer(small, reference):
@@ -38,11 +46,11 @@ def test_null_is_each_permutation_refit_with_lmer(small, reference):
     for k in (0, 11):
         permuted = cl.TimeseriesData(design=perms[k], values=small.values, times=small.times)
         # Level order (hence the reference level) stays the observed one, not the permuted first appearance.
-        fit = cl.fit_timeseries(permuted, FORMULA, levels=reference.fit.levels)
+        fit = cl.fit_timeseries(permuted, FORMULA, levels=reference.fit.levels, engine="r")
         for term in reference.terms:
             np.testing.assert_array_equal(reference.null[term][:, k], fit.F[fit.terms.index(term)])
     # and the observed statistic is the plain fit
-    fit = cl.fit_timeseries(small, FORMULA)
+    fit = cl.fit_timeseries(small, FORMULA, engine="r")
     np.testing.assert_array_equal(reference.stat["hit_miss"], fit.F[fit.terms.index("hit_miss")])
     assert reference.null["hit_miss"].shape == (12, 12)
     assert reference.schemes == {"hit_miss": "within-channel", "region": "between-channel"}
@@ -61,20 +69,22 @@ def test_p_clust_follows_cluster_test(reference):
 
 
 def test_same_seed_same_result_with_two_workers(small, reference):
-    parallel = cl.permutation_cluster_lmer(small, FORMULA, n_permutations=12, seed=7, n_jobs=2, progress=False)
+    parallel = cl.permutation_cluster_lmer(small, FORMULA, n_permutations=12, seed=7, n_jobs=2, progress=False,
+                                           engine="r")
     assert_same_result(reference, parallel)
-    other = cl.permutation_cluster_lmer(small, FORMULA, n_permutations=12, seed=8, progress=False)
+    other = cl.permutation_cluster_lmer(small, FORMULA, n_permutations=12, seed=8, progress=False, engine="r")
     assert not np.array_equal(other.null["hit_miss"], reference.null["hit_miss"])
 
 
 def test_checkpoint_resume_equals_uninterrupted_run(small, reference, tmp_path):
     path = tmp_path / "run.h5"
-    first = cl.permutation_cluster_lmer(small, FORMULA, n_permutations=5, seed=7, checkpoint=path, progress=False)
+    first = cl.permutation_cluster_lmer(small, FORMULA, n_permutations=5, seed=7, checkpoint=path, progress=False,
+                                        engine="r")
     with h5py.File(path) as f:
         assert f["done"][()].sum() == 5
     # Asking for more permutations reuses the first five (they are drawn prefix-stably).
     resumed = cl.permutation_cluster_lmer(small, FORMULA, n_permutations=12, seed=7, checkpoint=path,
-                                          progress=False)
+                                          progress=False, engine="r")
     assert resumed.run["resumed"] == 5
     assert_same_result(reference, resumed)
     np.testing.assert_array_equal(first.null["region"], reference.null["region"][:, :5])
@@ -109,11 +119,55 @@ def test_checkpoint_that_is_not_one_is_refused(small, tmp_path):
         cl.permutation_cluster_lmer(small, FORMULA, n_permutations=2, seed=7, checkpoint=bad, progress=False)
 
 
+def test_checkpoint_of_the_default_engine_resumes(small, tmp_path):
+    """The default engine ("auto", native for this model) is recorded resolved: its checkpoint resumes
+    under the default or an explicit engine="native", equal to an uninterrupted native run."""
+    path = tmp_path / "run.h5"
+    first = cl.permutation_cluster_lmer(small, FORMULA, n_permutations=5, seed=7, checkpoint=path, progress=False)
+    assert first.fit.options["engine"] == "native"
+    resumed = cl.permutation_cluster_lmer(small, FORMULA, n_permutations=9, seed=7, checkpoint=path,
+                                          progress=False)
+    assert resumed.run["resumed"] == 5
+    again = cl.permutation_cluster_lmer(small, FORMULA, n_permutations=12, seed=7, checkpoint=path,
+                                        progress=False, engine="native")
+    assert again.run["resumed"] == 9
+    whole = cl.permutation_cluster_lmer(small, FORMULA, n_permutations=12, seed=7, progress=False, engine="native")
+    assert_same_result(whole, again)
+
+
+@pytest.mark.parametrize("written, resumed_with, used", [("r", "auto", "native"), ("native", "r", "r")])
+def test_checkpoint_of_another_engine_is_refused(small, tmp_path, written, resumed_with, used):
+    # Native and R statistics differ by ~1e-6: one null must not mix them.
+    path = tmp_path / "run.h5"
+    cl.permutation_cluster_lmer(small, FORMULA, n_permutations=2, seed=7, checkpoint=path, progress=False,
+                                engine=written)
+    with pytest.raises(CheckpointError, match=rf"differs in: engine \('{written}' in the checkpoint, '{used}' in "
+                                              r"this run\), fit options\)"):
+        cl.permutation_cluster_lmer(small, FORMULA, n_permutations=4, seed=7, checkpoint=path, progress=False,
+                                    engine=resumed_with)
+
+
+def test_checkpoint_written_before_the_engine_key_resumes_with_its_engine(small, tmp_path):
+    """Older checkpoints have no "engine" key; their "fit options" fingerprint covers the engine."""
+    path = tmp_path / "run.h5"
+    cl.permutation_cluster_lmer(small, FORMULA, n_permutations=2, seed=7, checkpoint=path, progress=False,
+                                engine="r")
+    with h5py.File(path, "r+") as f:
+        keys = json.loads(f.attrs["keys"])
+        del keys["engine"]
+        f.attrs["keys"] = json.dumps(keys, sort_keys=True)
+    with pytest.raises(CheckpointError, match=r"differs in: fit options\)"):
+        cl.permutation_cluster_lmer(small, FORMULA, n_permutations=3, seed=7, checkpoint=path, progress=False)
+    res = cl.permutation_cluster_lmer(small, FORMULA, n_permutations=3, seed=7, checkpoint=path, progress=False,
+                                      engine="r")
+    assert res.run["resumed"] == 2
+
+
 _CHILD = textwrap.dedent("""
     import sys, clusterlmer as cl
     data = cl.simulate_ieeg(**{small})
     cl.permutation_cluster_lmer(data, {formula!r}, n_permutations=40, seed=7, checkpoint=sys.argv[1],
-                                progress=False)
+                                progress=False, engine="r")
 """)
 
 
@@ -141,7 +195,7 @@ def test_killed_or_interrupted_run_resumes_exactly(reference, tmp_path, how):
     if how == signal.SIGINT:
         assert "Rerun with the same arguments to resume" in err
     resumed = cl.permutation_cluster_lmer(cl.simulate_ieeg(**SMALL), FORMULA, n_permutations=12, seed=7,
-                                          checkpoint=path, progress=False)
+                                          checkpoint=path, progress=False, engine="r")
     assert resumed.run["resumed"] == min(saved, 12)
     assert_same_result(reference, resumed)
 
@@ -151,7 +205,7 @@ def test_failed_refits_are_counted_not_fatal(small):
     values[:, 4] = np.nan
     values[:3, 4] = [1.0, 2.0, 3.0]  # too few rows for the model: every fit at sample 4 fails
     data = cl.TimeseriesData(design=small.design, values=values, times=small.times)
-    res = cl.permutation_cluster_lmer(data, FORMULA, n_permutations=4, seed=1, progress=False)
+    res = cl.permutation_cluster_lmer(data, FORMULA, n_permutations=4, seed=1, progress=False, engine="r")
     for term in res.terms:
         assert res.refit_failures[term][4] == 4
         assert res.refit_failures[term].sum() == 4
@@ -162,7 +216,7 @@ def test_failed_refits_are_counted_not_fatal(small):
 
 def test_t_statistic_is_two_tailed_signed_t(small):
     res = cl.permutation_cluster_lmer(small, "data ~ hit_miss + (1|sid) + (1|sid:ch)", n_permutations=4, seed=2,
-                                      statistic="t", progress=False)
+                                      statistic="t", progress=False, engine="r")
     assert res.tail == 0 and res.terms == ("hit_miss",)
     fit = res.fit
     np.testing.assert_array_equal(res.stat["hit_miss"], fit.t[fit.terms.index("hit_miss")])
@@ -212,7 +266,8 @@ def test_dead_worker_is_replaced_and_the_result_is_complete(small, reference, tm
     monkeypatch.setattr(analysis, "run_permutations", lambda task, store, **kw: real(
         _CrashOnce(task, 5, str(tmp_path / "crashed")), store, **kw))
     with pytest.warns(RuntimeWarning, match="a worker process died"):
-        res = cl.permutation_cluster_lmer(small, FORMULA, n_permutations=12, seed=7, n_jobs=2, progress=False)
+        res = cl.permutation_cluster_lmer(small, FORMULA, n_permutations=12, seed=7, n_jobs=2, progress=False,
+                                          engine="r")
     assert os.path.exists(tmp_path / "crashed")
     assert res.run["worker_restarts"] == 1
     assert "worker process(es) died" in res.summary()
@@ -220,7 +275,7 @@ def test_dead_worker_is_replaced_and_the_result_is_complete(small, reference, tm
 
 
 def test_engine_auto_picks_native_for_nested_intercepts_and_cross_checks_with_r(small):
-    fit = cl.fit_timeseries(small, FORMULA, engine="auto")
+    fit = cl.fit_timeseries(small, FORMULA)  # engine="auto" is the default
     assert fit.options["engine"] == "native"
     check = fit.options["cross_check"]
     assert len(check["samples"]) == 3 and check["max_rel_diff"] < 1e-4

@@ -27,6 +27,8 @@ Run with ``pytest -s`` to see the largest differences per case.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -333,6 +335,40 @@ def test_refuses_kenward_roger_and_type3():
         cl.fit_timeseries(data, NESTED, engine="native", ddf="kenward-roger")
     with pytest.raises(ValueError, match="type3"):
         cl.fit_timeseries(data, NESTED, engine="native", test="type3")
+
+
+@pytest.mark.parametrize("option, reason", [
+    (dict(ddf="kenward-roger"), "ddf='kenward-roger'"),
+    (dict(test="type3"), "test='type3'"),
+    (dict(optimizer="Nelder_Mead"), "optimizer='Nelder_Mead'"),
+    (dict(optimizer_options={"maxfun": 5000}), "optimizer_options={'maxfun': 5000}"),
+])
+def test_options_only_r_has_make_auto_use_r_and_native_refuse(r_engine, option, reason):
+    data = simulate(seed=0, n_times=2)
+    with pytest.warns(UserWarning) as record:
+        fit = cl.fit_timeseries(data, NESTED, **option)  # the default engine, "auto"
+    assert fit.options["engine"] == "r" and "cross_check" not in fit.options
+    ours = [str(w.message) for w in record if "engine='auto'" in str(w.message)]
+    assert len(ours) == 1 and f"engine='auto' uses the R engine: {reason}" in ours[0], ours
+    with pytest.raises(ValueError, match=rf"native engine cannot fit this model: {re.escape(reason)}.*engine='r'"):
+        cl.fit_timeseries(data, NESTED, engine="native", **option)
+    # the default optimizer, stated explicitly, stays native
+    assert cl.fit_timeseries(data, NESTED, optimizer="bobyqa").options["engine"] == "native"
+
+
+def test_auto_falls_back_once_per_permutation_run(r_engine):
+    """A model outside the native class: the run uses R for the observed fit and every permutation,
+    and says so once."""
+    data = simulate(seed=0, n_times=2)
+    with pytest.warns(UserWarning) as record:
+        res = cl.permutation_cluster_lmer(data, "data ~ hit_miss + (hit_miss|sid)", n_permutations=2, seed=1,
+                                          progress=False)
+    ours = [str(w.message) for w in record if "engine='auto'" in str(w.message)]
+    assert len(ours) == 1 and "random slope" in ours[0], ours
+    assert res.fit.options["engine"] == "r"
+    expected = cl.permutation_cluster_lmer(data, "data ~ hit_miss + (hit_miss|sid)", n_permutations=2, seed=1,
+                                           progress=False, engine="r")
+    np.testing.assert_array_equal(res.null["hit_miss"], expected.null["hit_miss"])
 
 
 def test_rank_deficient_design_is_a_block_error():

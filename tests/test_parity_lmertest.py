@@ -155,7 +155,8 @@ def check_parity(csv: Path, formula: str, values, outdir: Path, label: str, *, l
     """Fit ``csv`` with clusterlmer and with the reference script under the same options and compare."""
     df = pd.read_csv(csv)
     assert_same_parse(csv, df)
-    fit = cl.fit_timeseries(cl.from_dataframe(df, values=values), formula, levels=levels, **options)
+    # engine="r" explicitly: this checks the R engine (the default, "auto", would fit natively).
+    fit = cl.fit_timeseries(cl.from_dataframe(df, values=values), formula, levels=levels, engine="r", **options)
     assert not fit.diagnostics["failed"].any(), fit.diagnostics["error"].tolist()
     ref = run_reference(csv, formula, outdir / "reference.csv",
                         values=None if isinstance(values, str) else values, levels=levels, **options)

@@ -1,6 +1,8 @@
 """Saving and loading PermutationClusterResult: .h5 (everything), .mat (MATLAB struct lme), .csv.
 
-Real R fits on a small simulated dataset; the big-null test builds its arrays synthetically.
+Real fits on a small simulated dataset with the default engine (auto: native, whose fit options
+also hold the R cross-check, which must survive the round trip); the big-null test builds its
+arrays synthetically.
 """
 
 from __future__ import annotations

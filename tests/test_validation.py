@@ -1,8 +1,9 @@
 """The method finds the bundled samples' known effects, and nothing where there is none.
 
-Real R engine, every timepoint, a fixed seed. 39 permutations keep CI time
-reasonable (the smallest attainable cluster p is 1/40 = 0.025 < 0.05; doubled
-for the two-tailed t test, hence 49 permutations there).
+Real R engine (``engine="r"`` explicitly; the default would pick the native
+engine), every timepoint, a fixed seed. 39 permutations keep CI time reasonable
+(the smallest attainable cluster p is 1/40 = 0.025 < 0.05; doubled for the
+two-tailed t test, hence 49 permutations there).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def _significant(res, term):
 @pytest.fixture(scope="module")
 def result_2way():
     return cl.permutation_cluster_lmer(datasets.sample_2way(), datasets.FORMULA_2WAY, n_permutations=N_PERM,
-                                       seed=11, n_jobs=2, progress=False)
+                                       seed=11, n_jobs=2, progress=False, engine="r")
 
 
 def test_2way_interaction_found_in_its_window_only(result_2way):
@@ -59,7 +60,7 @@ def test_2way_no_region_cluster(result_2way):
 
 def test_1way_t_test_finds_the_hit_window_only():
     res = cl.permutation_cluster_lmer(datasets.sample_1way(), datasets.FORMULA_1WAY, n_permutations=N_PERM_TWO_TAILED,
-                                      seed=12, statistic="t", n_jobs=2, progress=False)
+                                      seed=12, statistic="t", n_jobs=2, progress=False, engine="r")
     window = datasets.ground_truth("1way").windows["hit_miss"]
     found = _significant(res, "hit_miss")
     assert len(found) == 1, res.summary()

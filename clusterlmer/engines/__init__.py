@@ -17,12 +17,25 @@ ENGINE_CHOICES = ("auto",) + ENGINES
 def resolve_engine(engine, design, options):
     """The engine that will fit ``design``: ``engine``, or for ``"auto"`` native when it can.
 
+    Parameters
+    ----------
+    engine : {"auto", "r", "native"}
+    design : clusterlmer.design.ModelDesign
+    options : FitOptions
+        Options only lme4/lmerTest implement (Kenward-Roger, type III tests,
+        lme4 optimizer settings) rule out the native engine like the model can.
+
     Returns
     -------
     name : str
         ``"r"`` or ``"native"``.
     note : str
-        Why ``"auto"`` chose R (empty otherwise).
+        Why ``"auto"`` chose R (empty otherwise), for one warning.
+
+    Raises
+    ------
+    ValueError
+        ``engine="native"`` for a model or options it cannot fit, naming why.
     """
     check_option("engine", engine, ENGINE_CHOICES)
     if engine == "r":
@@ -35,7 +48,8 @@ def resolve_engine(engine, design, options):
             raise ValueError(f"the native engine cannot fit this model: {reason}. Use engine='r' (lme4 through R) "
                              "or engine='auto' to pick R for such models.")
         return "native", ""
-    return ("native", "") if ok else ("r", f"engine='auto' uses the R engine: {reason}")
+    return ("native", "") if ok else ("r", f"engine='auto' uses the R engine: {reason}. Pass engine='r' to "
+                                               "choose R without this warning.")
 
 
 def get_engine(name: str):

@@ -34,17 +34,20 @@ native optimum is exact to ~1e-12 in theta, bobyqa's (rhoend = 1e-9) only to
 ~1e-8..1e-7 because the criterion is flat at the optimum and bobyqa sees only
 rounded values; F and DF2 inherit that difference (typically 1e-7, at most a
 few 1e-6 relative, more for values near zero). The criterion at the native
-optimum is never above lme4's beyond rounding. ``optimizer`` and
-``optimizer_options`` are ignored. Messages mirror lme4's singular-fit
-message, lmerTest's Hessian eigenvalue warnings and lme4's predictor-scale
-warning and grouping-factor errors; lme4's gradient check (which flags
-bobyqa stopping early) has no counterpart.
+optimum is never above lme4's beyond rounding. lme4's optimizer settings
+have no counterpart here: an ``optimizer`` other than ``"bobyqa"`` (the
+default, whose optimum the native one matches) or any ``optimizer_options``
+is refused. Messages mirror lme4's singular-fit message, lmerTest's Hessian
+eigenvalue warnings and lme4's predictor-scale warning and grouping-factor
+errors; lme4's gradient check (which flags bobyqa stopping early) has no
+counterpart.
 
 Not supported (``supports`` says why; ``fit_block`` raises ``ValueError``):
 random slopes, crossed or non-nested groupings, fixed parts without an
 intercept or not hierarchical (an interaction without all its lower-order
-terms), ``test="type3"``, ``ddf="kenward-roger"``. A rank-deficient fixed
-design (which lme4 would fit after dropping columns) gives a per-block error.
+terms), ``test="type3"``, ``ddf="kenward-roger"``, lme4 optimizer settings.
+A rank-deficient fixed design (which lme4 would fit after dropping columns)
+gives a per-block error.
 """
 
 from __future__ import annotations
@@ -360,10 +363,17 @@ def _analyse(design, options):
     """(fixed part, nesting, None) of a supported model, or (None, None, reason)."""
     if options is not None:
         if options.ddf == "kenward-roger":
-            return None, None, "ddf='kenward-roger' is not available in the native engine (use engine='r')"
+            return None, None, "ddf='kenward-roger' (pbkrtest) is not available in the native engine"
         if options.test != "marginal":
-            return None, None, (f"test={options.test!r} is not available in the native engine "
-                                "(use test='marginal')")
+            return None, None, (f"test={options.test!r} is not available in the native engine, which computes "
+                                "marginal tests only")
+        # The native optimum is exact; silently ignoring a requested lme4 optimizer would misreport the run.
+        if options.optimizer != "bobyqa":
+            return None, None, (f"optimizer={options.optimizer!r} selects an lme4 optimizer, which the native "
+                                "engine does not use (it finds the optimum itself)")
+        if options.optimizer_options:
+            return None, None, (f"optimizer_options={options.optimizer_options!r} are lme4 optimizer controls, "
+                                "which the native engine does not use (it finds the optimum itself)")
     groupings, names, why = _random_groupings(design.formula)
     if why:
         return None, None, why
