@@ -388,6 +388,7 @@ def test_load_result_errors(res2, tmp_path):
     with pytest.raises(ValueError, match="is not a readable HDF5 file"):
         cl.load_result(tmp_path / "garbage.h5")
 
+
 def test_h5_holds_no_data_and_a_loaded_fit_cannot_open_a_model(res2, tmp_path):
     """fit.source (the data, for model_at) stays in memory: not in the file, so a loaded fit says to refit."""
     assert res2.fit.source is not None and res2.fit.source.values.shape == (res2.fit.diagnostics["n_obs"].max(), 12)
