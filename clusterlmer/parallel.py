@@ -12,6 +12,7 @@ dask-jobqueue).
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 import signal
@@ -79,11 +80,22 @@ def _run_block(indices):
     return indices, np.stack([_worker_task.statistics(k) for k in indices])
 
 
-def _blocks(todo, n_jobs):
+def _blocks(todo, n_jobs, max_size=8):
     # Small blocks keep every worker busy to the end and bound the work lost
     # with a worker; each block still amortises the transfer of its results.
-    size = int(np.clip(len(todo) // (4 * n_jobs), 1, 8))
+    size = int(np.clip(len(todo) // (4 * n_jobs), 1, max_size))
     return [todo[i:i + size] for i in range(0, len(todo), size)]
+
+
+def _block_splitter(task):
+    """``split(todo, n_jobs)`` for this task's engine.
+
+    Eight permutations of the R engine are ~25 s of fitting on the 2-way sample;
+    eight of the native engine ~0.15 s, too little to pay for a Dask task or a
+    worker round trip, so native blocks may hold up to 256 (a few seconds).
+    """
+    max_size = 256 if getattr(task, "engine", "r") == "native" else 8
+    return functools.partial(_blocks, max_size=max_size)
 
 
 def _progress_bar(total, initial, enabled):
@@ -127,8 +139,8 @@ def run_permutations(task, checkpoint, *, n_jobs=1, progress=True, client=None):
         with _interrupt_between_permutations() as interrupted:
             if client is not None:
                 if len(todo):
-                    restarts = dask_backend.run_on_dask(task, checkpoint, todo, client, split=_blocks, bar=bar,
-                                                        interrupted=interrupted)
+                    restarts = dask_backend.run_on_dask(task, checkpoint, todo, client, split=_block_splitter(task),
+                                                        bar=bar, interrupted=interrupted)
             elif n_jobs == 1 or len(todo) <= 1:
                 for k in todo:
                     checkpoint.add([k], task.statistics(k)[None])
@@ -155,7 +167,7 @@ def _stop(pool):
 def _run_in_workers(task, checkpoint, todo, n_jobs, bar, interrupted) -> int:
     """Fit blocks of permutations in worker processes; returns how many times workers were replaced."""
     ctx = multiprocessing.get_context("spawn")  # a fork would copy the parent's R state
-    remaining = {tuple(block) for block in _blocks(todo, n_jobs)}
+    remaining = {tuple(block) for block in _block_splitter(task)(todo, n_jobs)}
     restarts = 0
     while remaining:
         pool = ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx, initializer=_init_worker,
