@@ -326,13 +326,50 @@ def _needs_r_process(task):
     return getattr(task, "engine", "r") != "native"
 
 
+# glibc mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+@contextmanager
+def _heap_for_numpy_temporaries():
+    """Keep numpy's temporaries on the heap during a native block, then give the memory back.
+
+    Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which also
+    freezes glibc's mmap threshold at 128 KiB: every temporary array of the
+    native engine is then mmap'ed, page-faulted and unmapped again, making it
+    ~1.5x slower than in a plain process (measured: 400 permutations 11.7 s vs
+    7.8 s). For the block the thresholds are raised; afterwards they are set
+    back and ``malloc_trim`` returns the freed memory, as Dask intends.
+    No-op where glibc is not the C library.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
+    except (OSError, AttributeError):
+        yield
+        return
+    trim = int(os.environ.get("MALLOC_TRIM_THRESHOLD_", 128 * 1024))
+    mallopt(_M_MMAP_THRESHOLD, 32 * 1024 * 1024)  # glibc's largest allowed value on 64-bit
+    mallopt(_M_TRIM_THRESHOLD, 512 * 1024 * 1024)
+    try:
+        yield
+    finally:
+        mallopt(_M_TRIM_THRESHOLD, trim)
+        mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
+        malloc_trim(0)
+
+
 def _fit_in_this_thread(task, token, indices):
     """Permutations ``indices`` fitted directly in this Dask worker thread (no R involved)."""
     values = []
-    for k in indices:
-        if token in _stopped_runs:  # Ctrl-C or an error ended the run: stop between permutations
-            raise RuntimeError("this clusterlmer run was stopped")
-        values.append(task.statistics(k))
+    with _heap_for_numpy_temporaries():
+        for k in indices:
+            if token in _stopped_runs:  # Ctrl-C or an error ended the run: stop between permutations
+                raise RuntimeError("this clusterlmer run was stopped")
+            values.append(task.statistics(k))
     return np.stack(values)
 
 

@@ -258,6 +258,42 @@ def test_native_blocks_are_larger_than_r_blocks():
     assert max(len(b) for b in native_split(np.arange(100_000), 2)) == 256
 
 
+_MMAP_PROBE = """
+import ctypes, numpy as np
+from clusterlmer.dask_backend import _heap_for_numpy_temporaries
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                               "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+def mmapped_while_holding(nbytes):
+    a = np.ones(nbytes // 8)
+    held = libc.mallinfo2().hblkhd
+    del a
+    return held
+base = libc.mallinfo2().hblkhd
+outside = mmapped_while_holding(4 << 20) - base
+with _heap_for_numpy_temporaries():
+    inside = mmapped_while_holding(4 << 20) - base
+after = mmapped_while_holding(4 << 20) - base
+print(outside, inside, after)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc statistics")
+def test_native_blocks_keep_temporaries_off_mmap_under_dask_malloc_settings():
+    """Dask's nanny sets MALLOC_TRIM_THRESHOLD_, which makes glibc mmap every array over 128 KiB (slow for
+    the native engine's temporaries): inside a native block a 4 MiB array comes from the heap; after the
+    block the process is back to Dask's setting."""
+    import subprocess
+
+    env = dict(os.environ, MALLOC_TRIM_THRESHOLD_="65536")
+    out = subprocess.run([sys.executable, "-c", _MMAP_PROBE], env=env, capture_output=True, text=True, check=True)
+    outside, inside, after = map(int, out.stdout.split())
+    assert outside >= 4 << 20 and after >= 4 << 20, out.stdout
+    assert inside == 0, out.stdout
+
+
 @contextmanager
 def _interrupt_once_a_block_is_in(stores):
     # What the run loop sees after a first Ctrl-C: the flag, here once a block is in the checkpoint.
