@@ -39,7 +39,7 @@ def _print_peaks(fit, terms):
 
 def _fit_kwargs(args) -> dict:
     return dict(reml=not args.ml, ddf=args.ddf, coding=args.coding, test=args.test, optimizer=args.optimizer,
-                engine=args.engine)
+                engine=args.engine, cross_check=args.cross_check)
 
 
 def _write_outputs(result, outs, plot):
@@ -47,6 +47,8 @@ def _write_outputs(result, outs, plot):
         result.save(out)
         print(f"Wrote {out}")
     if plot:
+        if not os.path.splitext(plot)[1]:
+            plot += ".png"  # matplotlib's default format: say the name it really gets
         result.plot(plot)
         print(f"Wrote {plot}")
 
@@ -193,6 +195,9 @@ def _add_fit_options(p):
                    "the model and options allow, cross-checked against lme4/lmerTest at 3 timepoints, else "
                    "lme4/lmerTest with a warning saying why; r: lme4/lmerTest at every fit; native: the native "
                    "engine or an error naming what it cannot fit")
+    g.add_argument("--cross-check", type=_non_negative_int, default=3, metavar="N",
+                   help="with the native engine, refit N observed timepoints with lme4/lmerTest and report the "
+                   "largest difference (default 3; 0 turns it off, and R is then not needed)")
 
 
 def _add_data_options(p):
@@ -227,6 +232,7 @@ def _checked(convert, ok, what):
 
 
 _positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
+_non_negative_int = _checked(int, lambda v: v >= 0, "0 or a positive integer")
 _jobs = _checked(int, lambda v: v >= 1 or v == -1, "a positive number of workers or -1 (every core)")
 _unit_interval = _checked(float, lambda v: 0 < v < 1, "a number between 0 and 1")
 
@@ -254,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "at 3 timepoints; r: lme4/lmerTest at every fit (about 20 ms per fit: use --nperm 50)")
     demo.add_argument("--out-dir", default="clusterlmer-demo", help="folder for the outputs (default clusterlmer-demo)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
-    demo.set_defaults(func=_demo)
+    demo.set_defaults(func=_demo, command_parser=demo)
 
     run = sub.add_parser(
         "run", help="fit every timepoint and run the cluster-based permutation test",
@@ -300,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--out", action="append", metavar="FILE",
                    help="results file: .mat (MATLAB struct lme), .h5 (everything) or .csv; repeatable")
     o.add_argument("--plot", metavar="FIG.png", help="write a figure (.png, .pdf, .svg)")
-    run.set_defaults(func=_run)
+    run.set_defaults(func=_run, command_parser=run)
 
     fit = sub.add_parser("fit", help="observed statistics only (no permutations)",
                          description="Fit the formula at every timepoint of DATA.mat and print the fit summary "
@@ -308,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(fit)
     _add_fit_options(fit)
     fit.add_argument("--out", metavar="FILE.csv", help="write Term, FStat, DF1, DF2, pValue per timepoint")
-    fit.set_defaults(func=_fit)
+    fit.set_defaults(func=_fit, command_parser=fit)
     return parser
 
 
@@ -339,6 +345,7 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    parser = args.command_parser  # errors below name the subcommand: "clusterlmer run: error: ..."
     # Check the outputs before the run: a bad name found after hours of permutations would lose them.
     for name in ("out", "plot"):
         paths = getattr(args, name, None)

@@ -235,10 +235,11 @@ def _subparser(name):
 @pytest.mark.parametrize("command, options", [
     ("run", ["--formula", "--data-key", "--nperm", "--seed", "--jobs", "--no-progress", "--statistic", "--terms",
              "--tail", "--alpha", "--cluster-alpha", "--cluster-stat", "--quantile-method", "--checkpoint", "--ml",
-             "--ddf", "--coding", "--test", "--optimizer", "--engine", "--out", "--plot", "--scheduler", "--slurm",
-             "--slurm-jobs", "--slurm-cores", "--slurm-memory", "--slurm-walltime", "--slurm-queue",
+             "--ddf", "--coding", "--test", "--optimizer", "--engine", "--cross-check", "--out", "--plot",
+             "--scheduler", "--slurm", "--slurm-jobs", "--slurm-cores", "--slurm-memory", "--slurm-walltime", "--slurm-queue",
              "--slurm-account", "--slurm-extra", "--slurm-python", "--slurm-log-dir"]),
-    ("fit", ["--formula", "--data-key", "--ml", "--ddf", "--coding", "--test", "--optimizer", "--engine", "--out"]),
+    ("fit", ["--formula", "--data-key", "--ml", "--ddf", "--coding", "--test", "--optimizer", "--engine",
+             "--cross-check", "--out"]),
     ("demo", ["--nperm", "--seed", "--jobs", "--engine", "--out-dir", "--no-progress"]),
 ])
 def test_help_mentions_every_option(capsys, command, options):
@@ -262,6 +263,15 @@ def test_console_script_help():
 def test_no_command_prints_help(capsys):
     code, out, _ = run_cli(capsys, [])
     assert code == 2 and "demo" in out and "run" in out and "fit" in out
+
+
+@pytest.mark.parametrize("n, words", [("0", ["Cross-check: not run"]),
+                                      ("2", ["Cross-check: R engine refit at samples [0, 11]"])])
+def test_cross_check_option_reaches_the_fit(capsys, seed_file, n, words):
+    code, out, err = run_cli(capsys, ["fit", seed_file, "--formula", FORMULA, "--cross-check", n])
+    assert code == 0, err
+    for word in words:
+        assert word in out
 
 
 def test_fit_prints_summary_and_anova_and_writes_csv(capsys, seed_file, tmp_path):
@@ -317,6 +327,14 @@ def test_fit_engine_option_reaches_the_engine(capsys, seed_file, tmp_path):
     np.testing.assert_allclose(tables["r"]["FStat"], tables["native"]["FStat"], rtol=1e-5)
 
 
+def test_plot_name_without_suffix_is_saved_and_reported_as_png(capsys, seed_file, tmp_path):
+    code, out, err = run_cli(capsys, ["run", seed_file, "--formula", FORMULA, "--nperm", "2", "--cross-check", "0",
+                                      "--plot", tmp_path / "fig", "--no-progress"])
+    assert code == 0, err
+    assert f"Wrote {tmp_path / 'fig.png'}" in out
+    assert_png(tmp_path / "fig.png")
+
+
 @pytest.mark.parametrize("argv, code, words", [
     (["run", "{data}"], 2, ["required", "--formula"]),
     (["fit", "{data}"], 2, ["required", "--formula"]),
@@ -324,10 +342,12 @@ def test_fit_engine_option_reaches_the_engine(capsys, seed_file, tmp_path):
     (["run", "{data}", "--formula", FORMULA, "--nperm", "abc"], 2, ["--nperm", "positive integer", "'abc'"]),
     (["run", "{data}", "--formula", FORMULA, "--jobs", "0"], 2, ["--jobs", "'0'"]),
     (["run", "{data}", "--formula", FORMULA, "--alpha", "2"], 2, ["--alpha", "between 0 and 1", "'2'"]),
-    (["run", "{data}", "--formula", FORMULA, "--out", "x.txt"], 2, ["--out", "x.txt", ".mat", ".h5", ".csv"]),
+    (["run", "{data}", "--formula", FORMULA, "--out", "x.txt"], 2,
+     ["clusterlmer run: error", "--out", "x.txt", ".mat", ".h5", ".csv"]),
     (["run", "{data}", "--formula", FORMULA, "--plot", "fig.txt"], 2, ["--plot", "fig.txt", ".png", ".pdf"]),
     (["run", "{data}", "--formula", FORMULA, "--out", "{tmp}/no/such/dir/r.h5"], 2, ["--out", "does not exist"]),
     (["run", "{data}", "--formula", FORMULA, "--statistic", "z"], 2, ["--statistic", "invalid choice"]),
+    (["fit", "{data}", "--formula", FORMULA, "--cross-check", "-1"], 2, ["--cross-check", "'-1'"]),
     (["bogus"], 2, ["invalid choice", "bogus"]),
     (["run", "{tmp}/missing.mat", "--formula", FORMULA], 1, ["no such data file", "missing.mat"]),
     (["fit", "{tmp}/missing.mat", "--formula", FORMULA], 1, ["no such data file", "missing.mat"]),
