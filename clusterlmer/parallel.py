@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import warnings
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -48,6 +49,23 @@ def _init_worker(task):
     _worker_task = task
     # Ctrl-C reaches the whole process group: the parent decides what stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_with_parent(os.getppid())
+
+
+def _exit_with_parent(parent_pid, interval=1.0):
+    """End this worker process when its parent is gone.
+
+    A parent killed outright (SIGKILL, the OOM killer, a SLURM walltime) closes
+    nothing the workers wait on: they would block forever, each holding an R
+    session (~400 MB). The check runs in a daemon thread; while R runs, rpy2
+    holds the GIL, so the worker leaves after the fit in progress.
+    """
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(interval)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="clusterlmer-parent-watch", daemon=True).start()
 
 
 @contextmanager

@@ -200,6 +200,56 @@ def test_killed_or_interrupted_run_resumes_exactly(reference, tmp_path, how):
     assert_same_result(reference, resumed)
 
 
+_CHILD_TWO_WORKERS = _CHILD.replace('engine="r")', 'engine="r", n_jobs=2)')
+
+
+def _children_of(pid):
+    """Process ids whose parent is ``pid`` (from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_worker_processes_end_when_the_parent_is_killed(tmp_path):
+    """SIGKILL of the main process (OOM killer, walltime) must not leave workers holding R sessions."""
+    path = tmp_path / "run.h5"
+    child = subprocess.Popen([sys.executable, "-c", _CHILD_TWO_WORKERS.format(small=SMALL, formula=FORMULA),
+                              str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while _done_in(path) < 1 and child.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert child.poll() is None, "the run finished before it could be killed"
+    workers = [pid for pid in _children_of(child.pid)
+               if "multiprocessing.spawn" in open(f"/proc/{pid}/cmdline").read()]
+    assert len(workers) == 2, workers
+    child.kill()
+    child.communicate(timeout=60)
+    deadline = time.time() + 30
+    while any(_alive(pid) for pid in workers) and time.time() < deadline:
+        time.sleep(0.2)
+    left = [pid for pid in workers if _alive(pid)]
+    for pid in left:  # do not leave them behind when the test fails
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"worker processes {left} outlived their killed parent"
+
+
 def test_failed_refits_are_counted_not_fatal(small):
     values = small.values.copy()
     values[:, 4] = np.nan
