@@ -46,3 +46,20 @@ def assert_same_result(a, b):
         np.testing.assert_array_equal(a.stat[term], b.stat[term])
         np.testing.assert_array_equal(a.p_clust[term], b.p_clust[term])
     assert a.clusters.equals(b.clusters)
+
+
+def write_small_mat(path, data):
+    """Write a seed-layout MATLAB v7.3 file (sid, ch, hit_miss, region, data) of ``data``."""
+    import clusterlmer as cl
+
+    d = data.design
+    cl.io.write_mat73(path, {"sid": d["sid"].tolist(), "ch": d["ch"].tolist(),
+                             "hit_miss": d["hit_miss"].to_numpy(dtype=float), "region": d["region"].tolist(),
+                             "data": data.values})
+    return path
+
+
+def where_blocks_ran(client):
+    """Per clusterlmer run (Dask event topic), where each block attempt ran: "R process" or "worker thread"."""
+    return {topic: [msg["in"] for _, msg in log if isinstance(msg, dict) and "in" in msg]
+            for topic, log in client.get_events().items() if topic.startswith("clusterlmer-")}

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import clusterlmer as cl
-from conftest import SMALL_FORMULA, SMALL_N_PERM, SMALL_SEED, assert_same_result
+from conftest import SMALL_FORMULA, SMALL_N_PERM, SMALL_SEED, assert_same_result, where_blocks_ran, write_small_mat
 from clusterlmer import analysis, dask_backend, parallel
 from clusterlmer.cli import main
 
@@ -59,11 +59,6 @@ def _child_processes():
     return len(psutil.Process().children(recursive=True))
 
 
-def _where_blocks_ran(client):
-    """Per block attempt announced by the workers' events: "R process" or "worker thread"."""
-    events = client.get_events()
-    return [msg["in"] for topic, log in events.items() if topic.startswith("clusterlmer-")
-            for _, msg in log if isinstance(msg, dict) and "in" in msg]
 
 
 def _clusterlmer_tasks(dask_scheduler):
@@ -116,7 +111,7 @@ def test_local_cluster_gives_the_single_process_result_block_by_block(small, ref
         np.testing.assert_array_equal(f["values"][:, 0], np.moveaxis(reference.null[res.terms[0]], -1, 0))
     assert _nothing_left(client)
     # the R engine's blocks ran in R child processes, which the checks of the native tests below can see
-    assert set(_where_blocks_ran(client)) == {"R process"}
+    assert set([w for ws in where_blocks_ran(client).values() for w in ws]) == {"R process"}
     assert sum(client.run(_child_processes).values()) >= 1
 
 
@@ -132,11 +127,7 @@ def test_scheduler_address_is_connected_to_and_disconnected(small, reference, cl
 
 
 def test_cli_run_with_scheduler(small, reference, cluster, tmp_path, capsys):
-    data = tmp_path / "lme_data.mat"
-    d = small.design
-    cl.io.write_mat73(data, {"sid": d["sid"].tolist(), "ch": d["ch"].tolist(),
-                             "hit_miss": d["hit_miss"].to_numpy(dtype=float), "region": d["region"].tolist(),
-                             "data": small.values})
+    data = write_small_mat(tmp_path / "lme_data.mat", small)
     out = tmp_path / "r.h5"
     code = main(["run", str(data), "--formula", FORMULA, "--nperm", str(N_PERM), "--seed", str(SEED), "--engine", "r",
                  "--scheduler", cluster.scheduler_address, "--no-progress", "--out", str(out)])
@@ -164,11 +155,7 @@ def test_cli_dask_options_are_checked(tmp_path, capsys, argv, words):
 
 
 def test_cli_slurm_without_dask_jobqueue_or_sbatch(small, tmp_path, capsys, monkeypatch):
-    data = tmp_path / "lme_data.mat"
-    d = small.design
-    cl.io.write_mat73(data, {"sid": d["sid"].tolist(), "ch": d["ch"].tolist(),
-                             "hit_miss": d["hit_miss"].to_numpy(dtype=float), "region": d["region"].tolist(),
-                             "data": small.values})
+    data = write_small_mat(tmp_path / "lme_data.mat", small)
     argv = ["run", str(data), "--formula", FORMULA, "--nperm", "2", "--slurm"]
     with monkeypatch.context() as mp:
         mp.setitem(sys.modules, "dask_jobqueue", None)  # as if not installed
@@ -235,7 +222,7 @@ def test_native_engine_on_dask_runs_in_the_worker_threads_without_r(small, nativ
         client.wait_for_workers(2, timeout=60)
         res = cl.permutation_cluster_lmer(small, FORMULA, n_permutations=N_PERM_NATIVE, seed=SEED,
                                           engine="native", progress=False, client=client)
-        where = _where_blocks_ran(client)
+        where = [w for ws in where_blocks_ran(client).values() for w in ws]
         children = client.run(_child_processes)
         r_loaded = client.run(_r_loaded)
     assert_same_result(native_reference, res)

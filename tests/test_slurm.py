@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import clusterlmer as cl
-from conftest import SMALL_FORMULA, SMALL_N_PERM, SMALL_SEED, assert_same_result
+from conftest import SMALL_FORMULA, SMALL_N_PERM, SMALL_SEED, assert_same_result, where_blocks_ran, write_small_mat
 from clusterlmer.cli import main
 
 FORMULA, N_PERM, SEED = SMALL_FORMULA, SMALL_N_PERM, SMALL_SEED
@@ -65,10 +65,6 @@ def native_reference(small):
                                        progress=False)
 
 
-def _where_blocks_ran(client):
-    """Per run (event topic), where each block attempt ran: "R process" or "worker thread"."""
-    return {topic: [msg["in"] for _, msg in log if isinstance(msg, dict) and "in" in msg]
-            for topic, log in client.get_events().items() if topic.startswith("clusterlmer-")}
 
 
 def _our_jobs(name=JOB_NAME):
@@ -100,10 +96,10 @@ def test_slurm_cluster_gives_the_local_result(small, reference, native_reference
             assert len(jobs) == 2 and all(state == "RUNNING" for _, state in jobs), jobs
             res = cl.permutation_cluster_lmer(small, FORMULA, n_permutations=N_PERM, seed=SEED, progress=False,
                                               client=client, engine="r")
-            r_run = _where_blocks_ran(client)
+            r_run = where_blocks_ran(client)
             native = cl.permutation_cluster_lmer(small, FORMULA, n_permutations=N_PERM_NATIVE, seed=SEED,
                                                  progress=False, client=client, engine="native")
-            native_run = {t: v for t, v in _where_blocks_ran(client).items() if t not in r_run}
+            native_run = {t: v for t, v in where_blocks_ran(client).items() if t not in r_run}
             assert len(client.scheduler_info()["workers"]) == 2
     assert_same_result(reference, res)
     assert res.run["worker_restarts"] == 0
@@ -117,11 +113,7 @@ def test_slurm_cluster_gives_the_local_result(small, reference, native_reference
 
 def test_cli_run_with_slurm(small, reference, tmp_path, capsys, monkeypatch):
     """One SLURM job of two cores: two Dask workers (one R each) in it, started by `clusterlmer run --slurm`."""
-    data = tmp_path / "lme_data.mat"
-    d = small.design
-    cl.io.write_mat73(data, {"sid": d["sid"].tolist(), "ch": d["ch"].tolist(),
-                             "hit_miss": d["hit_miss"].to_numpy(dtype=float), "region": d["region"].tolist(),
-                             "data": small.values})
+    data = write_small_mat(tmp_path / "lme_data.mat", small)
     out, logs = tmp_path / "r.h5", tmp_path / "logs"
     monkeypatch.chdir(tmp_path)  # anything a job writes to its working folder lands here
     code = main(["run", str(data), "--formula", FORMULA, "--nperm", str(N_PERM), "--seed", str(SEED), "--engine", "r",
