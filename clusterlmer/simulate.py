@@ -50,6 +50,10 @@ def simulate_ieeg(kind="2way", *, n_subjects=15, n_channels=None, n_times=139, s
         Total channels; defaults to 169 (2-way, 338 rows) or 93 (1-way, 186 rows).
     n_times : int
     seed : int
+        Seed of ``np.random.default_rng``. :func:`make_permutations` seeds the
+        same generator, so analyse simulated data with a different permutation
+        seed: with the same one, the permutations' draws would be the very
+        random numbers that made the noise, not independent of the data.
     hit_miss_effect, interaction_effect : float
         Effect sizes (in noise SD units) inside their windows.
     subject_sd, channel_sd, noise_sd : float
