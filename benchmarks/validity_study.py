@@ -8,7 +8,10 @@ alpha is the fraction of null datasets whose smallest cluster p-value for that
 term is <= alpha, reported with its exact (Clopper-Pearson) 95% interval; a
 valid test keeps it at or below alpha for every alpha, so the study reports
 0.01, 0.05 and 0.10. Power datasets carry the bundled sample's effects
-(hit/miss and interaction windows).
+(hit/miss and interaction windows). Next to the method's cluster p, every
+dataset also records a max-statistic p and an exact symmetric-threshold
+cluster p on the same permutations, which tell a fault of the permutations
+from one of the cluster step. Permutations are seeded apart from the data.
 
 Each finished dataset is appended to ``--out`` (CSV) at once; rerunning with
 the same file skips the datasets already there, so an interrupted study loses
@@ -41,10 +44,11 @@ PERMUTATION_SEED_OFFSET = 1_000_000
 def _one(job):
     """Run the full method on one simulated dataset.
 
-    Returns, per term, the smallest cluster p (1 without clusters) and the
-    p of a max-statistic test on the same null (largest F over time, observed
+    Returns, per term, the smallest cluster p (1 without clusters), the p of
+    a max-statistic test on the same null (largest F over time, observed
     counted in as for the cluster p), which separates the permutations'
-    validity from the cluster step's.
+    validity from the cluster step's, and the exact symmetric-threshold
+    cluster p (:func:`_symmetric_cluster_p`).
     """
     import clusterlmer as cl
 
