@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["ModelFormula", "parse_formula", "FormulaError"]
+__all__ = ["ModelFormula", "FixedTerms", "parse_formula", "expand_fixed_terms", "FormulaError"]
 
 _TOKEN = re.compile(
     r"""\s*(?:
@@ -74,6 +74,11 @@ class ModelFormula:
     def slope_variables(self) -> tuple[str, ...]:
         """Columns that appear on the left of ``|`` in random terms."""
         return _unique(v for term in self.random for v in term.variables)
+
+    @property
+    def fixed_terms(self) -> "FixedTerms":
+        """The fixed part expanded into terms as R's ``terms()`` does (``a*b`` -> ``a, b, a:b``)."""
+        return expand_fixed_terms(self.text)
 
     @property
     def variables(self) -> tuple[str, ...]:
@@ -229,6 +234,151 @@ def _join(tokens) -> str:
         else:
             out += tok
     return re.sub(r"\s+", " ", out).replace("( ", "(").replace(" )", ")").strip()
+
+
+@dataclass(frozen=True)
+class FixedTerms:
+    """The fixed part of a formula as R's ``terms()`` expands it.
+
+    Attributes
+    ----------
+    intercept : bool
+        False after ``0 +`` or ``- 1``.
+    terms : tuple of tuple of str
+        Each term's variables (in order of first appearance in the formula),
+        terms sorted by interaction order as R does; the intercept is not listed.
+    variables : tuple of str
+        Fixed-effect variables in order of first appearance.
+    """
+
+    intercept: bool
+    terms: tuple
+    variables: tuple
+
+    @property
+    def labels(self) -> tuple:
+        """R's term labels, e.g. ``("hit_miss", "region", "hit_miss:region")``."""
+        return tuple(":".join(t) for t in self.terms)
+
+    def interacting(self, name) -> tuple:
+        """Variables that share a term of higher order with ``name`` (in formula order)."""
+        partners = {v for t in self.terms if name in t for v in t if v != name}
+        return tuple(v for v in self.variables if v in partners)
+
+
+class _TermExpander:
+    """R's ``terms()`` rules over the checked tokens of a fixed part.
+
+    A term is a frozenset of variable names (the empty set is the intercept);
+    random-effect terms ``(... | ...)`` are skipped, as lme4's ``nobars``.
+    """
+
+    def __init__(self, tokens):
+        self.tokens, self.i = tokens, 0
+        self.var_order: list = []
+        self.intercept = True
+
+    def peek(self):
+        return self.tokens[self.i][1] if self.i < len(self.tokens) else None
+
+    def take(self):
+        tok = self.tokens[self.i]
+        self.i += 1
+        return tok
+
+    @staticmethod
+    def _union(a, b):
+        return a + [t for t in b if t not in a]
+
+    @staticmethod
+    def _interact(a, b):
+        # R's InteractTerms: right operand in the outer loop.
+        out = []
+        for t in b:
+            for s in a:
+                if (s | t) not in out:
+                    out.append(s | t)
+        return out
+
+    def sum(self):
+        negate = self.peek() == "-"
+        if negate:
+            self.take()
+        terms = self._signed([], self.prod(), negate)
+        while self.peek() in ("+", "-"):
+            negate = self.take()[1] == "-"
+            terms = self._signed(terms, self.prod(), negate)
+        return terms
+
+    def _signed(self, terms, value, negate):
+        kind, items = value
+        if kind == "zero":  # '+ 0' removes the intercept, '- 0' adds it
+            self.intercept = negate
+            return terms
+        if frozenset() in items:
+            self.intercept = not negate
+        return [t for t in terms if t not in items] if negate else self._union(terms, items)
+
+    def prod(self):
+        left = self.inter()
+        while self.peek() in ("*", "/"):
+            op = self.take()[1]
+            a, b = left[1], self.inter()[1]
+            if op == "*":
+                left = ("terms", self._union(self._union(a, b), self._interact(a, b)))
+            else:
+                everything = frozenset().union(*a) if a else frozenset()
+                left = ("terms", self._union(a, self._interact([everything], b)))
+        return left
+
+    def inter(self):
+        left = self.power()
+        while self.peek() == ":":
+            self.take()
+            left = ("terms", self._interact(left[1], self.power()[1]))
+        return left
+
+    def power(self):
+        base = self.atom()
+        if self.peek() == "^":
+            self.take()
+            out = list(base[1])
+            for _ in range(int(self.take()[1]) - 1):
+                out = self._union(out, self._interact(out, base[1]))
+            base = ("terms", out)
+        return base
+
+    def atom(self):
+        kind, tok = self.take()
+        if kind == "name":
+            if tok not in self.var_order:
+                self.var_order.append(tok)
+            return ("terms", [frozenset([tok])])
+        if kind == "number":
+            return ("zero", []) if tok == "0" else ("terms", [frozenset()])
+        # '(': a random-effect term is skipped to its closing parenthesis
+        depth, j, bar = 1, self.i, False
+        while depth:
+            t = self.tokens[j][1]
+            depth += (t == "(") - (t == ")")
+            bar |= depth == 1 and t in ("|", "||")
+            j += 1
+        if bar:
+            self.i = j
+            return ("terms", [])
+        inner = self.sum()
+        self.take()  # ')'
+        return ("terms", inner)
+
+
+def expand_fixed_terms(text: str) -> FixedTerms:
+    """Expand the fixed part of a checked formula (see :class:`FixedTerms`)."""
+    expander = _TermExpander(_tokenize(text)[2:])
+    raw = [t for t in expander.sum() if t]
+    raw.sort(key=len)  # R's terms(): stable sort by interaction order
+    order = expander.var_order
+    terms = tuple(tuple(v for v in order if v in t) for t in raw)
+    return FixedTerms(expander.intercept, terms, tuple(order))
 
 
 def parse_formula(formula: str) -> ModelFormula:

@@ -56,7 +56,6 @@ import numpy as np
 import pandas as pd
 from scipy import sparse, stats
 
-from ..formula import _tokenize
 from .base import BlockFit, FitOptions
 
 __all__ = ["UnsupportedModel", "describe", "fit_block", "supports"]
@@ -84,143 +83,16 @@ class UnsupportedModel(ValueError):
 # ---------------------------------------------------------------------------
 
 
-class _FixedParser:
-    """Expand the fixed part of a formula as R's ``terms()`` does.
-
-    A term is a frozenset of variable names (the empty set is the intercept).
-    Random-effect terms ``(... | ...)`` are skipped (lme4's ``nobars``).
-    """
-
-    def __init__(self, tokens):
-        self.tokens, self.i = tokens, 0
-        self.var_order: list = []
-        self.intercept = True
-
-    def peek(self):
-        return self.tokens[self.i][1] if self.i < len(self.tokens) else None
-
-    def take(self):
-        tok = self.tokens[self.i]
-        self.i += 1
-        return tok
-
-    @staticmethod
-    def _union(a, b):
-        out = list(a)
-        for t in b:
-            if t not in out:
-                out.append(t)
-        return out
-
-    @staticmethod
-    def _interact(a, b):
-        # R's InteractTerms: right operand in the outer loop.
-        out = []
-        for t in b:
-            for s in a:
-                u = s | t
-                if u not in out:
-                    out.append(u)
-        return out
-
-    def sum(self):
-        negate = False
-        if self.peek() == "-":
-            self.take()
-            negate = True
-        terms = self._signed([], self.prod(), negate)
-        while self.peek() in ("+", "-"):
-            negate = self.take()[1] == "-"
-            terms = self._signed(terms, self.prod(), negate)
-        return terms
-
-    def _signed(self, terms, value, negate):
-        kind, items = value
-        if kind == "zero":  # '+ 0' removes the intercept, '- 0' adds it
-            self.intercept = negate
-            return terms
-        if negate:
-            if frozenset() in items:
-                self.intercept = False
-            return [t for t in terms if t not in items]
-        if frozenset() in items:
-            self.intercept = True
-        return self._union(terms, items)
-
-    def prod(self):
-        left = self.inter()
-        while self.peek() in ("*", "/"):
-            op = self.take()[1]
-            right = self.inter()
-            a, b = left[1], right[1]
-            if op == "*":
-                left = ("terms", self._union(self._union(a, b), self._interact(a, b)))
-            else:
-                allvars = frozenset().union(*a) if a else frozenset()
-                left = ("terms", self._union(a, self._interact([allvars], b)))
-        return left
-
-    def inter(self):
-        left = self.power()
-        while self.peek() == ":":
-            self.take()
-            right = self.power()
-            left = ("terms", self._interact(left[1], right[1]))
-        return left
-
-    def power(self):
-        base = self.atom()
-        if self.peek() == "^":
-            self.take()
-            k = int(self.take()[1])
-            out = list(base[1])
-            for _ in range(k - 1):
-                out = self._union(out, self._interact(out, base[1]))
-            base = ("terms", out)
-        return base
-
-    def atom(self):
-        kind, tok = self.take()
-        if kind == "name":
-            if tok not in self.var_order:
-                self.var_order.append(tok)
-            return ("terms", [frozenset([tok])])
-        if kind == "number":
-            return ("zero", []) if tok == "0" else ("terms", [frozenset()])
-        if tok == "(":
-            # a random-effect term: skip to the matching parenthesis
-            depth, j = 1, self.i
-            bar = False
-            while depth:
-                t = self.tokens[j][1]
-                depth += t == "("
-                depth -= t == ")"
-                bar |= depth == 1 and t in ("|", "||")
-                j += 1
-            if bar:
-                self.i = j
-                return ("terms", [])
-            inner = self.sum()
-            self.take()  # ')'
-            return ("terms", inner)
-        raise UnsupportedModel(f"unexpected token {tok!r} in the fixed part")
-
-
 class _FixedPart:
     """Terms, coefficient names and the model-matrix recipe of the fixed part."""
 
     def __init__(self, design):
-        tokens = _tokenize(design.formula.text)
-        parser = _FixedParser(tokens[2:])
-        raw = parser.sum()
-        self.var_order = parser.var_order
-        self.intercept = parser.intercept
-        raw = [t for t in raw if t]
-        # R's terms(): stable sort by interaction order.
-        order = sorted(range(len(raw)), key=lambda i: len(raw[i]))
-        self.term_sets = [raw[i] for i in order]
-        self.term_vars = [tuple(v for v in self.var_order if v in t) for t in self.term_sets]
-        self.labels = [":".join(v) for v in self.term_vars]
+        expanded = design.formula.fixed_terms
+        self.var_order = list(expanded.variables)
+        self.intercept = expanded.intercept
+        self.term_sets = [frozenset(t) for t in expanded.terms]
+        self.term_vars = list(expanded.terms)
+        self.labels = list(expanded.labels)
         self.factors = {v: list(design.factors[v]) for v in self.var_order if v in design.factors}
         self.coding = design.coding
         self.problem = self._check(design)
