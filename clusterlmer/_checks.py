@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import os
+import tempfile
 
-__all__ = ["check_option", "check_type", "option_hint", "called_from_cli"]
+__all__ = ["check_option", "check_type", "check_writable", "option_hint", "called_from_cli"]
 
 # Set by the command line for the duration of a command, so that messages
 # suggesting an option name the flag a CLI user can actually pass.
@@ -59,3 +61,53 @@ def check_type(name, value, types, what):
     if not isinstance(value, types):
         raise TypeError(f"{name} must be {what}, got {type(value).__name__}.")
     return value
+
+
+def check_writable(path, what):
+    """Check that a file can be written at ``path`` before any long work starts.
+
+    The folder must exist (it is not created: a mistyped folder would
+    otherwise appear silently) and accept a new file, which is tested by
+    creating and removing a temporary file in it; an existing ``path`` must
+    be a writable file, not a folder.
+
+    Parameters
+    ----------
+    path : str or path-like
+    what : str
+        What the file is for, to start the messages (e.g. ``"checkpoint"``,
+        ``"--out"``).
+
+    Returns
+    -------
+    str
+        ``path`` as a string.
+
+    Raises
+    ------
+    TypeError
+        ``path`` is not a str or path-like.
+    OSError
+        (``FileNotFoundError`` for a missing folder) naming the path, the
+        folder and the operating system's reason.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{what} must be a file path (str or path-like), got {type(path).__name__}.")
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{what} {path!r} is a folder; give the path of a file (e.g. inside that folder).")
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{what} {path!r}: the folder {folder!r} does not exist. Create it first, or "
+                                "choose a file in an existing folder.")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".clusterlmer-write-test-", dir=folder)
+    except OSError as exc:
+        raise OSError(f"{what} {path!r} cannot be written: creating a file in {folder!r} fails "
+                      f"({exc.strerror or exc}). Choose a folder you can write to.") from None
+    os.close(fd)
+    os.remove(probe)
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise PermissionError(f"{what} {path!r} exists and is read-only. Choose another file name, or make it "
+                              "writable if it may be replaced.")
+    return path

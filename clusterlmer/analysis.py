@@ -15,10 +15,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._checks import check_option
-from .checkpoint import Checkpoint, fingerprint
-from .cluster import cluster_test
+from .checkpoint import Checkpoint, check_checkpoint_path, fingerprint
+from .cluster import _QUANTILE_METHODS, cluster_test
 from .data import TimeseriesData, _preview
 from .design import ModelDesign, build_design
+from .engines import ENGINE_CHOICES, get_engine, resolve_engine
 from .fit import _check_options, fit_samples, fit_timeseries
 from .formula import parse_formula
 from .parallel import check_client, resolve_n_jobs, run_permutations
@@ -95,6 +96,29 @@ def _tested_terms(fit, terms, statistic):
 
 def _term_variables(term, fixed_variables):
     return [v for v in term.split(":") if v in fixed_variables]
+
+
+def _check_arguments(terms, schemes, levels, optimizer_options, cross_check, progress):
+    """Types of the arguments no other check covers before the observed fit."""
+    if terms is not None and not isinstance(terms, str) and not (
+            isinstance(terms, (list, tuple)) and all(isinstance(t, str) for t in terms)):
+        raise TypeError(f"terms must be a term name, a list of term names or None, got {terms!r}.")
+    for name, value in (("schemes", schemes), ("levels", levels), ("optimizer_options", optimizer_options)):
+        if value is not None and not isinstance(value, dict):
+            raise TypeError(f"{name} must be a dict or None, got {type(value).__name__}.")
+    if isinstance(cross_check, bool) or not isinstance(cross_check, (int, np.integer)) or cross_check < 0:
+        raise ValueError(f"cross_check must be 0 or a positive number of samples, got {cross_check!r}.")
+    if not isinstance(progress, (bool, np.bool_)):
+        raise TypeError(f"progress must be True or False, got {progress!r}.")
+
+
+def _check_term_names(terms, design, options, engine):
+    """Tested term names against the model's, before the observed fit (minutes with R)."""
+    wanted = [terms] if isinstance(terms, str) else list(terms)
+    model_terms, _ = get_engine(resolve_engine(engine, design, options)[0]).describe(design, options)
+    unknown = [t for t in wanted if t not in model_terms and t != "(Intercept)"]
+    if unknown:
+        raise ValueError(f"terms {_preview(unknown)} are not in the model; its terms are {_preview(model_terms)}.")
 
 
 def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, statistic="F", terms=None,
@@ -208,11 +232,18 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
             raise ValueError(f"{name} must be a number between 0 and 1, got {value!r}.")
     n_jobs = resolve_n_jobs(n_jobs)
     check_client(client, n_jobs)
+    # Everything is checked before the observed fit: a bad value found after the permutations loses them.
+    check_option("quantile_method", quantile_method, _QUANTILE_METHODS)
+    check_option("engine", engine, ENGINE_CHOICES)
+    _check_arguments(terms, schemes, levels, optimizer_options, cross_check, progress)
+    checkpoint = check_checkpoint_path(checkpoint)
     options = _check_options(reml, ddf, test, optimizer, optimizer_options)
     model = parse_formula(formula)
     design = build_design(data.design, model, coding=coding, levels=levels, response_column=data.response)
     perms = make_permutations(data.design, model, n_permutations, seed, schemes=schemes)
     unpermuted = [v for v, s in perms.schemes.items() if s == "none"]
+    if terms is not None:
+        _check_term_names(terms, design, options, engine)
 
     start = time.perf_counter()
     fit = fit_timeseries(data, formula, reml=reml, ddf=ddf, coding=coding, test=test, optimizer=optimizer,

@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-__all__ = ["Checkpoint", "CheckpointError", "fingerprint"]
+__all__ = ["Checkpoint", "CheckpointError", "check_checkpoint_path", "fingerprint"]
 
 _FORMAT = "clusterlmer-checkpoint"
 _VERSION = 1
@@ -33,6 +33,76 @@ _COVERED_BY = {"engine": "fit options"}
 
 class CheckpointError(ValueError):
     """A checkpoint file that does not belong to this analysis, or is unreadable."""
+
+
+# Only a file clusterlmer wrote may be suggested for deletion, and only after another path.
+_OLD = " (the old checkpoint may be deleted once it is no longer needed)"
+
+
+def check_checkpoint_path(path):
+    """Check a checkpoint path before any fit; return it as a string (or None).
+
+    The folder must exist and be writable, and an existing file must be a
+    clusterlmer checkpoint: any other file (the input ``.mat``, a results
+    file) is refused before it could be overwritten.
+
+    Parameters
+    ----------
+    path : str or path-like or None
+
+    Returns
+    -------
+    str or None
+
+    Raises
+    ------
+    CheckpointError
+        The file exists but is not a readable clusterlmer checkpoint.
+    OSError, TypeError
+        From :func:`clusterlmer._checks.check_writable`.
+    """
+    if path is None:
+        return None
+    from ._checks import check_writable
+
+    path = check_writable(path, "checkpoint")
+    if os.path.exists(path):
+        _require_checkpoint(path)
+    return path
+
+
+def _require_checkpoint(path):
+    """Refuse a file that is not a clusterlmer checkpoint of a version this code reads."""
+    import h5py
+
+    try:
+        is_hdf5 = h5py.is_hdf5(path)
+    except Exception:  # noqa: BLE001 - unreadable: treated as not a checkpoint
+        is_hdf5 = False
+    other = (f"{path!r} is not a clusterlmer checkpoint ({{}}), so it is left untouched. Pass another checkpoint "
+             "path: a new file, or a checkpoint an earlier run of this analysis wrote.")
+    if not is_hdf5:
+        raise CheckpointError(other.format("it is not an HDF5 file"))
+    try:
+        with h5py.File(path, "r") as f:
+            mark, version = f.attrs.get("format"), f.attrs.get("version")
+    except Exception:  # noqa: BLE001 - an HDF5 signature but no readable header
+        raise CheckpointError(other.format("an HDF5 file whose header cannot be read")) from None
+    if isinstance(mark, bytes):
+        mark = mark.decode("utf-8", "replace")
+    if mark != _FORMAT:
+        raise CheckpointError(other.format("an HDF5 file without the checkpoint mark, e.g. a MATLAB v7.3 file "
+                                           "or a results file"))
+    if version is not None and int(version) > _VERSION:
+        raise CheckpointError(f"the checkpoint {path!r} was written by a newer clusterlmer (format version "
+                              f"{int(version)}; this one reads up to {_VERSION}). Update clusterlmer, or pass "
+                              "another checkpoint path to start afresh.")
+
+
+def _damaged(path, exc):
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (f"the checkpoint {path!r} cannot be read ({reason}); it is probably damaged (e.g. the disk filled "
+            f"up while it was saved). Pass another checkpoint path to start afresh{_OLD}.")
 
 
 def fingerprint(obj) -> str:
@@ -114,33 +184,25 @@ class Checkpoint:
     def _load(self):
         import h5py
 
+        _require_checkpoint(self.path)
         try:
             with h5py.File(self.path, "r") as f:
-                if f.attrs.get("format") != _FORMAT:
-                    raise CheckpointError(
-                        f"{self.path!r} is not a clusterlmer checkpoint. Choose a new checkpoint path "
-                        "(an existing file is only reused when it is a checkpoint of the same analysis)."
-                    )
                 stored = json.loads(f.attrs["keys"])
                 values, done = f["values"][()], f["done"][()]
-        except CheckpointError:
-            raise
         except Exception as exc:  # h5py's errors on a damaged file are unhelpful as they stand
-            raise CheckpointError(
-                f"cannot read the checkpoint {self.path!r} ({exc}). Delete it to start afresh."
-            ) from None
+            raise CheckpointError(_damaged(self.path, exc)) from None
         differs = [k for k in sorted(set(stored) | set(self.keys)) if stored.get(k) != self.keys.get(k)
                    and not (k not in stored and _COVERED_BY.get(k) in stored)]
         if differs:
             raise CheckpointError(
                 f"the checkpoint {self.path!r} was written for a different analysis (it differs in: "
                 f"{', '.join(_difference(k, stored.get(k), self.keys.get(k)) for k in differs)}). Rerun with "
-                "the arguments that wrote it, or delete it / pass another checkpoint path to start afresh."
+                f"the arguments that wrote it, or pass another checkpoint path to start afresh{_OLD}."
             )
         if values.shape[1:] != self.shape:
             raise CheckpointError(
                 f"the checkpoint {self.path!r} holds statistics of shape {values.shape[1:]}, "
-                f"this analysis has {self.shape}. Delete it or pass another checkpoint path."
+                f"this analysis has {self.shape}. Pass another checkpoint path to start afresh{_OLD}."
             )
         n = min(len(done), self.n_permutations)
         self.values[:n] = values[:n]

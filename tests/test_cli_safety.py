@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
+import h5py
+import pytest
+
+import clusterlmer as cl
 from clusterlmer._checks import called_from_cli, option_hint
+from clusterlmer.checkpoint import CheckpointError
+
+FORMULA = "data ~ hit_miss * region + (1|sid) + (1|sid:ch)"
 
 
 def test_option_hint_names_the_cli_flag_under_the_cli():
@@ -12,3 +21,96 @@ def test_option_hint_names_the_cli_flag_under_the_cli():
         assert option_hint(python, cli) == "--scheme region=none"
         assert option_hint("optimizer_options={...}") == "optimizer_options={...}"  # no CLI flag: Python form
     assert option_hint(python, cli).startswith("schemes=")  # the flag is reset after the block
+
+
+# ---------------------------------------------------------------- checkpoints and outputs, from Python
+
+@pytest.fixture(scope="module")
+def tiny():
+    return cl.simulate_ieeg(kind="2way", n_subjects=4, n_channels=12, n_times=6, seed=3)
+
+
+@pytest.fixture
+def no_fit(monkeypatch):
+    """Make reaching the observed fit an error: the checks under test must come before it."""
+    import clusterlmer.analysis
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the observed fit started before the bad argument was refused")
+
+    monkeypatch.setattr(clusterlmer.analysis, "fit_timeseries", refuse)
+
+
+def run(data, **kwargs):
+    return cl.permutation_cluster_lmer(data, FORMULA, n_permutations=2, seed=1, progress=False, engine="native",
+                                       cross_check=0, **kwargs)
+
+
+def test_checkpoint_on_a_mat_file_is_refused_without_advising_deletion(tiny, tmp_path, no_fit):
+    from conftest import write_small_mat
+
+    mat = write_small_mat(tmp_path / "input.mat", tiny)
+    before = mat.read_bytes()
+    with pytest.raises(CheckpointError) as info:
+        run(tiny, checkpoint=mat)
+    message = str(info.value)
+    assert "is not a clusterlmer checkpoint" in message and "MATLAB v7.3" in message
+    assert "Pass another checkpoint path" in message and "delete" not in message.lower()
+    assert mat.read_bytes() == before
+
+
+def test_damaged_checkpoint_is_called_damaged_and_another_path_comes_first(tiny, tmp_path):
+    path = tmp_path / "run.h5"
+    run(tiny, checkpoint=path)
+    with h5py.File(path, "a") as f:
+        del f["values"]
+    with pytest.raises(CheckpointError, match=r"cannot be read .*probably damaged.*Pass another checkpoint path "
+                                              r"to start afresh \(the old checkpoint may be deleted"):
+        run(tiny, checkpoint=path)
+
+
+def test_checkpoint_of_a_newer_format_is_refused(tiny, tmp_path, no_fit):
+    path = tmp_path / "run.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs["format"] = "clusterlmer-checkpoint"
+        f.attrs["version"] = 99
+    with pytest.raises(CheckpointError, match="written by a newer clusterlmer"):
+        run(tiny, checkpoint=path)
+
+
+def test_checkpoint_in_a_missing_folder_is_refused_before_the_fit(tiny, tmp_path, no_fit):
+    missing = tmp_path / "no_such_folder"
+    with pytest.raises(FileNotFoundError, match=f"checkpoint .*the folder '{missing}' does not exist"):
+        run(tiny, checkpoint=missing / "run.h5")
+    assert not missing.exists()  # not created behind the user's back
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc")
+def test_checkpoint_in_an_unwritable_folder_is_refused_before_the_fit(tiny, no_fit):
+    with pytest.raises(OSError, match=r"checkpoint '/proc/run.h5' cannot be written: creating a file in '/proc' "
+                                      r"fails \(.+\)"):
+        run(tiny, checkpoint="/proc/run.h5")
+
+
+def test_checkpoint_that_is_a_folder_is_refused(tiny, tmp_path, no_fit):
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        run(tiny, checkpoint=tmp_path)
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("quantile_method", "foo", "'quantile_method' parameter"),
+    ("engine", "fast", "'engine' parameter"),
+    ("terms", "nope", "terms nope are not in the model"),
+    ("terms", 3, "terms must be a term name"),
+    ("schemes", "none", "schemes must be a dict"),
+    ("levels", ["a"], "levels must be a dict"),
+    ("optimizer_options", [1], "optimizer_options must be a dict"),
+    ("cross_check", -1, "cross_check must be 0 or a positive"),
+    ("progress", "yes", "progress must be True or False"),
+    ("checkpoint", 3, "checkpoint must be a file path"),
+])
+def test_every_option_is_checked_before_the_observed_fit(tiny, no_fit, name, value, message):
+    kwargs = {"engine": "native", "cross_check": 0, name: value}
+    with pytest.raises((ValueError, TypeError), match=message):
+        cl.permutation_cluster_lmer(tiny, FORMULA, n_permutations=2, seed=1,
+                                    **{"progress": False, **kwargs})

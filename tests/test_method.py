@@ -115,8 +115,9 @@ def test_checkpoint_that_is_not_one_is_refused(small, tmp_path):
         cl.permutation_cluster_lmer(small, FORMULA, n_permutations=2, seed=7, checkpoint=path, progress=False)
     bad = tmp_path / "bad.h5"
     bad.write_bytes(b"garbage")
-    with pytest.raises(CheckpointError, match="cannot read the checkpoint"):
+    with pytest.raises(CheckpointError, match=r"not a clusterlmer checkpoint \(it is not an HDF5 file\)"):
         cl.permutation_cluster_lmer(small, FORMULA, n_permutations=2, seed=7, checkpoint=bad, progress=False)
+    assert bad.read_bytes() == b"garbage"
 
 
 def test_checkpoint_of_the_default_engine_resumes(small, tmp_path):
@@ -237,7 +238,7 @@ def test_worker_processes_end_when_the_parent_is_killed(tmp_path):
         time.sleep(0.05)
     assert child.poll() is None, "the run finished before it could be killed"
     workers = [pid for pid in _children_of(child.pid)
-               if "multiprocessing.spawn" in open(f"/proc/{pid}/cmdline").read()]
+               if "clusterlmer.worker_process" in open(f"/proc/{pid}/cmdline").read()]
     assert len(workers) == 2, workers
     child.kill()
     child.communicate(timeout=60)
