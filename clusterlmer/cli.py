@@ -11,6 +11,9 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from ._checks import called_from_cli, check_writable
+from .cluster import _QUANTILE_METHODS
+
 DEMO_NPERM = 200
 
 
@@ -42,13 +45,17 @@ def _fit_kwargs(args) -> dict:
                 engine=args.engine, cross_check=args.cross_check)
 
 
+def _plot_path(plot):
+    # matplotlib's default format: check and report the name the figure really gets.
+    return plot + ".png" if plot and not os.path.splitext(plot)[1] else plot
+
+
 def _write_outputs(result, outs, plot):
     for out in outs or []:
         result.save(out)
         print(f"Wrote {out}")
     if plot:
-        if not os.path.splitext(plot)[1]:
-            plot += ".png"  # matplotlib's default format: say the name it really gets
+        plot = _plot_path(plot)
         result.plot(plot)
         print(f"Wrote {plot}")
 
@@ -65,6 +72,8 @@ def _demo(args) -> int:
     for w in truth.windows.values():
         print(f"Known effect (simulated): {w.name} in samples {w.first}-{w.last} ({w.first_time:g} to "
               f"{w.last_time:g} s), peak {w.effect:g} noise SD.")
+    os.makedirs(args.out_dir, exist_ok=True)  # the demo's own folder; made and checked before the run
+    check_writable(os.path.join(args.out_dir, "demo_results.h5"), "--out-dir")
     print(f"Model: {datasets.FORMULA_2WAY}; REML, Satterthwaite DF; F tests, cluster 'sum', upper tail; "
           f"engine '{args.engine}'.")
     print(f"Permutations: {args.nperm} (the demo's default, to finish quickly; the original uses 1000 - pass "
@@ -78,7 +87,6 @@ def _demo(args) -> int:
           f"{args.jobs} worker(s)).\n")
     print(res.summary())
     _print_peaks(res.fit, res.terms)
-    os.makedirs(args.out_dir, exist_ok=True)
     print()
     _write_outputs(res, [os.path.join(args.out_dir, n) for n in ("demo_results.mat", "demo_results.h5")],
                    os.path.join(args.out_dir, "demo_figure.png"))
@@ -90,7 +98,7 @@ def _load(args):
 
     if not os.path.exists(args.data):
         raise FileNotFoundError(f"no such data file: {args.data!r}")
-    return cl.load_mat(args.data, data_key=args.data_key)
+    return cl.load_mat(args.data, data_key=args.data_key, check_channels=not args.no_check_channels)
 
 
 def _run(args) -> int:
@@ -101,7 +109,8 @@ def _run(args) -> int:
         res = cl.permutation_cluster_lmer(
             data, args.formula, n_permutations=args.nperm, seed=args.seed, statistic=args.statistic,
             terms=args.terms, tail=args.tail, alpha=args.alpha, cluster_alpha=args.cluster_alpha,
-            cluster_stat=args.cluster_stat, quantile_method=args.quantile_method, n_jobs=args.jobs,
+            cluster_stat=args.cluster_stat, quantile_method=args.quantile_method, schemes=args.schemes,
+            n_jobs=args.jobs,
             checkpoint=args.checkpoint, progress=not args.no_progress, client=client, **_fit_kwargs(args))
     print(res.summary())
     _write_outputs(res, args.out, args.plot)
@@ -206,6 +215,9 @@ def _add_data_options(p):
     p.add_argument("--formula", required=True,
                    help="lme4 formula, e.g. 'data ~ hit_miss * region + (1|sid) + (1|sid:ch)'")
     p.add_argument("--data-key", default="data", help="variable holding the responses (default 'data')")
+    p.add_argument("--no-check-channels", action="store_true",
+                   help="allow several rows per channel and condition (e.g. single trials); by default every "
+                   "channel (sid, ch) must have exactly one row per hit_miss level")
 
 
 def _add_method_options(p, nperm):
@@ -235,6 +247,18 @@ _positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
 _non_negative_int = _checked(int, lambda v: v >= 0, "0 or a positive integer")
 _jobs = _checked(int, lambda v: v >= 1 or v == -1, "a positive number of workers or -1 (every core)")
 _unit_interval = _checked(float, lambda v: 0 < v < 1, "a number between 0 and 1")
+
+
+def _scheme(text):
+    """``VAR=SCHEME`` of --scheme as a (variable, scheme) pair."""
+    from .permute import SCHEMES
+
+    name, sep, scheme = (part.strip() for part in text.partition("="))
+    if not sep or not name or not scheme:
+        raise argparse.ArgumentTypeError(f"expected VAR=SCHEME, e.g. region=none, got {text!r}")
+    if scheme not in SCHEMES:
+        raise argparse.ArgumentTypeError(f"unknown scheme {scheme!r} in {text!r}; use one of {', '.join(SCHEMES)}")
+    return name, scheme
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -277,9 +301,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cluster-alpha", type=_unit_interval, default=0.05,
                    help="per-sample threshold quantile (default 0.05)")
     g.add_argument("--cluster-stat", default="sum", choices=["sum", "size", "tfce"], help="cluster statistic")
-    g.add_argument("--quantile-method", default="hazen",
-                   help="numpy quantile method for thresholds (default hazen = MATLAB; linear = the notebook)")
+    g.add_argument("--quantile-method", default="hazen", choices=_QUANTILE_METHODS, metavar="METHOD",
+                   help="numpy quantile method for thresholds: hazen (default, MATLAB's quantile), linear (the "
+                   f"Python notebook) or another of {', '.join(m for m in _QUANTILE_METHODS if m not in ('hazen', 'linear'))}")
     g.add_argument("--checkpoint", metavar="FILE.h5", help="keep finished permutations here; rerun to resume")
+    g.add_argument("--scheme", action="append", type=_scheme, metavar="VAR=SCHEME", dest="schemes",
+                   help="permutation scheme of a fixed-effect variable, overriding the one derived from the design: "
+                   "within-channel, between-channel, channel-within-subject, between-subject or none (not "
+                   "permuted), e.g. --scheme region=none; repeatable")
     _add_fit_options(run)
     d = run.add_argument_group(
         "Dask and SLURM (pip install 'clusterlmer[dask]'; instead of --jobs; same result for the same seed)")
@@ -339,6 +368,58 @@ def _check_dask_options(parser, args):
             setattr(args, key, value)
 
 
+def _same_file(a, b) -> bool:
+    if os.path.exists(a) and os.path.exists(b):
+        return os.path.samefile(a, b)  # also through links and other spellings of the path
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _check_paths(parser, args):
+    """Outputs, figure and checkpoint, before the data are loaded.
+
+    A bad name found after hours of permutations would lose them, and an
+    output that is the input file would overwrite the user's data.
+    """
+    out = getattr(args, "out", None)  # a list for run, one CSV for fit, absent for demo
+    outs = out if isinstance(out, list) else [out] if out else []
+    named = [("--out", p) for p in outs]
+    if getattr(args, "plot", None):
+        named.append(("--plot", _plot_path(args.plot)))
+    if getattr(args, "checkpoint", None):
+        named.append(("--checkpoint", args.checkpoint))
+    for i, (flag, path) in enumerate(named):
+        suffix = os.path.splitext(path)[1].lower()
+        if flag == "--out" and args.command == "run" and suffix not in (".mat", ".h5", ".hdf5", ".csv"):
+            parser.error(f"--out {path!r}: use a name ending in .mat, .h5 or .csv")
+        if flag == "--plot" and suffix[1:] not in _figure_formats():
+            parser.error(f"--plot {path!r}: use a name ending in one of "
+                         f"{', '.join('.' + f for f in sorted(_figure_formats()))}")
+        if _same_file(path, args.data):
+            parser.error(f"{flag} {path!r} is the input data file {args.data!r}; writing it would destroy the "
+                         "data. Choose another file name")
+        for other_flag, other in named[:i]:
+            if _same_file(path, other):
+                parser.error(f"{flag} {path!r} and {other_flag} {other!r} are the same file; give each output "
+                             "its own name")
+        try:
+            check_writable(path, flag)
+            if flag == "--checkpoint":
+                from .checkpoint import check_checkpoint_path
+
+                check_checkpoint_path(path)
+        except (OSError, ValueError, TypeError) as exc:
+            parser.error(str(exc).rstrip("."))
+
+
+def _schemes_dict(parser, pairs):
+    schemes = {}
+    for name, scheme in pairs or []:
+        if schemes.get(name, scheme) != scheme:
+            parser.error(f"--scheme gives {name!r} two schemes ({schemes[name]!r} and {scheme!r})")
+        schemes[name] = scheme
+    return schemes or None
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -346,23 +427,13 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     parser = args.command_parser  # errors below name the subcommand: "clusterlmer run: error: ..."
-    # Check the outputs before the run: a bad name found after hours of permutations would lose them.
-    for name in ("out", "plot"):
-        paths = getattr(args, name, None)
-        for path in ([paths] if isinstance(paths, str) else paths or []):
-            suffix = os.path.splitext(path)[1].lower()
-            if name == "out" and args.command == "run" and suffix not in (".mat", ".h5", ".hdf5", ".csv"):
-                parser.error(f"--out {path!r}: use a name ending in .mat, .h5 or .csv")
-            if name == "plot" and suffix and suffix[1:] not in _figure_formats():
-                parser.error(f"--plot {path!r}: use a name ending in one of "
-                             f"{', '.join('.' + f for f in sorted(_figure_formats()))}")
-            folder = os.path.dirname(os.path.abspath(path))
-            if not os.path.isdir(folder):
-                parser.error(f"--{name} {path!r}: the folder {folder!r} does not exist")
+    _check_paths(parser, args)
     if args.command == "run":
         _check_dask_options(parser, args)
+        args.schemes = _schemes_dict(parser, args.schemes)
     try:
-        return args.func(args)
+        with called_from_cli():  # option hints in messages name CLI flags
+            return args.func(args)
     except KeyboardInterrupt:
         return 130
     except (ImportError, ValueError, TypeError, KeyError, OSError) as exc:

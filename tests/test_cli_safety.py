@@ -114,3 +114,113 @@ def test_every_option_is_checked_before_the_observed_fit(tiny, no_fit, name, val
     with pytest.raises((ValueError, TypeError), match=message):
         cl.permutation_cluster_lmer(tiny, FORMULA, n_permutations=2, seed=1,
                                     **{"progress": False, **kwargs})
+
+
+# ---------------------------------------------------------------- the command line
+
+@pytest.fixture
+def mat_file(tiny, tmp_path):
+    from conftest import write_small_mat
+
+    return write_small_mat(tmp_path / "input.mat", tiny)
+
+
+def cli(capsys, *argv):
+    from clusterlmer.cli import main
+
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def no_load(monkeypatch):
+    """Make loading the data an error: the path checks under test must come before it."""
+    import clusterlmer
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the data were loaded before the bad path was refused")
+
+    monkeypatch.setattr(clusterlmer, "load_mat", refuse)
+
+
+@pytest.mark.parametrize("flag, name", [("--out", "{input}"), ("--out", "{link}"), ("--checkpoint", "{input}"),
+                                        ("--plot", "{dir}/fig.png")])
+def test_cli_refuses_an_output_that_is_the_input(capsys, monkeypatch, mat_file, flag, name):
+    link = mat_file.with_name("link.mat")
+    link.symlink_to(mat_file.name)
+    path = name.format(input=mat_file, link=link, dir=mat_file.parent)
+    data = mat_file
+    if flag == "--plot":  # a figure named like the data file (which here is a .png)
+        data = mat_file.parent / "fig.png"
+        mat_file.rename(data)
+    before = data.read_bytes()
+    no_load(monkeypatch)
+    code, out, err = cli(capsys, "run", data, "--formula", FORMULA, "--nperm", "2", flag, path)
+    assert code == 2 and out == ""
+    assert f"{flag} {path!r} is the input data file" in err and "would destroy the data" in err
+    assert data.read_bytes() == before
+
+
+def test_cli_fit_refuses_a_csv_that_is_the_input(capsys, monkeypatch, mat_file):
+    no_load(monkeypatch)
+    code, _, err = cli(capsys, "fit", mat_file, "--formula", FORMULA, "--out", mat_file)
+    assert code == 2 and "is the input data file" in err
+
+
+def test_cli_refuses_two_outputs_in_one_file(capsys, monkeypatch, mat_file, tmp_path):
+    no_load(monkeypatch)
+    code, _, err = cli(capsys, "run", mat_file, "--formula", FORMULA, "--out", tmp_path / "r.h5",
+                       "--checkpoint", tmp_path / "r.h5")
+    assert code == 2 and "are the same file" in err
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc")
+@pytest.mark.parametrize("flag, path, words", [
+    ("--out", "/proc/r.h5", ["--out '/proc/r.h5' cannot be written", "creating a file in '/proc' fails ("]),
+    ("--plot", "/proc/fig.png", ["--plot '/proc/fig.png' cannot be written"]),
+    ("--checkpoint", "/proc/c.h5", ["--checkpoint '/proc/c.h5' cannot be written"]),
+    ("--checkpoint", "{tmp}/no_such_folder/c.h5", ["--checkpoint", "no_such_folder' does not exist"]),
+    ("--checkpoint", "{tmp}/notes.h5", ["is not a clusterlmer checkpoint", "it is not an HDF5 file"]),
+])
+def test_cli_checks_every_output_before_loading(capsys, monkeypatch, mat_file, tmp_path, flag, path, words):
+    (tmp_path / "notes.h5").write_text("my notes")
+    no_load(monkeypatch)
+    code, out, err = cli(capsys, "run", mat_file, "--formula", FORMULA, flag, path.format(tmp=tmp_path))
+    assert code == 2 and out == ""
+    for word in words:
+        assert word in err
+    assert "delete" not in err.lower()
+    assert (tmp_path / "notes.h5").read_text() == "my notes"
+
+
+def test_cli_quantile_method_is_refused_by_the_parser(capsys, monkeypatch, mat_file):
+    no_load(monkeypatch)
+    code, _, err = cli(capsys, "run", mat_file, "--formula", FORMULA, "--quantile-method", "foo")
+    assert code == 2 and "--quantile-method: invalid choice: 'foo'" in err and "'hazen'" in err
+
+
+@pytest.mark.parametrize("schemes, words", [
+    (["region"], ["--scheme: expected VAR=SCHEME", "'region'"]),
+    (["region=foo"], ["unknown scheme 'foo'", "between-channel"]),
+    (["region=none", "region=between-channel"], ["'region' two schemes"]),
+])
+def test_cli_scheme_syntax_errors(capsys, monkeypatch, mat_file, schemes, words):
+    no_load(monkeypatch)
+    argv = [a for s in schemes for a in ("--scheme", s)]
+    code, _, err = cli(capsys, "run", mat_file, "--formula", FORMULA, *argv)
+    assert code == 2
+    for word in words:
+        assert word in err
+
+
+def test_cli_scheme_reaches_the_permutations(capsys, mat_file, tmp_path):
+    out_h5 = tmp_path / "r.h5"
+    code, out, err = cli(capsys, "run", mat_file, "--formula", FORMULA, "--nperm", "3", "--engine", "native",
+                         "--cross-check", "0", "--no-progress", "--scheme", "region=none", "--terms", "hit_miss",
+                         "--out", out_h5)
+    assert code == 0, err
+    assert "region: none" in out
+    assert cl.load_result(out_h5).schemes == {"hit_miss": "within-channel", "region": "none"}

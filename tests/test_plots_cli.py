@@ -233,12 +233,12 @@ def _subparser(name):
 
 
 @pytest.mark.parametrize("command, options", [
-    ("run", ["--formula", "--data-key", "--nperm", "--seed", "--jobs", "--no-progress", "--statistic", "--terms",
+    ("run", ["--formula", "--data-key", "--no-check-channels", "--scheme", "--nperm", "--seed", "--jobs", "--no-progress", "--statistic", "--terms",
              "--tail", "--alpha", "--cluster-alpha", "--cluster-stat", "--quantile-method", "--checkpoint", "--ml",
              "--ddf", "--coding", "--test", "--optimizer", "--engine", "--cross-check", "--out", "--plot",
              "--scheduler", "--slurm", "--slurm-jobs", "--slurm-cores", "--slurm-memory", "--slurm-walltime", "--slurm-queue",
              "--slurm-account", "--slurm-extra", "--slurm-python", "--slurm-log-dir"]),
-    ("fit", ["--formula", "--data-key", "--ml", "--ddf", "--coding", "--test", "--optimizer", "--engine",
+    ("fit", ["--formula", "--data-key", "--no-check-channels", "--ml", "--ddf", "--coding", "--test", "--optimizer", "--engine",
              "--cross-check", "--out"]),
     ("demo", ["--nperm", "--seed", "--jobs", "--engine", "--out-dir", "--no-progress"]),
 ])
