@@ -1,13 +1,25 @@
 """From a user's design table to the columns, levels and coding the engines fit.
 
 MATLAB's conventions decide which columns are factors and in which level
-order (REFERENCE.md section 3):
+order:
 
 * text labels are factors, levels in order of first appearance;
 * pandas categoricals are factors, levels in category order (unused dropped);
 * numbers (including a 0/1 condition and booleans) stay one numeric column,
   unless ``levels=`` names the column, which makes it a factor with that order;
 * the reference level is the first level; ``levels=`` overrides the order.
+
+One rule departs from MATLAB, because the numeric reading changes what the
+neighbouring rows mean without a word: a numeric column with exactly two
+values that interacts with another fixed-effect variable is coded as a factor
+with its values sorted (as MATLAB orders numeric levels when it makes them
+categorical), unless the two values are centred on 0 (e.g. -0.5/0.5), a
+coding chosen on purpose. As a number, the main effects next to it would be
+effects at the value 0: outside the data for a 1/2 condition, and never the
+average that ``coding="effects"`` promises. For a 0/1 condition under
+reference coding the factor gives the same numbers as the number did.
+A numeric variable with more values stays numeric; when 0 lies outside its
+range a warning says that the neighbouring main effects are extrapolated.
 
 Grouping factors (right of ``|``) are passed as text; their level order does
 not change the fit.
@@ -16,6 +28,8 @@ not change the fit.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -48,6 +62,11 @@ class ModelDesign:
         ``"reference"`` (treatment) or ``"effects"`` (sum, last level -1).
     formula : ModelFormula
         The checked formula.
+    numeric : tuple of str
+        Fixed-effect and slope variables kept as one numeric column.
+    converted : tuple of str
+        Numeric two-valued columns coded as factors because they interact
+        with another variable (see the module notes).
     """
 
     frame: pd.DataFrame
@@ -55,21 +74,18 @@ class ModelDesign:
     coding: str
     formula: ModelFormula
     numeric: tuple = field(default=())
+    converted: tuple = field(default=())
 
     @property
     def reference_levels(self) -> dict:
         """Reference (first) level of each factor."""
         return {name: levels[0] for name, levels in self.factors.items()}
 
-    @property
-    def fixed_factors(self) -> list:
-        """Factors that appear in the fixed-effects part."""
-        return [v for v in self.formula.fixed_variables if v in self.factors]
-
     def subset(self, rows) -> "ModelDesign":
         """The same design restricted to ``rows`` (a boolean mask or indices)."""
         frame = self.frame.iloc[np.flatnonzero(rows) if np.asarray(rows).dtype == bool else rows]
-        return ModelDesign(frame.reset_index(drop=True), self.factors, self.coding, self.formula, self.numeric)
+        return ModelDesign(frame.reset_index(drop=True), self.factors, self.coding, self.formula, self.numeric,
+                           self.converted)
 
 
 def _label_text(values) -> list:
@@ -167,7 +183,8 @@ def build_design(design: pd.DataFrame, formula: ModelFormula, *, coding="referen
                if grouping else "the formula's fixed or random-slope terms do not use them")
         raise DesignError(f"levels names {_preview(stray)}: {why}. Give levels for fixed-effect factors only.")
 
-    frame, factors, numeric = {}, {}, []
+    frame, factors, numeric, converted = {}, {}, [], []
+    expanded = formula.fixed_terms
     for name in formula.variables:
         series = design[name]
         missing = series.isna().to_numpy()
@@ -200,6 +217,17 @@ def build_design(design: pd.DataFrame, formula: ModelFormula, *, coding="referen
                     "anything (a condition with a single level). Check that the data hold every condition, "
                     "or remove it from the formula."
                 )
+            partners = expanded.interacting(name)
+            distinct = np.unique(values)
+            if partners and distinct.size == 2 and distinct[0] != -distinct[1]:
+                lev = _label_text(distinct)
+                _warn_two_valued(name, distinct, partners, coding)
+                frame[name] = _label_text(values)
+                factors[name] = lev
+                converted.append(name)
+                continue
+            if partners and not distinct[0] <= 0 <= distinct[-1]:
+                _warn_extrapolated(name, distinct, partners)
             frame[name] = values
             numeric.append(name)
     for name in formula.grouping_variables:
@@ -207,4 +235,35 @@ def build_design(design: pd.DataFrame, formula: ModelFormula, *, coding="referen
             raise DesignError(
                 f"grouping factor {name!r} has a single level: random effects need at least two groups."
             )
-    return ModelDesign(pd.DataFrame(frame), factors, coding, formula, tuple(numeric))
+    return ModelDesign(pd.DataFrame(frame), factors, coding, formula, tuple(numeric), tuple(converted))
+
+
+def _and(names) -> str:
+    names = [repr(n) for n in names]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _warn_two_valued(name, values, partners, coding):
+    """Say so when coding ``name`` as a factor gives other numbers than the numeric column would."""
+    low, high = (f"{v:g}" for v in values)
+    if coding == "reference" and values[0] == 0:
+        return  # 0/1: the factor's reference is 0, the same design as the number
+    mains = f"main effect{'s' if len(partners) > 1 else ''} of {_and(partners)}"
+    as_number = (f"the {mains} would be the effect{'s' if len(partners) > 1 else ''} at {name} = 0"
+                 + ("" if values[0] <= 0 <= values[1] else ", a value that is not in the data"))
+    now = (f"averaged over {name}'s two levels" if coding == "effects"
+           else f"the effect at {name} = {low} (the reference level)")
+    warnings.warn(
+        f"{name!r} is numeric with two values ({low}, {high}) and interacts with {_and(partners)}, so it is "
+        f"coded as a factor with levels {low}, {high} (sorted). As a number, {as_number}; as a factor the "
+        f"{mains} {'are' if len(partners) > 1 else 'is'} {now}. "
+        + (f"Another reference level: levels={{{name!r}: [{high}, {low}]}}. " if coding == "reference" else "")
+        + "To keep it numeric, recode it centred on 0 (e.g. -0.5/0.5).", UserWarning, stacklevel=4)
+
+
+def _warn_extrapolated(name, values, partners):
+    warnings.warn(
+        f"{name!r} is numeric (range {values[0]:g} .. {values[-1]:g}) and interacts with {_and(partners)}: "
+        f"the main effect{'s' if len(partners) > 1 else ''} of {_and(partners)} {'are' if len(partners) > 1 else 'is'} "
+        f"the effect at {name} = 0, outside the data. Centre it (subtract its mean) to test "
+        f"{'them' if len(partners) > 1 else 'it'} at the mean of {name!r}.", UserWarning, stacklevel=4)

@@ -18,7 +18,11 @@
 #
 # Level order follows MATLAB: text columns used as fixed effects are factors
 # with levels in order of first appearance; numeric columns stay numeric
-# unless --levels names them.
+# unless --levels names them, with one exception (as clusterlmer): a numeric
+# column with exactly two values that interacts with another fixed-effect
+# variable is a factor with its values sorted, unless the two values are
+# centred on 0 (e.g. -0.5/0.5), so that the main effects next to it are
+# never effects at a value 0 that is not in the data.
 
 suppressPackageStartupMessages({
   library(lme4)
@@ -60,10 +64,15 @@ main <- function() {
   fixed_vars <- all.vars(lme4::nobars(f)[[3]])
   slope_vars <- unlist(lapply(lme4::findbars(f), function(b) all.vars(b[[2]])))
   levels_given <- parse_levels(opts$levels)
+  incidence <- attr(stats::terms(lme4::nobars(f)), "factors")
+  interacting <- if (length(incidence)) {
+    rownames(incidence)[rowSums(incidence[, colSums(incidence > 0) > 1, drop = FALSE] > 0) > 0]
+  } else character(0)
   for (v in unique(c(fixed_vars, slope_vars))) {
     x <- d[[v]]
-    if (!(v %in% names(levels_given)) && is.numeric(x)) next
-    lev <- if (v %in% names(levels_given)) levels_given[[v]] else unique(as.character(x))
+    two <- is.numeric(x) && v %in% interacting && length(unique(x)) == 2 && sum(unique(x)) != 0
+    if (!(v %in% names(levels_given)) && is.numeric(x) && !two) next
+    lev <- if (v %in% names(levels_given)) levels_given[[v]] else if (two) as.character(sort(unique(x))) else unique(as.character(x))
     fx <- factor(as.character(x), levels = lev)
     if (coding == "effects") contrasts(fx) <- contr.sum(nlevels(fx))
     d[[v]] <- fx

@@ -1,0 +1,96 @@
+"""What each row of the F table tests, in words, for the summary.
+
+The same formula tests different hypotheses under different codings: with
+reference coding a main effect next to an interaction is the simple effect at
+the other variables' reference levels (for a numeric variable, at the value
+0); with effects coding it is averaged over the other factors' levels (still
+at 0 for numeric variables). lmerTest's type III table averages over factors
+whatever the coding. These sentences are built from the model itself, so the
+summary never promises a hypothesis the row does not test.
+"""
+
+from __future__ import annotations
+
+__all__ = ["term_hypotheses", "sign_convention"]
+
+
+def _levels_text(levels):
+    return ", ".join(repr(v) for v in levels)
+
+
+def _effect_of(var, factors, coding):
+    """What the coefficients of ``var`` alone measure."""
+    if var not in factors:
+        return f"slope of {var}"
+    levels = factors[var]
+    if coding == "reference":
+        if len(levels) == 2:
+            return f"{var} {levels[1]!r} - {levels[0]!r}"
+        return f"{var}: each of {_levels_text(levels[1:])} - {levels[0]!r}"
+    if len(levels) == 2:
+        return f"{var} ({levels[0]!r} - {levels[1]!r})/2"
+    return f"{var}: deviations of {_levels_text(levels[:-1])} from the mean of its {len(levels)} levels"
+
+
+def _where(others, factors, coding, test):
+    """Where the other variables stand when a term's coefficients are read."""
+    averaged = [v for v in others if v in factors and (coding == "effects" or test == "type3")]
+    parts = [f"averaged over {' and '.join(averaged)}"] if averaged else []
+    for var in others:
+        if var not in factors:
+            parts.append(f"at {var} = 0")
+        elif var not in averaged:
+            parts.append(f"at {var} = {factors[var][0]!r}")
+    return ", ".join(parts)
+
+
+def term_hypotheses(fixed_terms, factors, coding, test="marginal") -> dict:
+    """One sentence per F-table row: the hypothesis its test rejects or keeps.
+
+    Parameters
+    ----------
+    fixed_terms : clusterlmer.formula.FixedTerms
+        The expanded fixed part.
+    factors : dict of str to list of str
+        Level order of every factor (reference level first).
+    coding : {"reference", "effects"}
+    test : {"marginal", "type3"}
+
+    Returns
+    -------
+    dict of str to str
+        Keyed by the table's term labels, ``"(Intercept)"`` first when the
+        model has one.
+    """
+    out = {}
+    if fixed_terms.intercept:
+        where = _where(fixed_terms.variables, factors, coding, test)
+        out["(Intercept)"] = "mean response = 0" + (f" ({where})" if where else "")
+    for vars_ in fixed_terms.terms:
+        partners = []
+        for other in fixed_terms.terms:
+            if len(other) > len(vars_) and set(vars_) <= set(other):
+                partners += [v for v in other if v not in vars_ and v not in partners]
+        # Type III tests do not depend on the coding; describe them as effects coding would.
+        coding_read = coding if test == "marginal" else "effects"
+        if len(vars_) == 1:
+            what = _effect_of(vars_[0], factors, coding_read) + " = 0"
+        else:
+            what = (f"the effect of {_effect_of(vars_[0], factors, coding_read)} is the same at every level of "
+                    + " x ".join(vars_[1:]))
+        where = _where([v for v in fixed_terms.variables if v in partners], factors, coding, test)
+        out[":".join(vars_)] = what + (f" ({where})" if where else "")
+    return out
+
+
+def sign_convention(factors, coding) -> str:
+    """How to read the sign of a two-level factor's t (or coefficient)."""
+    two = [(v, lv) for v, lv in factors.items() if len(lv) == 2]
+    if not two:
+        return ""
+    var, (first, last) = two[0]
+    if coding == "effects":
+        return (f"effects coding codes the last level -1, so a two-level factor's coefficient is "
+                f"(first level - last level)/2: t > 0 for {var} means {first!r} > {last!r}")
+    return (f"reference coding: a two-level factor's coefficient is (other level - reference level): "
+            f"t > 0 for {var} means {last!r} > {first!r}")
