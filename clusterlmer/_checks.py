@@ -7,7 +7,7 @@ import contextvars
 import os
 import tempfile
 
-__all__ = ["check_option", "check_type", "check_writable", "option_hint", "called_from_cli"]
+__all__ = ["check_option", "check_type", "check_writable", "option_hint", "called_from_cli", "in_cli"]
 
 # Set by the command line for the duration of a command, so that messages
 # suggesting an option name the flag a CLI user can actually pass.
@@ -22,6 +22,11 @@ def called_from_cli():
         yield
     finally:
         _FROM_CLI.reset(token)
+
+
+def in_cli() -> bool:
+    """Whether the call came from the command line (for messages worded differently there)."""
+    return _FROM_CLI.get()
 
 
 def option_hint(python_form, cli_form=None):

@@ -98,7 +98,20 @@ def _load(args):
 
     if not os.path.exists(args.data):
         raise FileNotFoundError(f"no such data file: {args.data!r}")
-    return cl.load_mat(args.data, data_key=args.data_key, check_channels=not args.no_check_channels)
+    # The formula's left-hand side names the variable analysed: 'power ~ ...' fits the file's 'power'.
+    response = cl.parse_formula(args.formula).response
+    if args.data_key is not None and args.data_key != response:
+        raise ValueError(f"--data-key {args.data_key!r} differs from the formula's response {response!r}; the "
+                         f"formula's left-hand side names the variable analysed. Write the formula as "
+                         f"'{args.data_key} ~ ...' (--data-key is then not needed).")
+    return cl.load_mat(args.data, data_key=response, check_channels=not args.no_check_channels)
+
+
+def _print_data(args, data):
+    """Which variable was analysed (printed with the results, so a failed run prints nothing here)."""
+    shape = " x ".join(str(n) for n in data.values.shape[1:])
+    print(f"Data: {args.data}: responses from the variable {data.response!r} ({data.n_obs} rows x {shape} "
+          f"samples); design columns {', '.join(map(str, data.design.columns))}.")
 
 
 def _run(args) -> int:
@@ -112,6 +125,7 @@ def _run(args) -> int:
             cluster_stat=args.cluster_stat, quantile_method=args.quantile_method, schemes=args.schemes,
             n_jobs=args.jobs,
             checkpoint=args.checkpoint, progress=not args.no_progress, client=client, **_fit_kwargs(args))
+    _print_data(args, data)
     print(res.summary())
     _write_outputs(res, args.out, args.plot)
     return 0
@@ -180,6 +194,7 @@ def _fit(args) -> int:
 
     data = _load(args)
     fit = cl.fit_timeseries(data, args.formula, **_fit_kwargs(args))
+    _print_data(args, data)
     print(fit.summary())
     _print_peaks(fit, [t for t in fit.terms if t != "(Intercept)"])
     if args.out:
@@ -214,7 +229,9 @@ def _add_data_options(p):
                    "sid, ch, hit_miss[, region], data (rows x timepoints)")
     p.add_argument("--formula", required=True,
                    help="lme4 formula, e.g. 'data ~ hit_miss * region + (1|sid) + (1|sid:ch)'")
-    p.add_argument("--data-key", default="data", help="variable holding the responses (default 'data')")
+    p.add_argument("--data-key", metavar="NAME",
+                   help="variable holding the responses; the formula's response names it (default), and a "
+                   "different --data-key is refused")
     p.add_argument("--no-check-channels", action="store_true",
                    help="allow several rows per channel and condition (e.g. single trials); by default every "
                    "channel (sid, ch) must have exactly one row per hit_miss level")

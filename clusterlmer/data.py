@@ -32,7 +32,11 @@ class TimeseriesData:
     freqs : numpy.ndarray or None
         Frequencies for 3-D values.
     response : str or None
-        Name of the response column when the data came from one column.
+        Name of the variable or column the values came from
+        (:func:`clusterlmer.load_mat`'s ``data_key``, or the single column of
+        :func:`clusterlmer.from_dataframe`); the formula's left-hand side
+        must then name it. ``None`` (wide tables, simulated data): the
+        left-hand side is only a label.
     """
 
     design: pd.DataFrame
@@ -83,6 +87,32 @@ class TimeseriesData:
     def __repr__(self) -> str:
         shape = " x ".join(str(s) for s in self.values.shape)
         return f"<TimeseriesData | {shape} values, design columns: {_preview(self.design.columns)}>"
+
+
+def check_response(data, response):
+    """Refuse a formula whose response is not the variable the data were loaded from.
+
+    Without this, ``power ~ ...`` on values loaded from ``data`` would fit
+    ``data`` and report it as ``power``.
+
+    Parameters
+    ----------
+    data : TimeseriesData
+    response : str
+        The formula's left-hand side.
+
+    Raises
+    ------
+    ValueError
+        ``data.response`` is known and differs from ``response``.
+    """
+    if data.response is None or response == data.response:
+        return
+    raise ValueError(
+        f"the formula's response {response!r} is not the data's: the values were loaded from {data.response!r}. "
+        f"Write the formula as '{data.response} ~ ...', or load {response!r} as the responses "
+        f"(cl.load_mat(path, data_key={response!r}), or cl.from_dataframe(df, values={response!r}) for a column)."
+    )
 
 
 def from_dataframe(df, values, *, times=None) -> TimeseriesData:

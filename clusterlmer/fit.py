@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from ._checks import check_option
-from .data import TimeseriesData, _preview
+from .data import TimeseriesData, _preview, check_response
 from .design import build_design
 from .engines import get_engine, resolve_engine
 from .engines.base import DDF_METHODS, OPTIMIZERS, TESTS, BlockFit, FitOptions
@@ -192,6 +192,7 @@ def fit_timeseries(data, formula, *, reml=True, ddf="satterthwaite", coding="ref
         )
     options = _check_options(reml, ddf, test, optimizer, optimizer_options)
     model = parse_formula(formula)
+    check_response(data, model.response)
     design = build_design(data.design, model, coding=coding, levels=levels, response_column=data.response)
     engine, engine_note = resolve_engine(engine, design, options)
     if engine_note:

@@ -28,6 +28,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from ._checks import in_cli, option_hint
 from .data import TimeseriesData, _preview
 from .permute import check_one_row_per_level
 
@@ -469,7 +470,10 @@ def load_mat(path, *, data_key="data", times=None, times_key="times", freqs=None
     data_key : str
         Variable holding the responses: rows x timepoints, or rows x
         timepoints x frequencies. NaN/Inf are kept (clusterlmer leaves such
-        rows out of that sample's fit).
+        rows out of that sample's fit). It is recorded as ``data.response``,
+        and a formula must name it on its left-hand side (``power ~ ...``
+        needs ``data_key="power"``), so that a file holding several
+        response variables is never analysed under another one's name.
     times : array-like, optional
         Sample times, used when the file has no ``times_key`` variable of the
         right length. Defaults to ``0 .. n_times - 1``.
@@ -534,10 +538,11 @@ def _assemble(path, variables, data_key, times, times_key, freqs, freqs_key, not
     by_name = {v.name: v for v in variables}
     if data_key not in by_name:
         found = _preview([f"{v.name} ({_describe(v)})" for v in variables]) if variables else "none"
-        raise MatFileError(
-            f"{path!r} has no variable {data_key!r}. Variables in the file: {found}. "
-            f"Pass data_key='<name>' to load another variable as the responses."
-        )
+        candidates = [v.name for v in variables if v.mclass in _NUMERIC_CLASSES and _vector_length(v.dims) is None]
+        name = candidates[0] if candidates else "<name>"
+        fix = (f"Name the variable holding the responses on the formula's left-hand side, e.g. '{name} ~ ...'"
+               if in_cli() else f"Pass data_key={name!r} to load another variable as the responses")
+        raise MatFileError(f"{path!r} has no variable {data_key!r}. Variables in the file: {found}. {fix}.")
     values = _data_values(by_name[data_key])
     n_rows = values.shape[0]
 
@@ -588,7 +593,7 @@ def _assemble(path, variables, data_key, times, times_key, freqs, freqs_key, not
     freq_axis = None
     if values.ndim == 3:
         freq_axis = _axis(by_name.get(freqs_key) if freqs_key else None, freqs, values.shape[2], "freqs", notes)
-    return TimeseriesData(design=design, values=values, times=times, freqs=freq_axis)
+    return TimeseriesData(design=design, values=values, times=times, freqs=freq_axis, response=data_key)
 
 
 def _data_values(var):

@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 
 import h5py
+import numpy as np
+import pandas as pd
 import pytest
 
 import clusterlmer as cl
 from clusterlmer._checks import called_from_cli, option_hint
 from clusterlmer.checkpoint import CheckpointError
+from clusterlmer.io import MatFileError
 
 FORMULA = "data ~ hit_miss * region + (1|sid) + (1|sid:ch)"
 
@@ -224,3 +227,67 @@ def test_cli_scheme_reaches_the_permutations(capsys, mat_file, tmp_path):
     assert code == 0, err
     assert "region: none" in out
     assert cl.load_result(out_h5).schemes == {"hit_miss": "within-channel", "region": "none"}
+
+
+# ---------------------------------------------------------------- the formula's response names the variable
+
+@pytest.fixture
+def two_vars(tiny, tmp_path):
+    """A MAT file holding two response variables: ``data`` (the simulation) and ``power`` (other values)."""
+    d = tiny.design
+    power = np.random.default_rng(0).normal(size=tiny.values.shape) ** 2
+    path = tmp_path / "two_vars.mat"
+    cl.io.write_mat73(path, {"sid": d["sid"].tolist(), "ch": d["ch"].tolist(),
+                             "hit_miss": d["hit_miss"].to_numpy(dtype=float), "region": d["region"].tolist(),
+                             "data": tiny.values, "power": power})
+    return path, power
+
+
+POWER = "power ~ hit_miss + (1|sid) + (1|sid:ch)"
+
+
+def test_cli_fits_the_variable_the_formula_names(capsys, two_vars, tmp_path):
+    path, power = two_vars
+    code, out, err = cli(capsys, "fit", path, "--formula", POWER, "--cross-check", "0", "--out", tmp_path / "f.csv")
+    assert code == 0, err
+    assert "responses from the variable 'power'" in out and "Formula:     power ~" in out
+    from_cli = pd.read_csv(tmp_path / "f.csv")
+    expected = cl.fit_timeseries(cl.load_mat(path, data_key="power"), POWER, cross_check=0).to_frame()
+    np.testing.assert_array_equal(from_cli["FStat"], expected["FStat"])
+    on_data = cl.fit_timeseries(cl.load_mat(path), POWER.replace("power", "data"), cross_check=0).to_frame()
+    assert not np.allclose(from_cli["FStat"], on_data["FStat"])  # it really is another variable
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--formula", POWER.replace("power", "data"), "--data-key", "power"],
+     ["--data-key 'power' differs from the formula's response 'data'", "'power ~ ...'"]),
+    (["--formula", POWER.replace("power", "y")],
+     ["has no variable 'y'", "power (", "on the formula's left-hand side, e.g. 'data ~ ...'"]),
+])
+def test_cli_refuses_a_response_mismatch_naming_both(capsys, two_vars, argv, words):
+    code, out, err = cli(capsys, "fit", two_vars[0], *argv)
+    assert code == 1 and out == ""
+    for word in words:
+        assert word in err
+    assert "data_key=" not in err  # no Python-only advice on the command line
+
+
+def test_python_refuses_a_formula_naming_another_variable(two_vars):
+    data = cl.load_mat(two_vars[0])
+    assert data.response == "data"
+    with pytest.raises(ValueError, match=r"the formula's response 'power' is not the data's: the values were loaded "
+                                         r"from 'data'.*data_key='power'"):
+        cl.fit_timeseries(data, POWER)
+    with pytest.raises(ValueError, match="the formula's response 'power' is not the data's"):
+        cl.permutation_cluster_lmer(data, POWER, n_permutations=2, progress=False)
+    power = cl.load_mat(two_vars[0], data_key="power")
+    assert power.response == "power"
+    np.testing.assert_array_equal(power.values, two_vars[1])
+    with pytest.raises(MatFileError, match=r"has no variable 'y'.*Pass data_key='data'"):
+        cl.load_mat(two_vars[0], data_key="y")
+
+
+def test_unnamed_responses_take_the_formula_label(tiny):
+    assert tiny.response is None  # simulated (and wide from_dataframe) data: the left-hand side is a label
+    fit = cl.fit_timeseries(tiny, POWER, engine="native", cross_check=0)
+    assert fit.formula.startswith("power ~")
