@@ -1,4 +1,4 @@
-"""Permutations that keep the random-effects structure (REFERENCE.md section 4).
+"""Permutations that keep the random-effects structure.
 
 Rows never move: every row keeps its subject, channel and grouping columns, so
 ``(1|sid) + (1|sid:ch)`` stays valid for every permuted dataset. Only the
@@ -22,6 +22,14 @@ shuffles are derived automatically (they keep every row's groups),
 ``"between-channel"`` must be asked for explicitly, and the subject schemes
 are refused.
 
+The summary names these units by their grouping columns (e.g. "sid:ch",
+or "Subject" when the formula has one grouping). A variable that varies
+within a minority of the channels and is constant within the rest is refused
+(a channel-level variable with mislabelled rows would otherwise be shuffled
+within channels, with a null almost equal to the observed); within a
+majority it is shuffled within channels with a warning naming the channels
+whose labels never move.
+
 All permutations are drawn up front from ``np.random.default_rng(seed)``, one
 permutation after the other, so the first k do not depend on
 ``n_permutations``, workers or engine.
@@ -31,12 +39,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 
-from ._checks import check_option
+from ._checks import check_option, option_hint
 from .data import TimeseriesData, _preview
 from .design import ModelDesign, _label_text
 from .formula import ModelFormula, parse_formula
@@ -71,6 +80,12 @@ class Permutations:
         Columns defining channels and subjects (``subject_columns`` is empty
         for crossed groupings).
     n_channels, n_subjects : int
+    channel_name, subject_name : str
+        The groupings by their columns, e.g. ``"sid:ch"`` and ``"sid"``, or
+        ``"Subject"`` for both when the formula has one grouping.
+    notes : tuple of str
+        What the summary must say about the schemes: variables permuted
+        jointly, channels whose labels never move.
     """
 
     design: pd.DataFrame
@@ -83,6 +98,9 @@ class Permutations:
     subject_columns: tuple
     n_channels: int
     n_subjects: int
+    channel_name: str = "channel"
+    subject_name: str = "subject"
+    notes: tuple = ()
 
     @property
     def row_maps(self) -> dict:
@@ -151,17 +169,25 @@ class Permutations:
 
     def describe(self) -> pd.DataFrame:
         """One row per fixed-effect variable: where it varies and how it is permuted."""
+        ch, sub = self.channel_name, self.subject_name
         among = {
-            "within-channel": f"rows within each of {self.n_channels} channels",
-            "between-channel": f"{self.n_channels} channels",
-            "channel-within-subject": f"channels within each of {self.n_subjects} subjects",
-            "between-subject": f"{self.n_subjects} subjects",
+            "within-channel": f"rows within each of {self.n_channels} {ch} groups",
+            "between-channel": f"{self.n_channels} {ch} groups",
+            "channel-within-subject": f"{ch} groups within each of {self.n_subjects} {sub} groups",
+            "between-subject": f"{self.n_subjects} {sub} groups",
             "none": "not permuted",
         }
         return pd.DataFrame(
             [(v, self.varies[v], s, among[s]) for v, s in self.schemes.items()],
             columns=["variable", "varies", "scheme", "permuted_among"],
         )
+
+    def summary_lines(self) -> list:
+        """One line per variable (scheme and what it shuffles), then the notes."""
+        table = self.describe()
+        lines = [f"{r.variable}: {r.scheme} (among {r.permuted_among})" if r.scheme != "none"
+                 else f"{r.variable}: not permuted" for r in table.itertuples()]
+        return lines + list(self.notes)
 
     def fingerprint(self) -> str:
         """SHA-256 hex digest of the seed, schemes and row maps (for checkpoints)."""
@@ -236,6 +262,9 @@ class _Units:
             self.subject_cols, self.subject, self.middle = (), None, []
             self.crossed = next((g, f) for (g, c), (f, cf) in zip(groupings, groupings[1:])
                                 if not _nested(cf, c))
+        # What users call these units: the grouping columns themselves ("sid:ch", "Subject").
+        self.channel_name = ":".join(self.channel_cols)
+        self.subject_name = ":".join(self.subject_cols)
         self.n_channels = int(self.channel.max()) + 1
         self.channel_first = np.unique(self.channel, return_index=True)[1]
         if self.subject is not None:
@@ -252,17 +281,58 @@ def _crossed_hint(units) -> str:
             f"; if {fine!r} labels repeat across {coarse!r} groups, write (1|{coarse}:{fine}))")
 
 
-def _derive(frame, name, units) -> str:
-    """Level at which ``name`` varies; refuses a constant column."""
+def _derive(frame, name, units):
+    """Level at which ``name`` varies, and ``(fatal, message)`` for a problem with that reading (or None).
+
+    Refuses a constant column. A variable that varies within some channels but
+    is constant within others is suspect: within a minority it is most likely
+    a channel-level variable with mislabelled rows (shuffled within channels
+    it would get a null almost equal to the observed), within a majority a
+    within-channel condition some channels hold only one level of.
+    """
     values = frame[name]
     if pd.factorize(values)[0].max() < 1:
         raise ValueError(f"variable {name!r} takes a single value ({_label_text(values[:1])[0]}) in every row: "
                          "there is nothing to permute. Remove it from the formula or check the data.")
-    if _offender(units.channel, values) is not None:
-        return "within-channel"
+    varies = _varies_within(units.channel, values)
+    if varies.any():
+        several = np.bincount(units.channel) > 1
+        constant = several & ~varies
+        return "within-channel", (_mixed_message(frame, name, units, varies, constant)
+                                  if constant.any() else None)
     if units.subject is None or _offender(units.subject, values) is not None:
-        return "between-channel"
-    return "between-subject"
+        return "between-channel", None
+    return "between-subject", None
+
+
+def _varies_within(codes, values) -> np.ndarray:
+    """Per group of ``codes``: does ``values`` take more than one value in it?"""
+    return pd.Series(pd.factorize(values)[0]).groupby(codes).nunique().to_numpy() > 1
+
+
+def _group_rows(frame, name, units, groups, limit=3) -> str:
+    shown = []
+    for g in np.flatnonzero(groups)[:limit]:
+        rows = np.flatnonzero(units.channel == g)
+        labels = ", ".join(_label_text(frame[name].iloc[rows]))
+        shown.append(f"{_label(frame, units.channel_cols, rows[0])} (rows {_preview(rows, 6)}: {labels})")
+    more = f", ... ({int(groups.sum())} in all)" if groups.sum() > limit else ""
+    return "; ".join(shown) + more
+
+
+def _mixed_message(frame, name, units, varies, constant):
+    unit, n_vary, n_const = units.channel_name, int(varies.sum()), int(constant.sum())
+    if n_vary < n_const:
+        return True, (f"{name!r} is constant within {n_const} of the {n_vary + n_const} {unit} groups with several rows "
+                f"but varies within {n_vary}: {_group_rows(frame, name, units, varies)}. That looks like a "
+                f"{unit}-level variable with mislabelled rows; shuffled within each {unit} it would get a null "
+                f"almost equal to the observed statistic. Fix the labels of those rows, or, if {name!r} really "
+                f"varies within {unit}, pass "
+                f"{option_hint(f'schemes={{{name!r}: {chr(39)}within-channel{chr(39)}}}', f'--scheme {name}=within-channel')}.")
+    return False, (f"{name!r} varies within {n_vary} {unit} groups but takes a single value within {n_const}: "
+            f"{_group_rows(frame, name, units, constant)}. It is shuffled within each {unit}; "
+            f"{'that group keeps its' if n_const == 1 else f'those {n_const} groups keep their'} labels in every "
+            "permutation.")
 
 
 def _check_scheme(frame, name, scheme, varies, units, explicit):
@@ -275,18 +345,19 @@ def _check_scheme(frame, name, scheme, varies, units, explicit):
                          f"between groups. Pass schemes={{{name!r}: 'none'}}.")
     if scheme == "within-channel":
         if np.bincount(units.channel).max() == 1:
-            raise ValueError(f"{where}: every channel has a single row, so within-channel shuffling "
-                             "cannot change labels.")
+            raise ValueError(f"{where}: every {units.channel_name} group has a single row, so shuffling "
+                             "within them cannot change labels.")
         if varies != "within-channel":
-            raise ValueError(f"{where}: {name!r} is constant within every channel, so within-channel "
-                             f"shuffling cannot change it; use {varies!r}.")
+            raise ValueError(f"{where}: {name!r} is constant within every {units.channel_name} group, so "
+                             f"shuffling within them cannot change it; use {varies!r}.")
         return
     bad = _offender(units.channel, frame[name])
     if bad is not None:
         row = units.channel_first[bad]
-        raise ValueError(f"{where}: {name!r} varies within channels (e.g. channel "
+        unit = units.channel_name
+        raise ValueError(f"{where}: {name!r} varies within {unit} groups (e.g. {unit} = "
                          f"{_label(frame, units.channel_cols, row)}), so it cannot be permuted as a "
-                         "channel-level value; use 'within-channel'.")
+                         f"{unit}-level value; use 'within-channel' (shuffled within each {unit}).")
     if not explicit and varies == "between-channel":
         if not units.nested:
             raise ValueError(f"{name!r} is constant within channels, but {_crossed_hint(units)}, so no "
@@ -408,21 +479,43 @@ def make_permutations(design, formula, n_permutations, seed=None, *, schemes=Non
         raise ValueError(f"formula {formula.text!r} has no fixed-effect variable: there is nothing to permute.")
 
     units = _Units(design, formula)
-    varies, used = {}, {}
+    varies, used, notes = {}, {}, []
     for name in fixed:
         explicit = name in schemes
         # A constant nuisance column the user chose not to permute is not an error here.
         constant = explicit and schemes[name] == "none" and design[name].nunique() < 2
-        varies[name] = "constant" if constant else _derive(design, name, units)
+        varies[name], problem = ("constant", None) if constant else _derive(design, name, units)
         used[name] = schemes.get(name, varies[name])  # the level it varies at names its scheme
         _check_scheme(design, name, used[name], varies[name], units, explicit)
+        if problem and not explicit:
+            fatal, text = problem
+            if fatal:
+                raise ValueError(text)
+            warnings.warn(text, UserWarning, stacklevel=2)
+            notes.append(text)
     in_use = set(used.values()) - {"none"}
     if not in_use:
         raise ValueError("every fixed-effect variable has scheme 'none': there is nothing to permute.")
+    notes += _joint_notes(used, schemes)
     maps = _draw(units, in_use, int(n_permutations), seed)
     return Permutations(design.copy(), used, varies, int(seed), int(n_permutations), maps,
                         tuple(units.channel_cols), tuple(units.subject_cols), units.n_channels,
-                        units.n_subjects)
+                        units.n_subjects, units.channel_name, units.subject_name, tuple(notes))
+
+
+def _joint_notes(used, explicit) -> list:
+    """Say which variables share a derived scheme: one shuffle moves them together."""
+    notes = []
+    for scheme in dict.fromkeys(used.values()):
+        names = [v for v, s in used.items() if s == scheme]
+        if scheme == "none" or len(names) < 2 or all(v in explicit for v in names):
+            continue
+        alone = names[-1]
+        hint = option_hint(f"schemes={{{alone!r}: 'none'}}", f"--scheme {alone}=none")
+        notes.append(f"{', '.join(map(repr, names))} share the scheme {scheme!r} and are permuted jointly (one "
+                     f"shuffle moves them together, keeping each row's combination); to permute "
+                     f"{names[0]!r} alone, pass {hint}.")
+    return notes
 
 
 def check_one_row_per_level(design, variable, channel_columns=("sid", "ch")):
