@@ -1,6 +1,6 @@
-"""Read the seed's MATLAB ``.mat`` layout into :class:`TimeseriesData`; write MAT files.
+"""Read the original analysis's MATLAB ``.mat`` layout into :class:`TimeseriesData`; write MAT files.
 
-The layout (REFERENCE.md section 1): cellstr ``sid`` and ``ch``, double
+The layout: cellstr ``sid`` and ``ch``, double
 ``hit_miss`` (0/1), optional cellstr ``region`` and ``data`` (rows x time,
 or rows x time x freq). Files come in two formats:
 
@@ -18,6 +18,7 @@ array) so the checks and the design are built once.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import os
 import re
 import sys
@@ -30,6 +31,7 @@ import pandas as pd
 
 from ._checks import in_cli, option_hint
 from .data import TimeseriesData, _preview
+from .design import _label_text
 from .permute import check_one_row_per_level
 
 # h5py and scipy.io are imported inside the functions that use them, so that
@@ -37,7 +39,7 @@ from .permute import check_one_row_per_level
 
 __all__ = ["load_mat", "MatFileError"]
 
-#: Labels of the seed layout: checked strictly (length, missing entries).
+#: Labels of the original layout: checked strictly (length, missing entries).
 _LABELS = ("sid", "ch", "hit_miss", "region")
 #: Rows must be unique on these (plus region when present).
 _ROW_KEY = ("sid", "ch", "hit_miss")
@@ -461,7 +463,7 @@ def _cell_item(elem):
 
 def load_mat(path, *, data_key="data", times=None, times_key="times", freqs=None, freqs_key="freqs",
              check_channels=True) -> TimeseriesData:
-    """Load a MATLAB ``.mat`` file in the seed's layout as :class:`TimeseriesData`.
+    """Load a MATLAB ``.mat`` file in the original analysis's layout as :class:`TimeseriesData`.
 
     Parameters
     ----------
@@ -488,7 +490,9 @@ def load_mat(path, *, data_key="data", times=None, times_key="times", freqs=None
         When the file has ``sid``, ``ch`` and ``hit_miss``, require the
         original's layout: every channel (``sid`` + ``ch``) has exactly one
         row per ``hit_miss`` level. Pass ``False`` for data with several rows
-        per channel and condition (e.g. single trials).
+        per channel and condition (e.g. single trials; CLI:
+        ``--no-check-channels``): within-channel permutations then shuffle
+        ``hit_miss`` among each channel's rows.
 
     Returns
     -------
@@ -507,13 +511,15 @@ def load_mat(path, *, data_key="data", times=None, times_key="times", freqs=None
         A subclass of ``ValueError``: not a MAT file, a damaged file, no
         ``data_key`` variable, labels whose length differs from the rows of
         ``data`` (including transposed data), labels with missing entries,
-        or duplicated rows (same ``sid``, ``ch``, ``hit_miss`` [, ``region``]).
+        copied rows (the same ``sid``, ``ch``, ``hit_miss``, ``region`` and
+        the same data; refused whatever ``check_channels``), or, with
+        ``check_channels``, channels without one row per ``hit_miss`` level.
     TypeError
         ``data`` is not a real numeric array.
 
     Notes
     -----
-    ``sid``, ``ch``, ``hit_miss`` and ``region`` are the seed's labels: when
+    ``sid``, ``ch``, ``hit_miss`` and ``region`` are the original's labels: when
     present they must have one entry per row and no missing entries (empty
     text or NaN). Other columns may have gaps; fitting rejects them only if
     the formula uses them.
@@ -524,11 +530,7 @@ def load_mat(path, *, data_key="data", times=None, times_key="times", freqs=None
         path, lambda variables: _assemble(path, variables, data_key, times, times_key, freqs, freqs_key, notes)
     )
     if check_channels and all(c in data.design for c in _ROW_KEY):
-        try:
-            check_one_row_per_level(data.design, "hit_miss", ("sid", "ch"))
-        except ValueError as exc:
-            raise MatFileError(f"{path!r}: {exc} (Pass check_channels=False to load data with several rows "
-                               "per channel and condition.)") from None
+        _check_layout(path, data.design)
     for note in notes:
         warnings.warn(note, UserWarning, stacklevel=2)
     return data
@@ -587,7 +589,7 @@ def _assemble(path, variables, data_key, times, times_key, freqs, freqs_key, not
     design = pd.DataFrame({c: _series(columns[c]) for c in order})
     for name in labels:
         _check_missing(design, name)
-    _check_duplicates(design)
+    _check_duplicates(design, values)
 
     times = _axis(by_name.get(times_key) if times_key else None, times, values.shape[1], "times", notes)
     freq_axis = None
@@ -684,25 +686,51 @@ def _check_missing(design, name):
         )
 
 
-def _check_duplicates(design):
-    key = [c for c in _ROW_KEY if c in design]
-    if len(key) < len(_ROW_KEY):
-        return
-    key += [c for c in ("region",) if c in design]
-    dup = design.duplicated(subset=key, keep=False).to_numpy()
+def _check_duplicates(design, values):
+    """Refuse rows that repeat another row's labels and its data: a row saved twice counts twice.
+
+    Rows sharing labels but not data are single trials; whether those are
+    allowed is ``check_channels``'s business. Rows without a finite value
+    carry no data and are not compared.
+    """
+    key = [c for c in _LABELS if c in design] or list(design.columns)
+    flat = np.ascontiguousarray(values.reshape(len(values), -1))
+    usable = np.isfinite(flat).any(axis=1)
+    digests = [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in flat]
+    frame = design[key].assign(_data=digests)[usable]
+    dup = frame.duplicated(keep=False).to_numpy()
     if not dup.any():
         return
-    # Report the first repeated row together with the row it repeats.
-    first_repeat = int(np.flatnonzero(design.duplicated(subset=key, keep="first").to_numpy())[0])
-    values = tuple(design.loc[first_repeat, key])
-    same = design[key].eq(pd.Series(values, index=key)).all(axis=1).to_numpy()
-    rows = np.flatnonzero(same)
-    shown = ", ".join(f"{k}={v!r}" for k, v in zip(key, values))
+    first = frame.index[frame.duplicated(keep="first").to_numpy()][0]
+    same = frame.eq(frame.loc[first]).all(axis=1)
+    rows = frame.index[same.to_numpy()].to_numpy()
+    shown = ", ".join(f"{k}={t}" for k, t in zip(key, _label_text(design.loc[first, key])))
     raise MatFileError(
-        f"rows {_rows_text(rows)} have the same {', '.join(key)} ({shown}); {dup.sum()} rows in all are "
-        "duplicated. Each channel (sid, ch) needs exactly one row per hit_miss level: remove the "
-        "repeated rows or fix their labels."
+        f"rows {_rows_text(rows)} repeat the same labels ({shown}) and the same data; {int(dup.sum())} rows in all "
+        "are copies of another row. A copied row would count twice in every fit: remove the repeated rows."
     )
+
+
+def _check_layout(path, design):
+    """One row per channel and hit_miss level, or a message on how to load other layouts."""
+    flag = option_hint("check_channels=False", "--no-check-channels")
+    channels = design.groupby(["sid", "ch"], sort=False).ngroup().to_numpy()
+    counts = pd.crosstab(channels, np.array(_label_text(design["hit_miss"])))
+    several = (counts.to_numpy() > 1).any(axis=1)
+    if (counts.to_numpy() >= 1).all() and several.any():
+        first = int(np.flatnonzero(channels == counts.index[np.flatnonzero(several)[0]])[0])
+        held = ", ".join(f"{n} with hit_miss = {level}" for level, n in counts.iloc[np.flatnonzero(several)[0]].items())
+        raise MatFileError(
+            f"{path!r}: {int(several.sum())} of {len(counts)} channels have several rows per hit_miss level "
+            f"(e.g. {design['sid'].iloc[first]}:{design['ch'].iloc[first]}: {held}): single trials? By default "
+            f"each channel (sid, ch) must have one row per level, as in the original's layout. Load trial-level "
+            f"data with {flag}; the permutations then shuffle hit_miss among each channel's rows."
+        )
+    try:
+        check_one_row_per_level(design, "hit_miss", ("sid", "ch"))
+    except ValueError as exc:
+        raise MatFileError(f"{path!r}: {exc} (To load data with several rows per channel and condition, e.g. "
+                           f"single trials, pass {flag}.)") from None
 
 
 def _axis(var, given, n, name, notes):

@@ -291,3 +291,49 @@ def test_unnamed_responses_take_the_formula_label(tiny):
     assert tiny.response is None  # simulated (and wide from_dataframe) data: the left-hand side is a label
     fit = cl.fit_timeseries(tiny, POWER, engine="native", cross_check=0)
     assert fit.formula.startswith("power ~")
+
+
+# ---------------------------------------------------------------- trial-level data
+
+@pytest.fixture
+def trial_file(tmp_path):
+    """3 trials per channel and hit_miss level (4 subjects x 4 channels), hit_miss effect in samples 2-4."""
+    rng = np.random.default_rng(1)
+    rows = [(f"s{s:02d}", f"ch{c}", hm, "hc" if c % 2 else "phrc", t + 1.0)
+            for s in range(4) for c in range(4) for hm in (0.0, 1.0) for t in range(3)]
+    sid, ch, hm, region, trial = map(list, zip(*rows))
+    data = rng.normal(size=(len(rows), 8)) + np.asarray(hm)[:, None] * np.r_[0, 0, 2, 2, 2, 0, 0, 0]
+    path = tmp_path / "trials.mat"
+    cl.io.write_mat73(path, {"sid": sid, "ch": ch, "hit_miss": np.asarray(hm), "region": region,
+                             "trial": np.asarray(trial), "data": data})
+    return path
+
+
+def test_trial_level_file_runs_end_to_end_from_the_cli(capsys, trial_file, tmp_path):
+    code, out, err = cli(capsys, "run", trial_file, "--formula", FORMULA, "--nperm", "9", "--seed", "2",
+                         "--engine", "native", "--cross-check", "0", "--no-progress")
+    assert code == 1 and out == ""
+    assert "single trials?" in err and "--no-check-channels" in err and "check_channels=False" not in err
+    h5 = tmp_path / "trials.h5"
+    code, out, err = cli(capsys, "run", trial_file, "--formula", FORMULA, "--nperm", "9", "--seed", "2",
+                         "--engine", "native", "--cross-check", "0", "--no-progress", "--no-check-channels",
+                         "--out", h5)
+    assert code == 0, err
+    assert "(96 rows x 8 samples)" in out and "hit_miss: within-channel" in out
+    from_cli = cl.load_result(h5)
+    expected = cl.permutation_cluster_lmer(cl.load_mat(trial_file, check_channels=False), FORMULA,
+                                           n_permutations=9, seed=2, engine="native", cross_check=0,
+                                           progress=False)
+    for term in expected.terms:
+        np.testing.assert_array_equal(from_cli.null[term], expected.null[term])
+        assert np.isfinite(expected.null[term]).all()  # every permuted trial-level design was fitted
+    # hit_miss is shuffled among each channel's 6 trials: every channel keeps 3 trials per level, and
+    # trials move between levels (not only whole channels swapping their labels).
+    design = cl.load_mat(trial_file, check_channels=False).design
+    perms = cl.make_permutations(design, FORMULA, 5, seed=2)
+    moved = 0
+    for permuted in perms:
+        counts = permuted.groupby(["sid", "ch"])["hit_miss"].agg(["sum", "size"])
+        assert (counts["sum"] == 3).all() and (counts["size"] == 6).all()
+        moved += int((permuted["hit_miss"] != design["hit_miss"]).sum())
+    assert moved > 0

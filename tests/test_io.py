@@ -1,4 +1,4 @@
-"""Reading and writing MATLAB .mat files: the seed layout in v7.3 (HDF5) and
+"""Reading and writing MATLAB .mat files: the original layout in v7.3 (HDF5) and
 v5, what becomes a design column, and the messages for bad input. No R."""
 
 import h5py
@@ -546,14 +546,59 @@ def test_gaps_in_other_columns_are_left_to_the_fit(tmp_path):
 
 @pytest.mark.parametrize("fmt", WRITERS)
 def test_duplicate_rows(tmp_path, fmt):
+    """A row repeating another's labels and data is a copy, refused even with check_channels=False."""
     v = seed_vars()
-    v["hit_miss"][3] = 1.0  # row 3 now repeats row 2 (same sid, ch, hit_miss, region)
+    v["hit_miss"][3] = 1.0  # row 3 now repeats row 2 (same sid, ch, hit_miss, region) ...
+    v["data"][3] = v["data"][2]  # ... and its data
     p = write_with(fmt, tmp_path, v)
-    with pytest.raises(
-        MatFileError,
-        match=r"rows 2, 3 \(0-based; 3, 4 in MATLAB\) have the same sid, ch, hit_miss, region .*sid='S01'",
-    ):
+    for check in (True, False):
+        with pytest.raises(MatFileError, match=r"rows 2, 3 \(0-based; 3, 4 in MATLAB\) repeat the same labels "
+                                               r"\(sid=S01, ch=海马, hit_miss=1, region=hc\) and the same data"):
+            load_mat(p, check_channels=check)
+
+
+def test_rows_without_data_are_not_copies(tmp_path):
+    v = seed_vars()
+    v["hit_miss"][3] = 1.0
+    v["data"][2:4] = np.nan  # two empty trials of one condition: nothing was copied
+    write_mat73(tmp_path / "x.mat", v)
+    assert load_mat(tmp_path / "x.mat", check_channels=False).n_obs == 24
+
+
+def trial_vars(n_trials=3, n_times=5, seed=0):
+    """Trial-level variables: ``n_trials`` rows per channel and hit_miss level, with a trial column."""
+    v = seed_vars(n_times=n_times, seed=seed)
+    rows = np.repeat(np.arange(len(v["sid"])), n_trials)
+    out = {k: [v[k][i] for i in rows] for k in ("sid", "ch")}
+    out["hit_miss"] = v["hit_miss"][rows]
+    out["region"] = [v["region"][i] for i in rows]
+    out["trial"] = np.tile(np.arange(1.0, n_trials + 1), len(v["sid"]))
+    out["data"] = np.random.default_rng(seed).normal(size=(len(rows), n_times))
+    return out
+
+
+@pytest.mark.parametrize("fmt", WRITERS)
+def test_trial_level_file_loads_with_check_channels_false(tmp_path, fmt):
+    v = trial_vars()
+    p = write_with(fmt, tmp_path, v)
+    with pytest.raises(MatFileError, match=r"12 of 12 channels have several rows per hit_miss level \(e.g. "
+                                           r"S01:Hippocampus-ä: 3 with hit_miss = 0, 3 with hit_miss = 1\): "
+                                           r"single trials\?.*Load trial-level data with check_channels=False "
+                                           r"\(CLI: --no-check-channels\)"):
         load_mat(p)
+    d = load_mat(p, check_channels=False)
+    assert d.n_obs == 72 and list(d.design.columns) == ["sid", "ch", "hit_miss", "region", "trial"]
+    np.testing.assert_array_equal(d.values, v["data"])
+
+
+def test_layout_hint_names_the_cli_flag_under_the_cli(tmp_path):
+    from clusterlmer._checks import called_from_cli
+
+    write_mat73(tmp_path / "x.mat", trial_vars())
+    with called_from_cli(), pytest.raises(MatFileError) as info:
+        load_mat(tmp_path / "x.mat")
+    assert "Load trial-level data with --no-check-channels;" in str(info.value)
+    assert "check_channels=False" not in str(info.value)
 
 
 def test_label_of_wrong_kind(tmp_path):

@@ -206,7 +206,7 @@ def test_time_frequency_end_to_end(res2d, data2d, tmp_path):
 
 @pytest.fixture(scope="module")
 def seed_file(small, tmp_path_factory):
-    """The small dataset as a MATLAB v7.3 file in the seed's layout."""
+    """The small dataset as a MATLAB v7.3 file in the original's layout."""
     path = tmp_path_factory.mktemp("cli") / "lme_data.mat"
     d = small.design
     cl.io.write_mat73(path, {
