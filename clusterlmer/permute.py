@@ -521,8 +521,10 @@ def _joint_notes(used, explicit) -> list:
 def check_one_row_per_level(design, variable, channel_columns=("sid", "ch")):
     """Require exactly one row per level of ``variable`` in every channel.
 
-    The seed layout has one hit and one miss row per channel; a channel with
-    a missing or repeated condition would make within-channel swaps unequal.
+    The original layout has one hit and one miss row per channel; a channel
+    with a missing or repeated condition would make within-channel swaps
+    unequal. A level that only a minority of channels hold (e.g. one row of
+    ``hit_miss = 2``) is reported with those channels and rows.
 
     Parameters
     ----------
@@ -547,18 +549,36 @@ def check_one_row_per_level(design, variable, channel_columns=("sid", "ch")):
         raise ValueError(f"{variable!r} has a single level ({levels[0]!r}); each channel needs one row per "
                          f"level of {variable!r}, so the data must hold at least two levels.")
     codes = _codes(design, channel_columns)
-    counts = pd.crosstab(codes, texts.to_numpy())
-    bad = counts.index[(counts.to_numpy() != 1).any(axis=1)]
-    if len(bad):
-        first = np.unique(codes, return_index=True)[1]
-        shown = []
-        for code in bad[:5]:
-            held = texts.iloc[np.flatnonzero(codes == code)].tolist()
-            shown.append(f"{_label(design, channel_columns, first[code])} has {len(held)} row(s) "
-                         f"({', '.join(held)})")
-        more = f", ... ({len(bad)} channels in all)" if len(bad) > 5 else ""
-        raise ValueError(
-            f"each channel needs one row per level of {variable!r} (one row each for {', '.join(levels)}"
-            f"{', i.e. one hit and one miss row' if variable == 'hit_miss' else ''}); {len(bad)} of {len(first)} channels "
-            f"do not: {'; '.join(shown)}{more}. Drop or fix those channels."
-        )
+    counts = pd.crosstab(codes, texts.to_numpy())[levels]  # channels x levels, in first-appearance order
+    n_channels = len(counts)
+    # A level found in a minority of channels is the odd one out (e.g. one row of hit_miss = 2), not a
+    # level all the other channels lack: the channels holding it are the ones to name.
+    common = [lev for lev in levels if 2 * int((counts[lev] > 0).sum()) >= n_channels]
+    expected = common if len(common) >= 2 else levels
+    stray = [lev for lev in levels if lev not in expected]
+    bad = (counts[expected] != 1).any(axis=1) | (counts[stray] > 0).any(axis=1)
+    if not bad.any():
+        return
+    first = np.unique(codes, return_index=True)[1]
+
+    def rows_of(mask):
+        rows = np.flatnonzero(mask)
+        return f"0-based row{'s' if len(rows) > 1 else ''} {_preview(rows, 6)}"
+
+    shown = []
+    for lev in stray:
+        holders = counts.index[(counts[lev] > 0).to_numpy()]
+        names = _preview([_label(design, channel_columns, first[c]) for c in holders], 5)
+        shown.append(f"{variable} = {lev} occurs only in channel{'s' if len(holders) > 1 else ''} {names} "
+                     f"({rows_of(texts.to_numpy() == lev)})")
+    uneven = counts.index[(counts[expected] != 1).any(axis=1).to_numpy()]
+    for code in uneven[:5]:
+        held = texts.iloc[np.flatnonzero(codes == code)].tolist()
+        shown.append(f"{_label(design, channel_columns, first[code])} has {len(held)} row(s) "
+                     f"({', '.join(held)})")
+    more = f", ... ({len(uneven)} channels in all)" if len(uneven) > 5 else ""
+    raise ValueError(
+        f"each channel needs one row per level of {variable!r} (one row each for {', '.join(expected)}"
+        f"{', i.e. one hit and one miss row' if variable == 'hit_miss' else ''}); {int(bad.sum())} of {n_channels} "
+        f"channels do not: {'; '.join(shown)}{more}. Drop or fix those rows."
+    )

@@ -507,6 +507,21 @@ def test_one_row_per_level_errors(d2):
         check_one_row_per_level(many, "hit_miss")
 
 
+def test_one_row_per_level_names_the_channel_with_a_stray_level(d2):
+    """An extra row of a new level in one channel is that channel's fault, not the others' (issue 12, item 15)."""
+    extra = d2.iloc[[6]].assign(hit_miss=2.0)
+    odd = pd.concat([d2.iloc[:7], extra, d2.iloc[7:]], ignore_index=True)
+    label = f"{extra['sid'].iloc[0]}:{extra['ch'].iloc[0]}"
+    with pytest.raises(ValueError, match=rf"one row each for 1, 0, .*; 1 of 169 channels do not: hit_miss = 2 occurs "
+                                         rf"only in channel {label} \(0-based row 7\)\. Drop or fix those rows\.$"):
+        check_one_row_per_level(odd, "hit_miss")
+    # In two channels, and one of them also lacks a level: both named, the rest not.
+    odd.loc[100, "hit_miss"] = 2.0
+    with pytest.raises(ValueError, match=r"2 of 169 channels do not: hit_miss = 2 occurs only in channels "
+                                         r"\S+, \S+ \(0-based rows 7, 100\); \S+ has 2 row\(s\) \(\d, 2\)\."):
+        check_one_row_per_level(odd, "hit_miss")
+
+
 def test_one_row_per_level_bad_input(d2):
     with pytest.raises(ValueError, match=r"'hit_miss' has a single level \('1'\)"):
         check_one_row_per_level(d2[d2["hit_miss"] == 1], "hit_miss")
