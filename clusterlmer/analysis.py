@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._checks import check_option
+from ._checks import check_option, option_hint
 from .checkpoint import Checkpoint, check_checkpoint_path, fingerprint
 from .cluster import _QUANTILE_METHODS, cluster_test
 from .data import TimeseriesData, _preview
@@ -89,8 +89,9 @@ def _tested_terms(fit, terms, statistic):
     if statistic == "t":
         multi = [t for t in wanted if np.nanmax(fit.df1[fit.terms.index(t)], initial=1) > 1]
         if multi:
+            use_f = option_hint("statistic='F'", "--statistic F")
             raise ValueError(f"statistic='t' needs one-coefficient terms, but {_preview(multi)} have DF1 > 1; "
-                             "use statistic='F' (or a numeric/two-level predictor).")
+                             f"use {use_f} (or a numeric/two-level predictor).")
     return tuple(wanted)
 
 
@@ -223,8 +224,9 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
         tail = 1 if statistic == "F" else 0
     check_option("tail", tail, (1, 0, -1))
     if statistic == "F" and tail != 1:
-        raise ValueError("F statistics are never negative, so only tail=1 makes sense; use statistic='t' for a "
-                         "two-tailed or lower-tailed test of one-coefficient terms.")
+        use_t = option_hint("statistic='t'", "--statistic t")
+        raise ValueError(f"F statistics are never negative, so only {option_hint('tail=1', '--tail 1')} makes "
+                         f"sense; use {use_t} for a two-tailed or lower-tailed test of one-coefficient terms.")
     if isinstance(n_permutations, bool) or not isinstance(n_permutations, (int, np.integer)) or n_permutations < 1:
         raise ValueError(f"n_permutations must be a positive integer, got {n_permutations!r}.")
     for name, value in (("alpha", alpha), ("cluster_alpha", cluster_alpha)):

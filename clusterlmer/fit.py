@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from ._checks import check_option
+from ._checks import check_option, option_hint
 from .data import TimeseriesData, _preview, check_response
 from .design import build_design
 from .engines import get_engine, resolve_engine
@@ -25,7 +25,8 @@ def _check_options(reml, ddf, test, optimizer, optimizer_options):
     check_option("test", test, TESTS)
     check_option("optimizer", optimizer, OPTIMIZERS)
     if ddf == "kenward-roger" and not reml:
-        raise ValueError("ddf='kenward-roger' needs a REML fit: use reml=True, or another ddf method with reml=False.")
+        raise ValueError(f"ddf='kenward-roger' needs a REML fit: {option_hint('use reml=True', 'leave out --ml')}, "
+                         "or use another ddf method with ML.")
     opts = dict(optimizer_options or {})
     bad = {k: v for k, v in opts.items() if not isinstance(v, (int, float)) or isinstance(v, bool)}
     if bad:
@@ -201,8 +202,9 @@ def fit_timeseries(data, formula, *, reml=True, ddf="satterthwaite", coding="ref
     if terms is not None or test == "type3":  # checked before the long part
         model_terms, _ = get_engine(engine).describe(design, options)
         if not model_terms:
+            marginal = option_hint("test='marginal'", "--test marginal")
             raise ValueError("the model has no term besides the intercept, which a type III table does not "
-                             "test: use test='marginal' to test the intercept.")
+                             f"test: use {marginal} to test the intercept.")
     if terms is not None:
         wanted = [terms] if isinstance(terms, str) else list(terms)
         if not wanted:

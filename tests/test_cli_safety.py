@@ -337,3 +337,24 @@ def test_trial_level_file_runs_end_to_end_from_the_cli(capsys, trial_file, tmp_p
         assert (counts["sum"] == 3).all() and (counts["size"] == 6).all()
         moved += int((permuted["hit_miss"] != design["hit_miss"]).sum())
     assert moved > 0
+
+
+# ---------------------------------------------------------------- hints name the CLI flag from the CLI
+
+@pytest.mark.parametrize("argv, cli_words, python_words", [
+    (["run", "--statistic", "F", "--tail", "0", "--nperm", "2"], ["only --tail 1 makes sense", "use --statistic t"],
+     ["tail=1 (CLI: --tail 1)"]),
+    (["fit", "--ml", "--ddf", "kenward-roger"], ["leave out --ml"], ["use reml=True (CLI: leave out --ml)"]),
+])
+def test_hints_name_the_cli_flag_from_the_cli(capsys, mat_file, tiny, argv, cli_words, python_words):
+    code, out, err = cli(capsys, argv[0], mat_file, "--formula", FORMULA, *argv[1:])
+    assert code == 1 and out == ""
+    for word in cli_words:
+        assert word in err
+    assert "=" not in err.split("error:", 1)[1].replace("ddf='kenward-roger'", "")  # no Python keyword left
+    kwargs = dict(statistic="F", tail=0) if argv[0] == "run" else dict(reml=False, ddf="kenward-roger")
+    call = cl.permutation_cluster_lmer if argv[0] == "run" else cl.fit_timeseries
+    with pytest.raises(ValueError) as info:
+        call(tiny, FORMULA, **kwargs)
+    for word in python_words:
+        assert word in str(info.value)
