@@ -18,31 +18,21 @@ Where the fits run on a Dask worker depends on the engine:
   multiprocessing (a ProcessPoolExecutor in the worker) is no way out either: the nanny starts
   workers as daemonic processes, which may not have multiprocessing children.
 
-So every Dask worker thread that fits R permutations drives one plain child process
-(subprocess.Popen of this interpreter) that runs R in its main thread, alone, exactly as the
-``n_jobs`` workers do. The child receives the task once per run (and the worker's sys.path),
-then blocks of permutation indices over its stdin, and answers on its stdout, both
-length-prefixed pickles (R's own console output is redirected to stderr, the worker's log). It
-ignores Ctrl-C (the client decides what stops), and it exits on end-of-file, so it never
-outlives its worker by more than the block in progress. Between runs it stays up without the
-task's data, so the next run on the same cluster does not pay R's start-up again; after
-``_R_IDLE_EXIT`` seconds unused it exits by itself. A child that dies (a crash in R) is replaced
-and the block refitted in the same task; a worker that dies is Dask's business: the scheduler
-reschedules its blocks on other workers (up to ``distributed.scheduler.allowed-failures`` times
-per block). The task itself is sent as the result of a small Dask task, not scattered, so the
-scheduler can recompute it even if every worker holding it is lost. Start workers with one
-thread each (processes = cores): one R per core.
+So every Dask worker thread that fits R permutations drives one child process of its own, a
+:class:`clusterlmer.worker_process.WorkerProcess` (the process local ``n_jobs`` workers use), which
+runs R in its main thread, alone. Between runs it stays up without the task's data, so the next
+run on the same cluster does not pay R's start-up again; after ``_R_IDLE_EXIT`` seconds unused
+it exits by itself, and it never outlives its Dask worker by more than the fit in progress. A
+child that dies (a crash in R) is replaced and the block refitted in the same task; a worker that
+dies is Dask's business: the scheduler reschedules its blocks on other workers (up to
+``distributed.scheduler.allowed-failures`` times per block). The task itself is sent as the
+result of a small Dask task, not scattered, so the scheduler can recompute it even if every
+worker holding it is lost. Start workers with one thread each (processes = cores): one R per core.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
-import select
-import signal
-import struct
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -51,13 +41,14 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from .worker_process import WorkerDied, WorkerProcess
+
 __all__ = ["check_client", "run_on_dask"]
 
 DASK_HINT = "pip install 'clusterlmer[dask]'"
 # A block whose R process dies every time (e.g. R crashing on it) must not loop forever.
 MAX_R_RESTARTS = 3
 
-_R_CHILD = "from clusterlmer.dask_backend import _serve_r; _serve_r()"  # `python -c` of an R child
 _R_IDLE_EXIT = 600.0  # an R child unused this long exits
 _R_IDLE_REUSE = 300.0  # a worker reuses only children idle for less (so never one that is exiting)
 _r_lock = threading.Lock()
@@ -112,148 +103,13 @@ def _connected(client):
         connection.close()
 
 
-def _write_message(fd, obj):
-    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    data = struct.pack("<Q", len(data)) + data
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-def _read_exact(fd, size):
-    chunks, left = [], size
-    while left:
-        chunk = os.read(fd, min(left, 1 << 20))
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
-
-
-def _read_message(fd, timeout=None):
-    """The next message; None at end of file (the other side is gone) or after ``timeout`` s of silence."""
-    if timeout is not None and not select.select([fd], [], [], timeout)[0]:
-        return None
-    head = _read_exact(fd, 8)
-    if head is None:
-        return None
-    data = _read_exact(fd, struct.unpack("<Q", head)[0])
-    return None if data is None else pickle.loads(data)
-
-
-def _serve_r():
-    """Main loop of an R child process.
-
-    Reads ``(token, sys.path, task or None, indices)``: a task replaces the one held; ``indices``
-    None drops it (the run is over) and gets no answer; otherwise answers ``("ok", statistics)``
-    or ``("error", exception, traceback)``.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    requests, replies = os.dup(0), os.dup(1)
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.close(null)
-    os.dup2(2, 1)  # whatever R or Python prints goes to stderr, never into the replies
-    task = None
-    while True:
-        try:
-            message = _read_message(requests, timeout=_R_IDLE_EXIT)
-            if message is None:
-                return
-        except Exception as exc:  # a message that does not unpickle; the stream is still in step
-            message = exc
-        try:
-            if isinstance(message, Exception):
-                raise message
-            _token, path, payload, indices = message
-            if payload is not None:
-                for entry in reversed(path):
-                    if entry not in sys.path:
-                        sys.path.insert(0, entry)
-                task = pickle.loads(payload)
-            if indices is None:
-                task = None
-                continue
-            reply = ("ok", np.stack([task.statistics(k) for k in indices]))
-        except Exception as exc:
-            import traceback
-
-            text = traceback.format_exc()
-            try:
-                pickle.dumps(exc)
-                reply = ("error", exc, text)
-            except Exception:
-                reply = ("error", RuntimeError(text), text)
-        try:
-            _write_message(replies, reply)
-        except OSError:
-            return
-
-
-class _RProcessDied(RuntimeError):
-    pass
-
-
-class _RProcess:
+class _RProcess(WorkerProcess):
     """A child process with its own R, running blocks for the Dask worker process that started it."""
 
     def __init__(self):
-        self.proc = subprocess.Popen([sys.executable, "-c", _R_CHILD], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, bufsize=0)
-        self.token = None  # the run whose task the child holds
+        super().__init__(idle_exit=_R_IDLE_EXIT, label=f"R process of Dask worker {os.getpid()}")
         self.busy_for = None  # the run whose block it is fitting now
         self.idle_since = time.monotonic()
-
-    def alive(self):
-        return self.proc.poll() is None
-
-    def run(self, token, task, indices):
-        payload = None
-        if self.token != token:
-            import cloudpickle  # as Dask itself: tasks defined in __main__ or interactively pickle too
-
-            payload = cloudpickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL)
-        self.token = token
-        try:
-            _write_message(self.proc.stdin.fileno(), (token, list(sys.path), payload, list(indices)))
-            reply = _read_message(self.proc.stdout.fileno())
-        except (OSError, ValueError):  # ValueError: stopped meanwhile (its pipes closed)
-            reply = None
-        if reply is None:
-            self.stop()
-            raise _RProcessDied(f"the R process (pid {self.proc.pid}) died with exit code {self.proc.returncode}")
-        if reply[0] == "error":
-            if payload is not None:
-                self.token = None  # the task may not have arrived: send it again with the next block
-            exc, text = reply[1], reply[2]
-            if hasattr(exc, "add_note"):
-                exc.add_note(f"In the R process of Dask worker {os.getpid()}:\n{text}")
-            raise exc
-        return reply[1]
-
-    def forget(self):
-        """Drop the run's task (its data) from the child's memory; the child and its R stay up."""
-        try:
-            _write_message(self.proc.stdin.fileno(), (None, None, None, None))
-        except (OSError, ValueError):
-            self.stop()
-        self.token = None
-
-    def stop(self):
-        for stream in (self.proc.stdin, self.proc.stdout):
-            try:
-                stream.close()
-            except OSError:
-                pass
-        for how in (None, self.proc.terminate, self.proc.kill):
-            if how is not None:
-                how()
-            try:
-                self.proc.wait(timeout=0.5 if how is None else 5)
-                return
-            except subprocess.TimeoutExpired:
-                continue
 
 
 def _r_process(token):
@@ -382,7 +238,7 @@ def _fit_in_r_process(task, token, indices):
         proc = _r_process(token)
         try:
             values = proc.run(token, task, indices)
-        except _RProcessDied:
+        except WorkerDied:
             deaths += 1
             if deaths > MAX_R_RESTARTS or token in _stopped_runs:
                 raise

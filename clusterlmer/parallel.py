@@ -1,37 +1,38 @@
 """Running permutation fits: in this process, in local worker processes, or on Dask workers.
 
-R is single-threaded and not thread-safe, so local parallel work goes to
-separate (spawned) processes; each starts its own embedded R on its first fit,
-and only if the engine is R (the native engine is numpy only). The Dask path
-(``client=``) lives in :mod:`clusterlmer.dask_backend`. The permutations are
-drawn in the parent before any split, and each permutation's fit is
-deterministic, so the result does not depend on the number of workers, nor on
-where they run (local processes, a Dask cluster, SLURM jobs through
-dask-jobqueue).
+R is single-threaded and not thread-safe, so local parallel work goes to worker processes
+of the package's own (:mod:`clusterlmer.worker_process`): ``python -c`` children of this
+interpreter that never re-import the caller's ``__main__``, so a plain script needs no
+``if __name__ == "__main__":`` guard. Each gets the task once and then blocks of permutation
+indices; with the R engine it starts its own R on its first fit, with the native engine it
+never loads R. A worker that dies has its block refitted in a fresh one; workers end with
+their parent. The Dask path (``client=``) lives in :mod:`clusterlmer.dask_backend`. The
+permutations are drawn in the parent before any split, and each permutation's fit is
+deterministic, so the result does not depend on the number of workers, nor on where they run
+(local processes, a Dask cluster, SLURM jobs through dask-jobqueue).
 """
 
 from __future__ import annotations
 
 import functools
-import multiprocessing
 import os
+import select
 import signal
 import sys
 import threading
-import time
+import uuid
 import warnings
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
+from collections import deque
 from contextlib import contextmanager
 
 import numpy as np
 
-from . import dask_backend
+from . import dask_backend, worker_process
 from .dask_backend import check_client  # re-exported: analysis checks clients through here
+from .worker_process import WorkerDied, WorkerProcess, stop_all
 
 __all__ = ["run_permutations", "resolve_n_jobs", "check_client"]
 
-_worker_task = None
 # A block that kills its worker every time (e.g. R crashing on it) must not loop forever.
 MAX_WORKER_RESTARTS = 3
 
@@ -41,31 +42,6 @@ def resolve_n_jobs(n_jobs) -> int:
     if isinstance(n_jobs, bool) or not isinstance(n_jobs, (int, np.integer)) or n_jobs == 0 or n_jobs < -1:
         raise ValueError(f"n_jobs must be a positive number of worker processes or -1 for all cores, got {n_jobs!r}.")
     return (os.cpu_count() or 1) if n_jobs == -1 else int(n_jobs)
-
-
-def _init_worker(task):
-    global _worker_task
-    # Nothing here starts R: the R engine starts it on its first fit, so native workers never load it.
-    _worker_task = task
-    # Ctrl-C reaches the whole process group: the parent decides what stops.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _exit_with_parent(os.getppid())
-
-
-def _exit_with_parent(parent_pid, interval=1.0):
-    """End this worker process when its parent is gone.
-
-    A parent killed outright (SIGKILL, the OOM killer, a SLURM walltime) closes
-    nothing the workers wait on: they would block forever, each holding an R
-    session (~400 MB). The check runs in a daemon thread; while R runs, rpy2
-    holds the GIL, so the worker leaves after the fit in progress.
-    """
-    def watch():
-        while os.getppid() == parent_pid:
-            time.sleep(interval)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="clusterlmer-parent-watch", daemon=True).start()
 
 
 @contextmanager
@@ -92,10 +68,6 @@ def _interrupt_between_permutations():
         yield lambda: bool(hits)
     finally:
         signal.signal(signal.SIGINT, previous)
-
-
-def _run_block(indices):
-    return indices, np.stack([_worker_task.statistics(k) for k in indices])
 
 
 def _blocks(todo, n_jobs, max_size=8):
@@ -175,55 +147,55 @@ def run_permutations(task, checkpoint, *, n_jobs=1, progress=True, client=None):
     return restarts
 
 
-def _stop(pool):
-    # Blocks in flight are lost anyway: stop the workers instead of waiting for them.
-    for process in list((getattr(pool, "_processes", None) or {}).values()):
-        process.terminate()
-    pool.shutdown(wait=True, cancel_futures=True)
-
-
 def _run_in_workers(task, checkpoint, todo, n_jobs, bar, interrupted) -> int:
-    """Fit blocks of permutations in worker processes; returns how many times workers were replaced."""
-    ctx = multiprocessing.get_context("spawn")  # a fork would copy the parent's R state
-    remaining = {tuple(block) for block in _block_splitter(task)(todo, n_jobs)}
+    """Fit blocks of permutations in worker processes; returns how many workers died (and were replaced)."""
+    blocks = deque(_block_splitter(task)(todo, n_jobs))
+    payload = worker_process.dumps(task)  # pickled once, sent once to each worker
+    token = uuid.uuid4().hex[:12]
+    workers = [WorkerProcess(label="local worker process") for _ in range(min(n_jobs, len(blocks)))]
+    busy = {}  # worker -> the block it is fitting
     restarts = 0
-    while remaining:
-        pool = ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx, initializer=_init_worker,
-                                   initargs=(task,))
-        broken = False
-        try:
-            futures = {pool.submit(_run_block, list(block)): block for block in remaining}
-            pending = set(futures)
-            while pending and not broken:
-                finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    try:
-                        indices, values = future.result()
-                    except BrokenProcessPool:
-                        broken = True  # a worker died (killed, or R crashed): its block is unknown
-                        continue
-                    checkpoint.add(indices, values)
-                    remaining.discard(futures[future])
-                    if bar is not None:
-                        bar.update(len(indices))
-                if interrupted():
-                    raise KeyboardInterrupt
-        except BaseException:
-            _stop(pool)
-            raise
-        if not broken:
-            pool.shutdown(wait=True)
-            break
-        _stop(pool)
+
+    def replace(worker, block, died):
+        nonlocal restarts
         restarts += 1
-        n_left = sum(len(b) for b in remaining)
+        blocks.appendleft(block)
+        workers[workers.index(worker)] = WorkerProcess(label="local worker process")
+        n_left = int((~checkpoint.done).sum())
         if restarts > MAX_WORKER_RESTARTS:
             raise RuntimeError(
                 f"worker processes died {restarts} times (killed, out of memory, or a crash in R); "
                 f"{n_left} permutations are not done. Finished permutations are "
                 f"{'kept in the checkpoint: rerun to resume' if checkpoint.path else 'lost: use checkpoint= to keep them'}."
-            )
-        warnings.warn(f"a worker process died (killed, out of memory, or a crash in R); refitting the "
-                      f"{n_left} unfinished permutations in fresh workers (restart {restarts}).",
-                      RuntimeWarning, stacklevel=3)
+            ) from died
+        warnings.warn(f"a worker process died (killed, out of memory, or a crash in R); refitting its "
+                      f"{len(block)} unfinished permutations in a fresh worker (restart {restarts}).",
+                      RuntimeWarning, stacklevel=4)
+
+    try:
+        while blocks or busy:
+            for worker in list(workers):
+                if worker not in busy and blocks:
+                    block = blocks.popleft()
+                    try:
+                        worker.send(token, payload, block)
+                        busy[worker] = block
+                    except WorkerDied as died:
+                        replace(worker, block, died)
+            ready = select.select(list(busy), [], [], 0.5)[0] if busy else []
+            for worker in ready:
+                block = busy.pop(worker)
+                try:
+                    values = worker.receive()
+                except WorkerDied as died:
+                    replace(worker, block, died)
+                    continue
+                checkpoint.add(block, values)
+                if bar is not None:
+                    bar.update(len(block))
+            if interrupted():
+                raise KeyboardInterrupt
+    finally:
+        # Blocks in flight are lost anyway: busy workers are stopped, not waited for.
+        stop_all(workers)
     return restarts
