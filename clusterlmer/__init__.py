@@ -18,7 +18,7 @@ from .formula import FormulaError, parse_formula
 from .io import MatFileError, load_mat
 from .permute import Permutations, make_permutations
 from .results import PermutationClusterResult, TimeseriesFit
-from .saving import load_result
+from .saving import ResultFileError, load_result
 from .simulate import simulate_ieeg
 
 __version__ = "0.1.0"
@@ -42,4 +42,5 @@ __all__ = [
     "DesignError",
     "MatFileError",
     "CheckpointError",
+    "ResultFileError",
 ]

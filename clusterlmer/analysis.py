@@ -298,7 +298,7 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
         null=null,
         p_clust=p_clust,
         cluster_info=info,
-        clusters=cluster_table(info, fit.times, fit.freqs),
+        clusters=cluster_table(info, fit.times, fit.freqs, statistic=statistic),
         refit_failures=failures,
         n_permutations=int(n_permutations),
         seed=perms.seed,

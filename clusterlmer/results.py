@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from ._checks import check_option
+
 __all__ = ["TimeseriesFit", "FitSource", "PermutationClusterResult", "cluster_table"]
 
 _DDF_NAMES = {
@@ -21,9 +23,39 @@ _TEST_NAMES = {
 }
 
 
+def _fit_health_counts(d: pd.DataFrame) -> dict:
+    """Disjoint fit categories of a fit's ``diagnostics``, which sum to the number of samples.
+
+    A sample counts once, in the first of: ``failed`` (an error, or nothing to
+    fit: no statistics), ``not_converged`` (the optimizer or lme4's/lmerTest's
+    checks reported non-convergence, singular or not), ``singular`` (converged
+    on the boundary: a variance component estimated as zero) and ``regular``
+    (converged inside the parameter space). ``rows_excluded`` counts, apart
+    from these, the samples fitted (or attempted) without some observations
+    (non-finite responses); ``not_converged_singular`` is the part of
+    ``not_converged`` that is also singular.
+    """
+    failed = d["failed"].to_numpy(dtype=bool)
+    converged = d["converged"].to_numpy(dtype=bool) & ~failed
+    singular = d["singular"].to_numpy(dtype=float) == 1
+    not_converged = ~failed & ~converged
+    return {
+        "n_fits": len(d),
+        "regular": int((converged & ~singular).sum()),
+        "singular": int((converged & singular).sum()),
+        "not_converged": int(not_converged.sum()),
+        "failed": int(failed.sum()),
+        "not_converged_singular": int((not_converged & singular).sum()),
+        "rows_excluded": int((d["n_excluded"].to_numpy() > 0).sum()),
+    }
+
+
 def _fit_health(d: pd.DataFrame) -> str:
-    return (f"{int(d['converged'].sum())} converged, {int(d['failed'].sum())} failed, "
-            f"{int((d['singular'] == 1).sum())} singular, {int((d['n_excluded'] > 0).sum())} with rows excluded")
+    c = _fit_health_counts(d)
+    also = f" ({c['not_converged_singular']} of them also singular)" if c["not_converged_singular"] else ""
+    return (f"{c['n_fits']} fits = {c['regular']} converged and regular + {c['singular']} singular (converged at a "
+            f"boundary) + {c['not_converged']} not converged{also} + {c['failed']} failed (no statistics); "
+            f"separately, {c['rows_excluded']} sample(s) had rows excluded (non-finite responses)")
 
 
 @dataclass(frozen=True, eq=False)
@@ -263,7 +295,7 @@ class TimeseriesFit:
         )
 
 
-def cluster_table(cluster_info: dict, times, freqs=None) -> pd.DataFrame:
+def cluster_table(cluster_info: dict, times, freqs=None, *, statistic) -> pd.DataFrame:
     """One row per cluster of every term, with its extent in samples and in the data's units.
 
     Parameters
@@ -274,6 +306,10 @@ def cluster_table(cluster_info: dict, times, freqs=None) -> pd.DataFrame:
         Sample times (first axis of the statistic).
     freqs : array-like, optional
         Frequencies (second axis) for time x frequency statistics.
+    statistic : {"F", "t"}
+        The statistic the clusters were formed on: ``sign`` is ``"+"``/``"-"``
+        for signed t, and empty for F, which has no sign (an F cluster is
+        where a term's effect is large, whatever its direction).
 
     Returns
     -------
@@ -282,12 +318,13 @@ def cluster_table(cluster_info: dict, times, freqs=None) -> pd.DataFrame:
         sample, inclusive, and their times), ``f_start, f_stop`` for 2-D
         data, then ``size, stat, p``; sorted by term and start.
     """
+    check_option("statistic", statistic, ("F", "t"))
     times = np.asarray(times)
     rows = []
     for term, info in cluster_info.items():
         for c in info.clusters:
             idx = [np.asarray(i) for i in c.indices]
-            row = {"term": term, "sign": "+" if c.sign > 0 else "-",
+            row = {"term": term, "sign": "" if statistic == "F" else "+" if c.sign > 0 else "-",
                    "start": int(idx[0].min()), "stop": int(idx[0].max())}
             row.update(t_start=times[row["start"]], t_stop=times[row["stop"]])
             if freqs is not None and len(idx) > 1:

@@ -14,6 +14,7 @@ is unsafe for files received from others.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -21,15 +22,27 @@ import re
 import numpy as np
 import pandas as pd
 
+from .checkpoint import _FORMAT as _CHECKPOINT_FORMAT
 from .cluster import Cluster, ClusterTestInfo
 from .io import write_mat73
 from .results import PermutationClusterResult, TimeseriesFit
 
-__all__ = ["save_result", "load_result", "matlab_field_name"]
+__all__ = ["save_result", "load_result", "matlab_field_name", "ResultFileError"]
 
 _FORMAT = "clusterlmer-result"
 _VERSION = 1
 _SUFFIXES = (".mat", ".h5", ".hdf5", ".csv")
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+_DAMAGED_FIX = ("Save the result again from the Python session that holds it (result.save), or rerun the "
+                "analysis (with the same checkpoint= it resumes from the finished permutations).")
+
+
+class ResultFileError(ValueError):
+    """A file :func:`load_result` cannot read: not a clusterlmer result, damaged, or from a newer clusterlmer."""
+
+
+class _Damaged(Exception):
+    """What is missing or unreadable in a result file; :func:`load_result` names the file."""
 
 
 def matlab_field_name(term: str) -> str:
@@ -135,12 +148,66 @@ def save_result(result: PermutationClusterResult, path):
 # ---- HDF5: everything, generic over the dataclass fields
 
 
+# Checksums: every dataset holds the SHA-256 of its array, every group (and the top level) that of its
+# attributes, so that a file damaged after writing is refused by load_result instead of read as other
+# numbers. Files without them (written before) are read unchecked.
+_DIGEST = "sha256"
+_ATTRS_DIGEST = "attrs_sha256"
+
+
+def _array_digest(arr) -> str:
+    arr = np.ascontiguousarray(arr)  # no copy when it already is (as every array read back from a file)
+    h = hashlib.sha256(f"{arr.dtype.str}{arr.shape}".encode())
+    h.update(memoryview(arr.reshape(-1)).cast("B"))
+    return h.hexdigest()
+
+
+def _attrs_digest(node) -> str:
+    items = sorted((k, json.dumps(_plain(v))) for k, v in node.attrs.items() if k != _ATTRS_DIGEST)
+    return hashlib.sha256(json.dumps(items).encode()).hexdigest()
+
+
+def _create(group, name, value, **kwargs):
+    """A dataset that carries the SHA-256 of its array."""
+    value = np.asarray(value)
+    ds = group.create_dataset(name, data=value, **kwargs)
+    ds.attrs[_DIGEST] = _array_digest(value)
+    return ds
+
+
+def _seal(f):
+    """Record each group's attribute checksum, once everything is written."""
+    import h5py
+
+    groups = [f]
+    f.visititems(lambda _, obj: groups.append(obj) if isinstance(obj, h5py.Group) else None)
+    for g in groups:
+        g.attrs[_ATTRS_DIGEST] = _attrs_digest(g)
+
+
+def _check_digests(f):
+    """After a successful read: attributes changed after writing, or a dataset replaced without its checksum."""
+    import h5py
+
+    if _ATTRS_DIGEST not in f.attrs:
+        return  # written before files carried checksums
+    nodes = [("/", f)]
+    f.visititems(lambda name, obj: nodes.append((name, obj)))
+    for name, obj in nodes:
+        if isinstance(obj, h5py.Dataset):
+            if _DIGEST not in obj.attrs:
+                raise _Damaged(f"the dataset {obj.name!r} has no checksum (it was replaced after writing)")
+        elif obj.attrs.get(_ATTRS_DIGEST) != _attrs_digest(obj):
+            raise _Damaged(f"the attributes (settings) of {_where(obj)} do not match their checksum (they were "
+                           "changed after writing)")
+
+
 def _put(group, name, value):
     """Store one value: arrays as (compressed) datasets, everything else as JSON attributes."""
     if isinstance(value, np.ndarray) and value.dtype.kind in "fiub":
         big = value.size > 4096
-        group.create_dataset(name, data=value, chunks=True if big else None,
-                             compression="gzip" if big else None, shuffle=big)
+        _create(group, name, value, chunks=True if big else None,
+                compression="gzip" if big else None, shuffle=big)
     else:
         group.attrs[name] = json.dumps(_plain(value))
 
@@ -173,10 +240,50 @@ def _unplain(value):
     return value
 
 
+def _where(node) -> str:
+    return "the file's top level" if node.name == "/" else f"{node.name!r}"
+
+
+def _group(parent, name):
+    import h5py
+
+    if not isinstance(parent.get(name), h5py.Group):
+        raise _Damaged(f"the group {(parent.name.rstrip('/') + '/' + name)!r} is missing")
+    return parent[name]
+
+
+def _dataset(group, name):
+    ds = group[name]
+    try:
+        arr = ds[()]
+    except OSError as exc:  # e.g. a chunk cut off by truncation
+        raise _Damaged(f"the dataset {name!r} in {_where(group)} cannot be read ({exc})") from None
+    if _DIGEST in ds.attrs and ds.attrs[_DIGEST] != _array_digest(arr):
+        raise _Damaged(f"the dataset {name!r} in {_where(group)} does not match its checksum (its bytes "
+                       "changed after writing)")
+    return arr
+
+
+def _attr(group, name, parse=True):
+    if name not in group.attrs:
+        raise _Damaged(f"the attribute {name!r} of {_where(group)} is missing")
+    value = group.attrs[name]
+    if not parse:
+        return value
+    try:
+        return _unplain(json.loads(value))
+    except (ValueError, TypeError, KeyError) as exc:  # json.JSONDecodeError is a ValueError
+        raise _Damaged(f"the attribute {name!r} of {_where(group)} is not valid JSON ({exc})") from None
+
+
 def _get(group, name):
-    if name in group:
-        return group[name][()]
-    return _unplain(json.loads(group.attrs[name]))
+    import h5py
+
+    if isinstance(group.get(name), h5py.Dataset):
+        return _dataset(group, name)
+    if name not in group.attrs:
+        raise _Damaged(f"{name!r} (dataset or attribute) is missing from {_where(group)}")
+    return _attr(group, name)
 
 
 def _put_frame(group, frame: pd.DataFrame):
@@ -184,16 +291,23 @@ def _put_frame(group, frame: pd.DataFrame):
     for col in frame.columns:
         values = frame[col].to_numpy()
         if values.dtype.kind in "fiub":
-            group.create_dataset(str(col), data=values)
+            _create(group, str(col), values)
         else:
             group.attrs[f"text:{col}"] = json.dumps([None if v is None else str(v) for v in values])
 
 
 def _get_frame(group) -> pd.DataFrame:
-    columns = json.loads(group.attrs["columns"])
+    columns = _attr(group, "columns")
     data = {}
     for col in columns:
-        data[col] = group[col][()] if col in group else np.array(json.loads(group.attrs[f"text:{col}"]), dtype=object)
+        if col in group:
+            data[col] = _dataset(group, col)
+        elif f"text:{col}" in group.attrs:
+            data[col] = np.array(_attr(group, f"text:{col}"), dtype=object)
+        else:
+            raise _Damaged(f"the column {col!r} of the table {group.name!r} is missing")
+    if len({len(v) for v in data.values()}) > 1:
+        raise _Damaged(f"the columns of the table {group.name!r} differ in length")
     return pd.DataFrame(data, columns=columns)
 
 
@@ -224,23 +338,95 @@ def _write_h5(result: PermutationClusterResult, path):
             for i, term in enumerate(result.terms):
                 g = f.create_group(f"term{i}")
                 g.attrs["term"] = term
-                g.create_dataset("stat", data=result.stat[term])
+                _create(g, "stat", result.stat[term])
                 null = result.null[term]
                 # One chunk per sample's whole permutation distribution: the access pattern of thresholds.
-                g.create_dataset("null", data=null, compression="gzip", compression_opts=4, shuffle=True,
-                                 chunks=(1,) * (null.ndim - 1) + (null.shape[-1],) if null.size else None)
-                g.create_dataset("p_clust", data=result.p_clust[term])
-                g.create_dataset("refit_failures", data=result.refit_failures[term])
+                _create(g, "null", null, compression="gzip", compression_opts=4, shuffle=True,
+                        chunks=(1,) * (null.ndim - 1) + (null.shape[-1],) if null.size else None)
+                _create(g, "p_clust", result.p_clust[term])
+                _create(g, "refit_failures", result.refit_failures[term])
                 info = result.cluster_info[term]
                 ig = g.create_group("cluster_info")
                 _put_dataclass(ig, info, skip=("clusters",))
                 ig.attrs["n_clusters"] = len(info.clusters)
                 for j, c in enumerate(info.clusters):
                     _put_dataclass(ig.create_group(f"cluster{j}"), c)
+            _seal(f)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _not_a_result(path, f) -> str:
+    """Why an HDF5 file without the result format mark is not a result, and what it may be instead."""
+    kind = f.attrs.get("format")
+    if kind == _CHECKPOINT_FORMAT:
+        return (f"{path!r} is a clusterlmer checkpoint (the finished permutations of a run), not a result. Rerun "
+                "permutation_cluster_lmer (or 'clusterlmer run') with checkpoint= this file to finish the run "
+                "and get the result, then result.save('x.h5').")
+    with open(path, "rb") as fh:
+        head = fh.read(128)
+    if head.startswith(b"MATLAB 7.3 MAT-file"):
+        return (f"{path!r} is a MATLAB v7.3 MAT-file, not a clusterlmer result: load data with "
+                "cl.load_mat; load_result reads the .h5 files written by result.save('x.h5').")
+    return (f"{path!r} is an HDF5 file but not a clusterlmer result (it lacks the format mark "
+            f"{_FORMAT!r} that result.save('x.h5') writes).")
+
+
+def _check_version(path, f):
+    version = f.attrs.get("version")
+    if version is None:
+        raise _Damaged("the format version (attribute 'version' of the file's top level) is missing")
+    try:
+        number = int(version)
+        if number != version:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise _Damaged(f"the format version {version!r} is not a whole number") from None
+    if number > _VERSION:
+        from . import __version__
+
+        raise ResultFileError(
+            f"{path!r} was written by a newer clusterlmer (result format version {number}); this clusterlmer "
+            f"({__version__}) reads format version {_VERSION}. Upgrade clusterlmer (pip install --upgrade "
+            "clusterlmer, or update your clone) to read it."
+        )
+    if number < 1:
+        raise _Damaged(f"the format version {number} is not one clusterlmer ever wrote")
+
+
+def _read_result(f) -> PermutationClusterResult:
+    import h5py
+
+    fit_group = _group(f, "fit")
+    fit_fields = _get_fields(fit_group, TimeseriesFit, skip=("diagnostics", "source"))
+    fit = TimeseriesFit(diagnostics=_get_frame(_group(fit_group, "diagnostics")), **fit_fields)
+    top = _get_fields(f, PermutationClusterResult, skip=("fit", "stat", "null", "p_clust", "cluster_info",
+                                                         "clusters", "refit_failures"))
+    shape = np.shape(fit.F)[1:]
+    if len(fit.diagnostics) != int(np.prod(shape)):
+        raise _Damaged(f"the fit's diagnostics have {len(fit.diagnostics)} rows for {int(np.prod(shape))} samples")
+    per_term = {name: {} for name in ("stat", "null", "p_clust", "refit_failures", "cluster_info")}
+    for i, expected in enumerate(top["terms"]):
+        g = _group(f, f"term{i}")
+        term = _attr(g, "term", parse=False)
+        if term != expected:
+            raise _Damaged(f"the group {g.name!r} holds the term {term!r}, the file's term list says {expected!r}")
+        for name in ("stat", "null", "p_clust", "refit_failures"):
+            if not isinstance(g.get(name), h5py.Dataset):
+                raise _Damaged(f"the dataset {name!r} of the term {term!r} ({g.name!r}) is missing")
+            per_term[name][term] = arr = _dataset(g, name)
+            want = shape + (top["n_permutations"],) if name == "null" else shape
+            if arr.shape != want:
+                raise _Damaged(f"the dataset {name!r} of the term {term!r} has shape {arr.shape}, not {want}")
+        ig = _group(g, "cluster_info")
+        n_clusters = int(_attr(ig, "n_clusters", parse=False))
+        clusters = [Cluster(**_get_fields(_group(ig, f"cluster{j}"), Cluster)) for j in range(n_clusters)]
+        per_term["cluster_info"][term] = ClusterTestInfo(clusters=clusters,
+                                                         **_get_fields(ig, ClusterTestInfo, skip=("clusters",)))
+    clusters = _get_frame(_group(f, "clusters"))
+    return PermutationClusterResult(fit=fit, clusters=clusters, **per_term, **top)
 
 
 def load_result(path) -> PermutationClusterResult:
@@ -254,6 +440,16 @@ def load_result(path) -> PermutationClusterResult:
     -------
     PermutationClusterResult
         Equal to the saved one (arrays, tables, settings and nulls).
+
+    Raises
+    ------
+    FileNotFoundError
+        When there is no such file.
+    ResultFileError
+        A subclass of ``ValueError``: the file is not a clusterlmer result
+        (another HDF5 file, a checkpoint, a MAT-file), is damaged (truncated,
+        a group, dataset or attribute missing or unreadable; the message
+        names it), or was written by a newer clusterlmer (format version).
     """
     import h5py
 
@@ -261,28 +457,32 @@ def load_result(path) -> PermutationClusterResult:
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such result file: {path!r}")
     if os.path.splitext(path)[1].lower() not in (".h5", ".hdf5"):
-        raise ValueError(f"load_result reads the .h5 files written by result.save('x.h5'); {path!r} is not one "
-                         "(a .mat result opens in MATLAB or with scipy/h5py; a .csv with pandas).")
+        raise ResultFileError(
+            f"load_result reads the .h5 files written by result.save('x.h5'); {path!r} is not one (a .mat "
+            "result opens in MATLAB or with scipy/h5py, a .mat data file with cl.load_mat; a .csv with pandas).")
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
-        raise ValueError(f"{path!r} is not a readable HDF5 file ({exc}).") from None
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+        if not any(head[i:i + 8] == _HDF5_SIGNATURE for i in (0, 512, 1024, 2048)):
+            raise ResultFileError(f"{path!r} is not an HDF5 file, so not a result written by "
+                                  "result.save('x.h5').") from None
+        reason = "it is truncated (an incomplete copy or download?)" if "truncated" in str(exc) else str(exc)
+        raise ResultFileError(f"{path!r} is a damaged HDF5 file and cannot be opened: {reason}. "
+                              f"{_DAMAGED_FIX}") from None
     with f:
-        if f.attrs.get("format") != _FORMAT:
-            raise ValueError(f"{path!r} is not a clusterlmer result file (written by result.save('x.h5')).")
-        fit_fields = _get_fields(f["fit"], TimeseriesFit, skip=("diagnostics", "source"))
-        fit = TimeseriesFit(diagnostics=_get_frame(f["fit"]["diagnostics"]), **fit_fields)
-        top = _get_fields(f, PermutationClusterResult, skip=("fit", "stat", "null", "p_clust", "cluster_info",
-                                                             "clusters", "refit_failures"))
-        per_term = {name: {} for name in ("stat", "null", "p_clust", "refit_failures", "cluster_info")}
-        for i in range(len(top["terms"])):
-            g = f[f"term{i}"]
-            term = g.attrs["term"]
-            for name in ("stat", "null", "p_clust", "refit_failures"):
-                per_term[name][term] = g[name][()]
-            ig = g["cluster_info"]
-            clusters = [Cluster(**_get_fields(ig[f"cluster{j}"], Cluster)) for j in range(int(ig.attrs["n_clusters"]))]
-            per_term["cluster_info"][term] = ClusterTestInfo(clusters=clusters,
-                                                             **_get_fields(ig, ClusterTestInfo, skip=("clusters",)))
-        clusters = _get_frame(f["clusters"])
-    return PermutationClusterResult(fit=fit, clusters=clusters, **per_term, **top)
+        try:
+            if f.attrs.get("format") != _FORMAT:
+                raise ResultFileError(_not_a_result(path, f))
+            _check_version(path, f)
+            result = _read_result(f)
+            _check_digests(f)
+            return result
+        except ResultFileError:
+            raise
+        except _Damaged as exc:
+            raise ResultFileError(f"{path!r} is a damaged clusterlmer result: {exc}. {_DAMAGED_FIX}") from None
+        except (KeyError, ValueError, TypeError, OSError, RuntimeError) as exc:  # damage not named above
+            raise ResultFileError(f"{path!r} is a damaged clusterlmer result ({type(exc).__name__}: {exc}). "
+                                  f"{_DAMAGED_FIX}") from None

@@ -361,7 +361,8 @@ def test_constant_sample_is_recorded_without_stopping_the_run(sim, base_fit, lev
         assert np.isnan(arr[:, 1]).all()
     for t in (0, 2):
         np.testing.assert_allclose(fit.F[:, t], base_fit.F[:, t], rtol=1e-10)
-    assert "2 converged, 1 failed" in fit.summary()
+    assert "3 fits = 2 converged and regular + 0 singular (converged at a boundary) + 0 not converged + 1 failed" \
+        in fit.summary()
 
 
 def test_anova_table(sim, base_fit):

@@ -147,7 +147,7 @@ def test_h5_round_trip_without_clusters(res2, tmp_path):
         _, p_clust[term], infos[term] = cl.cluster_test(stat[term], res2.null[term] + 1.0, tail=1)
         assert not infos[term].clusters
     empty = dataclasses.replace(res2, stat=stat, p_clust=p_clust, cluster_info=infos,
-                                clusters=cluster_table(infos, res2.times))
+                                clusters=cluster_table(infos, res2.times, statistic="F"))
     assert len(empty.clusters) == 0
     empty.save(tmp_path / "e.h5")
     back = cl.load_result(tmp_path / "e.h5")
@@ -212,7 +212,7 @@ def _big_result(small, n_perm=1000, n_times=139, n_freqs=50, seed=0):
         _, p_clust[term], info[term] = cl.cluster_test(obs, nul, tail=1)
         failures[term] = np.isnan(nul).sum(axis=-1)
     return dataclasses.replace(small, fit=big_fit, stat=stat, null=null, p_clust=p_clust, cluster_info=info,
-                               clusters=cluster_table(info, times, freqs), refit_failures=failures,
+                               clusters=cluster_table(info, times, freqs, statistic="F"), refit_failures=failures,
                                n_permutations=n_perm)
 
 
@@ -381,11 +381,11 @@ def test_load_result_errors(res2, tmp_path):
 
     with h5py.File(tmp_path / "other.h5", "w") as f:
         f["x"] = np.arange(3)
-    with pytest.raises(ValueError, match="is not a clusterlmer result file"):
+    with pytest.raises(cl.ResultFileError, match="is an HDF5 file but not a clusterlmer result"):
         cl.load_result(tmp_path / "other.h5")
 
     (tmp_path / "garbage.h5").write_bytes(np.random.default_rng(0).bytes(2000))
-    with pytest.raises(ValueError, match="is not a readable HDF5 file"):
+    with pytest.raises(cl.ResultFileError, match="is not an HDF5 file"):
         cl.load_result(tmp_path / "garbage.h5")
 
 
