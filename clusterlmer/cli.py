@@ -13,6 +13,7 @@ import numpy as np
 
 from ._checks import called_from_cli, check_writable
 from .cluster import _QUANTILE_METHODS
+from .parallel import available_cores
 
 DEMO_NPERM = 200
 
@@ -241,7 +242,7 @@ def _add_method_options(p, nperm):
     g = p.add_argument_group("permutation cluster test")
     g.add_argument("--nperm", type=_positive_int, default=nperm, help=f"number of permutations (default {nperm})")
     g.add_argument("--seed", type=int, default=0, help="seed of the permutations (default 0)")
-    g.add_argument("--jobs", type=_jobs, default=1, help="worker processes (-1: every core; default 1)")
+    g.add_argument("--jobs", type=_jobs, default=1, help="worker processes, at most one per core (-1: every core; default 1)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -294,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--nperm", type=_positive_int, default=DEMO_NPERM,
                       help=f"number of permutations (default {DEMO_NPERM})")
     demo.add_argument("--seed", type=int, default=0, help="seed of the permutations (default 0)")
-    demo.add_argument("--jobs", type=_jobs, default=os.cpu_count() or 1,
+    demo.add_argument("--jobs", type=_jobs, default=available_cores(),
                       help="worker processes (default: every core)")
     demo.add_argument("--engine", default="auto", choices=["auto", "native", "r"],
                       help="auto (default): the native engine for this model, cross-checked against lme4/lmerTest "

@@ -28,20 +28,40 @@ from contextlib import contextmanager
 import numpy as np
 
 from . import dask_backend, worker_process
+from ._checks import option_hint
 from .dask_backend import check_client  # re-exported: analysis checks clients through here
 from .worker_process import WorkerDied, WorkerProcess, stop_all
 
-__all__ = ["run_permutations", "resolve_n_jobs", "check_client"]
+__all__ = ["run_permutations", "resolve_n_jobs", "available_cores", "check_client"]
 
 # A block that kills its worker every time (e.g. R crashing on it) must not loop forever.
 MAX_WORKER_RESTARTS = 3
 
 
+def available_cores() -> int:
+    """Cores this process may run on: its CPU affinity (taskset, SLURM, containers) where the OS has one."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def resolve_n_jobs(n_jobs) -> int:
-    """``n_jobs`` as a worker count: -1 means every core (MNE/joblib convention)."""
+    """``n_jobs`` as a worker count: -1 means every core (MNE/joblib convention).
+
+    More workers than cores are capped at the cores, with a warning: they would only take turns
+    on the cores, each holding its own copy of the data (and, with the R engine, an R session).
+    """
     if isinstance(n_jobs, bool) or not isinstance(n_jobs, (int, np.integer)) or n_jobs == 0 or n_jobs < -1:
         raise ValueError(f"n_jobs must be a positive number of worker processes or -1 for all cores, got {n_jobs!r}.")
-    return (os.cpu_count() or 1) if n_jobs == -1 else int(n_jobs)
+    cores = available_cores()
+    if n_jobs > cores:
+        asked = option_hint(f"n_jobs={n_jobs}", f"--jobs {n_jobs}")
+        warnings.warn(f"{asked} asks for {n_jobs} worker processes, but this process may use {cores} core(s): "
+                      f"using {cores} workers (more would only take turns on the cores, each with its own copy "
+                      "of the data and, with the R engine, its own R session).", UserWarning, stacklevel=3)
+        return cores
+    return cores if n_jobs == -1 else int(n_jobs)
 
 
 @contextmanager

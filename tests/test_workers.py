@@ -12,13 +12,15 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import numpy as np
 import pytest
 
 import clusterlmer as cl
-from conftest import SMALL, SMALL_FORMULA, SMALL_SEED
+from conftest import SMALL, SMALL_FORMULA, SMALL_SEED, write_small_mat
 from clusterlmer import parallel
+from clusterlmer.cli import main
 
 _PLAIN_SCRIPT = textwrap.dedent("""
     import sys
@@ -49,3 +51,34 @@ def test_plain_script_without_main_guard_runs_two_workers(tmp_path, engine, n_pe
     single = cl.permutation_cluster_lmer(cl.simulate_ieeg(**SMALL), SMALL_FORMULA, n_permutations=n_perm,
                                          seed=SMALL_SEED, engine=engine, cross_check=0, progress=False)
     np.testing.assert_array_equal(np.load(out), np.stack([single.null[t] for t in single.terms]))
+
+
+def test_n_jobs_above_the_cores_is_capped_with_a_warning():
+    cores = parallel.available_cores()
+    asked = cores + 98
+    with pytest.warns(UserWarning, match=rf"n_jobs={asked} .*asks for {asked} worker processes, but this process "
+                                         rf"may use {cores} core\(s\): using {cores} workers"):
+        assert parallel.resolve_n_jobs(asked) == cores
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # within the cores: no warning
+        assert parallel.resolve_n_jobs(-1) == cores
+        assert parallel.resolve_n_jobs(cores) == cores
+        assert parallel.resolve_n_jobs(1) == 1
+
+
+def test_available_cores_follow_the_cpu_affinity():
+    if not hasattr(os, "sched_getaffinity"):
+        pytest.skip("no CPU affinity on this system")
+    assert parallel.available_cores() == len(os.sched_getaffinity(0)) <= os.cpu_count()
+
+
+def test_run_and_cli_with_100_jobs_start_one_worker_per_core(small, tmp_path):
+    cores = parallel.available_cores()
+    with pytest.warns(UserWarning, match=rf"n_jobs=100 .*using {cores} workers"):
+        res = cl.permutation_cluster_lmer(small, SMALL_FORMULA, n_permutations=20, seed=SMALL_SEED, n_jobs=100,
+                                          engine="native", cross_check=0, progress=False)
+    assert res.run["n_jobs"] == cores
+    mat = write_small_mat(tmp_path / "small.mat", small)
+    with pytest.warns(UserWarning, match=rf"^--jobs 100 asks for 100 worker processes.*using {cores} workers"):
+        assert main(["run", str(mat), "--formula", SMALL_FORMULA, "--nperm", "20", "--jobs", "100", "--engine",
+                     "native", "--cross-check", "0", "--no-progress", "--out", str(tmp_path / "res.h5")]) == 0
