@@ -42,15 +42,64 @@ def _mask_groups(finite):
     return [np.flatnonzero(inverse == g) for g in range(inverse.max() + 1)]
 
 
+# lmerTest's Satterthwaite step (which the native engine replicates) differentiates the deviance
+# in sigma with numDeriv, whose step is absolute below |sigma| = 1.8e-5, and drops Hessian
+# eigenvalues below an absolute 1e-8 (the sigma one is about 2n / sigma^2). On the bundled samples
+# (SD 1.5) DF2 moved by 1e-8 relative at a scale of 2**-10 and 1e-7 at 2**-12, was wrong by 90 %
+# or more from 2**-16 down (data in volts) and from 2**18 up, and the fits failed beyond 1e+-200;
+# from 2**-8 to 2**16 it stayed within 1e-9. A response column whose SD is outside
+# [2**LO, 2**HI) is therefore fitted multiplied by the power of two that brings its SD into
+# [1, 2): exact in floating point, F/DF/p unchanged in exact arithmetic, estimates, SEs, sigma and
+# deviance mapped back. Columns inside the window are fitted as given (as lmerTest would).
+RESCALE_EXPONENTS = (-4, 8)
+
+
+def _response_exponents(Y, finite):
+    """Per column of ``Y``, the exponent ``e`` to fit ``Y * 2**e`` with (0 inside the window).
+
+    Computed on ``Y`` divided by a power of two bounding its largest finite
+    value, so that responses near the overflow limit do not overflow here.
+    """
+    Yf = np.where(finite, Y, 0.0)
+    _, e_top = np.frexp(np.abs(Yf).max(axis=0))  # |Y| < 2**e_top
+    Z = np.ldexp(Yf, -e_top)
+    n = np.maximum(finite.sum(axis=0), 1)
+    centred = np.where(finite, Z - Z.sum(axis=0) / n, 0.0)
+    sd = np.sqrt((centred * centred).sum(axis=0) / n)
+    _, e_sd = np.frexp(sd)
+    top = e_top + e_sd  # SD of Y in [2**(top - 1), 2**top)
+    lo, hi = RESCALE_EXPONENTS
+    outside = (sd > 0) & ((top <= lo) | (top > hi))
+    return np.where(outside, 1 - top, 0).astype(int)
+
+
+def _scale_back(out, shift, n_used, reml):
+    """Map the statistics of responses fitted as ``Y * 2**shift`` back to ``Y``'s scale, in place."""
+    for name in ("estimate", "se", "contrast_estimate", "sigma"):
+        out[name] = np.ldexp(out[name], -shift)
+    # The density of c*y is that of y over c**n: the ML deviance (-2 log L) grows by 2 n log c,
+    # the REML criterion by 2 (n - rank X) log c (checked against lme4 in the tests).
+    rank = np.isfinite(out["estimate"]).sum(axis=0)
+    dof = n_used - rank if reml else n_used
+    out["deviance"] = out["deviance"] - 2.0 * dof * shift * np.log(2.0)
+
+
 def fit_samples(design, Y, options, engine):
     """Fit each column of ``Y`` (n_obs, n_samples) with ``engine`` (``"r"`` or
     ``"native"``, already resolved); rows with non-finite values are left out
     of that column's fit. Returns a :class:`BlockFit` over all columns plus the
     count of observations used per column.
+
+    A column whose SD is outside ``2**RESCALE_EXPONENTS`` is fitted multiplied
+    by a power of two (see :data:`RESCALE_EXPONENTS`) and its estimates, SEs,
+    sigma and deviance mapped back.
     """
     eng = get_engine(engine)
     finite = np.isfinite(Y)
     n_samples = Y.shape[1]
+    shift = _response_exponents(Y, finite)
+    if shift.any():
+        Y = np.ldexp(Y, shift)
     # A response without variance has no model to fit; lme4 would return a
     # degenerate "fit" with F ~ 1e30 that would dominate any cluster sum.
     masked = np.where(finite, Y, np.nan)
@@ -86,8 +135,29 @@ def fit_samples(design, Y, options, engine):
             out[name][cols] = getattr(blk, name)
         for j, c in enumerate(cols):
             messages[c], errors[c] = blk.messages[j], blk.errors[j]
+    if shift.any():
+        _scale_back(out, shift, finite.sum(axis=0), options.reml)
     fit = BlockFit(terms=terms, coef_names=coefs, messages=messages, errors=errors, **out)
     return fit, finite.sum(axis=0)
+
+
+def _warn_if_all_nan(terms, F, errors, messages):
+    """Warn when a term has no finite F at any sample: that is a failed analysis, not a result.
+
+    The warning names the terms and the first error (else the first message)
+    of the diagnostics, which usually says why.
+    """
+    empty = [t for t, row in zip(terms, F) if np.isnan(row).all()]
+    if not empty:
+        return
+    which = ("every term" if len(empty) == len(terms) else
+             f"{'the term' if len(empty) == 1 else 'the terms'} {_preview(empty)}")
+    error = next((e for e in errors if e), "")
+    message = next((m for m in messages if m), "")
+    why = (f"; the first error: {error}" if error else
+           f"; the first message: {message}" if message else "")
+    warnings.warn(f"the fit gave no finite statistic at any sample for {which} (F is NaN everywhere){why}. "
+                  "See fit.diagnostics['error'] and fit.diagnostics['messages'].", UserWarning, stacklevel=3)
 
 
 # Native vs R on the same data differ by how precisely lme4's bobyqa locates
@@ -165,7 +235,8 @@ def fit_timeseries(data, formula, *, reml=True, ddf="satterthwaite", coding="ref
         hundreds of times faster, equal to lmerTest within the precision of
         lme4's optimizer; a model or option outside that class (random
         slopes, crossed groupings, Kenward-Roger, type III, other optimizer
-        settings) is an error naming it. ``"r"``: lme4/lmerTest through R at
+        settings, a rank-deficient fixed-effect design such as an interaction
+        with empty cells) is an error naming it. ``"r"``: lme4/lmerTest through R at
         every sample (pass it to get lmerTest's own numbers). The engine used
         is ``fit.options["engine"]``.
     cross_check : int
@@ -185,7 +256,18 @@ def fit_timeseries(data, formula, *, reml=True, ddf="satterthwaite", coding="ref
     Samples whose response is NaN/Inf for some observations are fitted
     without those observations; ``fit.diagnostics`` reports how many were
     left out. A fit that fails at one sample yields NaN statistics there and
-    its error message in ``fit.diagnostics``; it never stops the run.
+    its error message in ``fit.diagnostics``; it never stops the run. A
+    term whose F is NaN at every sample is a ``UserWarning`` naming the first
+    error.
+
+    A response column whose standard deviation is outside 2**-4 .. 2**8 is
+    fitted multiplied by the power of two that brings it into [1, 2), which
+    changes no value in floating point; estimates, standard errors, sigma and
+    the deviance are mapped back, and F, DF and p need no mapping. lmerTest's
+    Satterthwaite DF are wrong for such data as given (numDeriv's absolute
+    steps and eigenvalue tolerance): on the bundled 2-way sample scaled by
+    1e-6 (data in volts) an intercept DF2 of 22.9 became 4.3, scaled by 1e6 a
+    DF2 of 167 became 6e22; beyond about 1e+-200 the fits fail.
     """
     if not isinstance(data, TimeseriesData):
         raise TypeError(
@@ -219,6 +301,7 @@ def fit_timeseries(data, formula, *, reml=True, ddf="satterthwaite", coding="ref
     blk, n_used = fit_samples(design, Y, options, engine)
     checked = _cross_check(design, Y, options, blk, int(cross_check)) if engine == "native" else None
     keep = np.arange(len(blk.terms)) if wanted is None else np.array([blk.terms.index(t) for t in wanted])
+    _warn_if_all_nan([blk.terms[i] for i in keep], blk.F[keep], blk.errors, blk.messages)
 
     shape = data.sample_shape
 

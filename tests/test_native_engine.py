@@ -374,12 +374,17 @@ def test_auto_falls_back_once_per_permutation_run(r_engine):
     np.testing.assert_array_equal(res.null["hit_miss"], expected.null["hit_miss"])
 
 
-def test_rank_deficient_design_is_a_block_error():
+def test_rank_deficient_design_is_refused_and_a_block_error():
+    """A rank-deficient observed design is refused up front; a block that loses rank (a permutation,
+    rows left out) is an error of that block."""
     data = simulate(seed=0, n_times=2)
     data.design["x2"] = data.design["x"] * 2.0
-    fit = cl.fit_timeseries(data, "data ~ x + x2 + (1|sid)", engine="native")
-    assert fit.diagnostics["error"].str.contains("rank deficient").all()
-    assert np.isnan(fit.F).all()
+    with pytest.raises(ValueError, match=r"rank deficient \(rank 2 < 3 columns: x2 is a linear combination"):
+        cl.fit_timeseries(data, "data ~ x + x2 + (1|sid)", engine="native")
+    design = build_design(data.design, parse_formula("data ~ x + x2 + (1|sid)"))
+    blk = native.fit_block(design, data.values, FitOptions())
+    assert all("rank deficient" in e and "engine='r'" in e for e in blk.errors), blk.errors
+    assert np.isnan(blk.F).all()
 
 
 def test_optimum_is_exact_to_rounding():

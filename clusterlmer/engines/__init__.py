@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-from .._checks import check_option
+from .._checks import check_option, option_hint
 
 ENGINES = ("r", "native")
 ENGINE_CHOICES = ("auto",) + ENGINES
@@ -35,7 +35,9 @@ def resolve_engine(engine, design, options):
     Raises
     ------
     ValueError
-        ``engine="native"`` for a model or options it cannot fit, naming why.
+        ``engine="native"`` for a model or options it cannot fit (including a
+        rank-deficient fixed-effect design, which lme4 fits after dropping
+        columns), naming why.
     """
     check_option("engine", engine, ENGINE_CHOICES)
     if engine == "r":
@@ -43,12 +45,14 @@ def resolve_engine(engine, design, options):
     from . import native
 
     ok, reason = native.supports(design, options)
+    use_r = option_hint("engine='r'", "--engine r")
     if engine == "native":
         if not ok:
-            raise ValueError(f"the native engine cannot fit this model: {reason}. Use engine='r' (lme4 through R) "
-                             "or engine='auto' to pick R for such models.")
+            use_auto = option_hint("engine='auto'", "--engine auto")
+            raise ValueError(f"the native engine cannot fit this model: {reason}. Use {use_r} to fit it with lme4 "
+                             f"through R, or {use_auto} to pick R for such models.")
         return "native", ""
-    return ("native", "") if ok else ("r", f"engine='auto' uses the R engine: {reason}. Pass engine='r' to "
+    return ("native", "") if ok else ("r", f"engine='auto' uses the R engine: {reason}. Pass {use_r} to "
                                                "choose R without this warning.")
 
 

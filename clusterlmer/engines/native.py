@@ -46,8 +46,10 @@ Not supported (``supports`` says why; ``fit_block`` raises ``ValueError``):
 random slopes, crossed or non-nested groupings, fixed parts without an
 intercept or not hierarchical (an interaction without all its lower-order
 terms), ``test="type3"``, ``ddf="kenward-roger"``, lme4 optimizer settings.
-A rank-deficient fixed design (which lme4 would fit after dropping columns)
-gives a per-block error.
+A rank-deficient fixed design (which lme4 fits after dropping columns, e.g.
+an interaction with empty cells) is refused by ``supports``; a block whose
+rows alone are rank deficient (a permutation, rows left out for NaN) gives a
+per-block error.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse, stats
 
+from .._checks import option_hint
 from .base import BlockFit, FitOptions
 
 __all__ = ["UnsupportedModel", "describe", "fit_block", "supports"]
@@ -72,6 +75,7 @@ NODE_MODE_FACTOR = 4
 # Responses fitted together (memory: the Satterthwaite step evaluates ~40
 # points per response at once).
 CHUNK = 512
+_ENGINE_R = "engine='r'"
 
 
 class UnsupportedModel(ValueError):
@@ -281,9 +285,13 @@ def supports(design, options: FitOptions | None = None):
     Groupings that are nested in the whole design stay nested in any subset
     of its rows, but a subset can make two groupings identical (every
     subject left with one channel); ``fit_block`` reports that as an error
-    of the block.
+    of the block. The rank of the fixed-effect design is checked here, on
+    the observed rows; a subset or a permutation that loses rank is an error
+    of that block too.
     """
-    _, _, why = _analyse(design, options)
+    fixed, _, why = _analyse(design, options)
+    if why is None:
+        why = _rank_problem(fixed, fixed.matrix(design.frame))
     return why is None, why or ""
 
 
@@ -984,6 +992,41 @@ def _design_checks(nest, n):
     return None
 
 
+def _dropped_columns(X, tol=1e-7):
+    """Columns lme4 drops from a rank-deficient ``X`` (``check.rankX = "message+drop.cols"``).
+
+    lme4 keeps the columns R's ``qr(X, tol = 1e-7)`` (LINPACK ``dqrdc2``)
+    ranks first: going left to right, a column whose norm after removing the
+    kept columns is below ``tol`` times its own norm is moved to the end, and
+    those columns are dropped.
+    """
+    Q = np.zeros((X.shape[0], 0))
+    dropped = []
+    for j in range(X.shape[1]):
+        x = X[:, j]
+        r = x - Q @ (Q.T @ x)
+        r -= Q @ (Q.T @ r)  # a second pass keeps Q orthogonal to rounding
+        norm, rnorm = np.linalg.norm(x), np.linalg.norm(r)
+        if rnorm <= tol * norm or norm == 0:
+            dropped.append(j)
+        else:
+            Q = np.column_stack([Q, r / rnorm])
+    return dropped
+
+
+def _rank_problem(fixed, X):
+    """Why ``X`` is rank deficient, naming the columns lme4 would drop; None if it has full rank."""
+    dropped = _dropped_columns(X)
+    if not dropped:
+        return None
+    p = X.shape[1]
+    names = [fixed.coef_names[j] for j in dropped]
+    shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+    return (f"the fixed-effect design is rank deficient (rank {p - len(dropped)} < {p} columns: {shown} "
+            f"{'is a linear combination' if len(names) == 1 else 'are linear combinations'} of earlier "
+            "columns, e.g. empty cells of an interaction); lme4 drops such columns, the native engine does not")
+
+
 def _scale_message(X):
     """lme4's check.scaleX warning (message only)."""
     cont = [j for j in range(X.shape[1]) if not np.all(np.isin(X[:, j], (0.0, 1.0)))]
@@ -1038,12 +1081,9 @@ def _fit(design, Y, options, theta=None):
     if err:
         return _block_error(terms, coefs, k, err)
     X = fixed.matrix(design.frame)
-    p = X.shape[1]
-    rank = np.linalg.matrix_rank(X, tol=None)
-    if rank < p:
-        return _block_error(terms, coefs, k, (
-            f"fixed-effect model matrix is rank deficient (rank {rank} < {p} columns); lme4 would drop "
-            "columns, which the native engine does not do: fit this block with engine='r'"))
+    why = _rank_problem(fixed, X)
+    if why:
+        return _block_error(terms, coefs, k, f"{why}: fit these data with {option_hint(_ENGINE_R, '--engine r')}")
     setup_msgs = [m for m in (_scale_message(X),) if m]
     parts = [_fit_chunk(fixed, nest, X, Y[:, c:c + CHUNK], options, terms, coefs, setup_msgs,
                         None if theta is None else theta[c:c + CHUNK])
