@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._checks import check_option, option_hint
+from ._memory import check_run_memory
 from .checkpoint import Checkpoint, check_checkpoint_path, fingerprint
 from .cluster import _QUANTILE_METHODS, cluster_test
 from .data import TimeseriesData, _preview
@@ -241,6 +242,8 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
     checkpoint = check_checkpoint_path(checkpoint)
     options = _check_options(reml, ddf, test, optimizer, optimizer_options)
     model = parse_formula(formula)
+    check_run_memory(data, model, n_permutations, terms=terms, schemes=schemes, cluster_stat=cluster_stat,
+                     n_jobs=n_jobs, client=client)  # before anything large is allocated
     design = build_design(data.design, model, coding=coding, levels=levels, response_column=data.response)
     perms = make_permutations(data.design, model, n_permutations, seed, schemes=schemes)
     unpermuted = [v for v, s in perms.schemes.items() if s == "none"]

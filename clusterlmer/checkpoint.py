@@ -22,6 +22,8 @@ import time
 
 import numpy as np
 
+from ._memory import check_memory
+
 __all__ = ["Checkpoint", "CheckpointError", "check_checkpoint_path", "fingerprint"]
 
 _FORMAT = "clusterlmer-checkpoint"
@@ -172,6 +174,7 @@ class Checkpoint:
         self.keys = dict(keys)
         self.shape = tuple(shape)
         self.n_permutations = int(n_permutations)
+        check_memory({"null statistics": self.n_permutations * int(np.prod(self.shape)) * 8})
         self.values = np.full((self.n_permutations,) + self.shape, np.nan)
         self.done = np.zeros(self.n_permutations, dtype=bool)
         self.resumed = 0

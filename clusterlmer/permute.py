@@ -46,6 +46,7 @@ import numpy as np
 import pandas as pd
 
 from ._checks import check_option, option_hint
+from ._memory import check_memory, permutation_maps_bytes
 from .data import TimeseriesData, _preview
 from .design import ModelDesign, _label_text
 from .formula import ModelFormula, parse_formula
@@ -497,6 +498,7 @@ def make_permutations(design, formula, n_permutations, seed=None, *, schemes=Non
     if not in_use:
         raise ValueError("every fixed-effect variable has scheme 'none': there is nothing to permute.")
     notes += _joint_notes(used, schemes)
+    check_memory({"permutation maps": permutation_maps_bytes(n_permutations, len(design), len(in_use))})
     maps = _draw(units, in_use, int(n_permutations), seed)
     return Permutations(design.copy(), used, varies, int(seed), int(n_permutations), maps,
                         tuple(units.channel_cols), tuple(units.subject_cols), units.n_channels,
