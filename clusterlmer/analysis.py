@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,11 +18,11 @@ import numpy as np
 from ._checks import check_option, option_hint
 from ._memory import check_run_memory
 from .checkpoint import Checkpoint, check_checkpoint_path, fingerprint
-from .cluster import _QUANTILE_METHODS, cluster_test
+from .cluster import _QUANTILE_METHODS, cluster_test, smallest_cluster_p
 from .data import TimeseriesData, _preview
 from .design import ModelDesign, build_design
 from .engines import ENGINE_CHOICES, get_engine, resolve_engine
-from .fit import _check_options, fit_samples, fit_timeseries
+from .fit import _check_options, fit_samples, fit_timeseries, response_exponents
 from .formula import parse_formula
 from .parallel import check_client, resolve_n_jobs, run_permutations
 from .permute import make_permutations
@@ -121,6 +122,15 @@ def _check_term_names(terms, design, options, engine):
     unknown = [t for t in wanted if t not in model_terms and t != "(Intercept)"]
     if unknown:
         raise ValueError(f"terms {_preview(unknown)} are not in the model; its terms are {_preview(model_terms)}.")
+
+
+def _warn_if_alpha_unreachable(n_permutations, alpha, tail):
+    smallest = smallest_cluster_p(n_permutations, tail)
+    if smallest >= alpha:
+        need = int(np.floor((2 if tail == 0 else 1) / alpha))  # smallest n with 1 / (n + 1) < alpha (per tail)
+        warnings.warn(f"with {n_permutations} permutations the smallest possible cluster p is {smallest:.3g}, "
+                      f"not below alpha = {alpha:g}: no cluster can be significant. Use at least {need} "
+                      "permutations (1000 or more for a publication).", UserWarning, stacklevel=3)
 
 
 def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, statistic="F", terms=None,
@@ -233,6 +243,7 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
     for name, value in (("alpha", alpha), ("cluster_alpha", cluster_alpha)):
         if not isinstance(value, (int, float)) or not 0 < value < 1:
             raise ValueError(f"{name} must be a number between 0 and 1, got {value!r}.")
+    _warn_if_alpha_unreachable(n_permutations, alpha, tail)
     n_jobs = resolve_n_jobs(n_jobs)
     check_client(client, n_jobs)
     # Everything is checked before the observed fit: a bad value found after the permutations loses them.
@@ -267,12 +278,17 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
         "data": fingerprint([data.values, data.design]),
         "formula": model.text,
         "engine": engine,  # also inside "fit options"; kept apart so a refusal can name it
-        "fit options": fingerprint([{k: v for k, v in fit.options.items() if k != "cross_check"}, fit.levels]),
+        # The options' descriptive texts (hypotheses, sign) follow from the rest and are left out.
+        "fit options": fingerprint([{k: v for k, v in fit.options.items()
+                                     if k not in ("cross_check", "hypotheses", "sign")}, fit.levels]),
         "seed": str(perms.seed),
         "permutation schemes": fingerprint(perms.schemes),
         "statistic": statistic,
         "terms": fingerprint(list(tested)),
     }
+    shift = response_exponents(Y, np.isfinite(Y))
+    if shift.any():  # fitted at another scale than before the rescaling existed: never mix the two
+        keys["response scaling"] = fingerprint(shift)
     store = Checkpoint(checkpoint, keys, (len(tested),) + data.sample_shape, n_permutations)
     if store.resumed:
         print(f"clusterlmer: resuming from {store.path}: {store.resumed} of {n_permutations} permutations "
@@ -312,5 +328,5 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
         cluster_stat=cluster_stat,
         quantile_method=quantile_method,
         run={"n_jobs": n_jobs, "elapsed_s": time.perf_counter() - start, "resumed": store.resumed,
-             "worker_restarts": restarts, "checkpoint": store.path},
+             "worker_restarts": restarts, "checkpoint": store.path, "permutations": perms.summary_lines()},
     )

@@ -144,6 +144,11 @@ class ClusterTestInfo:
         return pd.DataFrame(rows, columns=None if rows else ["sign", "stat", "p", "size", "start", "stop"])
 
 
+def smallest_cluster_p(n_permutations, tail) -> float:
+    """The smallest cluster p a test with ``n_permutations`` can give: 1 / (n + 1), doubled for ``tail=0``."""
+    return min(1.0, (2 if tail == 0 else 1) / (n_permutations + 1))
+
+
 def cluster_test(datobs, datrnd, tail=0, alpha=0.05, clusteralpha=0.05, clusterstat="sum",
                  *, quantile_method="hazen", connectivity="full", tfce=None):
     """Cluster-based permutation test with per-sample thresholds from the null.

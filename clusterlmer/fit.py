@@ -13,6 +13,7 @@ from .design import build_design
 from .engines import get_engine, resolve_engine
 from .engines.base import DDF_METHODS, OPTIMIZERS, TESTS, BlockFit, FitOptions
 from .formula import parse_formula
+from .hypotheses import sign_convention, term_hypotheses
 from .results import FitSource, TimeseriesFit
 
 __all__ = ["fit_timeseries"]
@@ -54,7 +55,7 @@ def _mask_groups(finite):
 RESCALE_EXPONENTS = (-4, 8)
 
 
-def _response_exponents(Y, finite):
+def response_exponents(Y, finite):
     """Per column of ``Y``, the exponent ``e`` to fit ``Y * 2**e`` with (0 inside the window).
 
     Computed on ``Y`` divided by a power of two bounding its largest finite
@@ -97,7 +98,7 @@ def fit_samples(design, Y, options, engine):
     eng = get_engine(engine)
     finite = np.isfinite(Y)
     n_samples = Y.shape[1]
-    shift = _response_exponents(Y, finite)
+    shift = response_exponents(Y, finite)
     if shift.any():
         Y = np.ldexp(Y, shift)
     # A response without variance has no model to fit; lme4 would return a
@@ -350,6 +351,11 @@ def fit_timeseries(data, formula, *, reml=True, ddf="satterthwaite", coding="ref
             "optimizer": optimizer,
             "optimizer_options": options.resolved_optimizer_options(),
             **({"cross_check": checked} if checked is not None else {}),
+            "hypotheses": {k: v for k, v in term_hypotheses(model.fixed_terms, design.factors, coding,
+                                                             test).items()
+                           if k in {blk.terms[i] for i in keep}},
+            "sign": sign_convention(design.factors, coding),
+            "numeric_as_factor": list(design.converted),
         },
         levels={k: list(v) for k, v in design.factors.items()},
         source=FitSource(design, Y),  # for fit.model_at; Y is data.values reshaped (a view when contiguous)

@@ -373,15 +373,18 @@ def _check_scheme(frame, name, scheme, varies, units, explicit):
         if units.subject is None:
             raise ValueError(f"{where}: {_crossed_hint(units)}, so there is no subject level to permute "
                              "at; use 'within-channel', 'between-channel' or 'none'.")
+        ch, sub = units.channel_name, units.subject_name
         if scheme == "between-subject" and varies != "between-subject":
-            raise ValueError(f"{where}: {name!r} varies between channels of the same subject, so it cannot "
-                             "be permuted as a subject-level value; use 'channel-within-subject' or "
+            raise ValueError(f"{where}: {name!r} varies between the {ch} groups of one {sub}, so it cannot "
+                             f"be permuted as a {sub}-level value; use 'channel-within-subject' or "
                              "'between-channel'.")
         if scheme == "channel-within-subject" and varies == "between-subject":
-            one = " (the formula has one grouping level, so channels and subjects coincide)" \
-                if units.n_channels == units.n_subjects else ""
-            raise ValueError(f"{where}: {name!r} is constant within every subject{one}, so permuting "
-                             "channels within subjects cannot change it; use 'between-subject'.")
+            if units.n_channels == units.n_subjects:
+                raise ValueError(f"{where}: the formula has one grouping level ({sub}), so there are no smaller "
+                                 f"units within a {sub} group to permute; use 'between-subject' (whole {sub} "
+                                 "groups are permuted).")
+            raise ValueError(f"{where}: {name!r} is constant within every {sub} group, so permuting "
+                             f"{ch} groups within them cannot change it; use 'between-subject'.")
 
 
 def _draw(units, in_use, n_permutations, seed) -> dict:

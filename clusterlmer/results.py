@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from ._checks import check_option
+from .cluster import smallest_cluster_p
 
 __all__ = ["TimeseriesFit", "FitSource", "PermutationClusterResult", "cluster_table"]
 
@@ -56,6 +57,25 @@ def _fit_health(d: pd.DataFrame) -> str:
     return (f"{c['n_fits']} fits = {c['regular']} converged and regular + {c['singular']} singular (converged at a "
             f"boundary) + {c['not_converged']} not converged{also} + {c['failed']} failed (no statistics); "
             f"separately, {c['rows_excluded']} sample(s) had rows excluded (non-finite responses)")
+
+
+def _hypotheses_lines(options, levels, terms, note) -> list:
+    """The hypothesis each row tests, the sign convention, and numeric columns read as factors."""
+    hypotheses = options.get("hypotheses")
+    if hypotheses is None:  # a result file written before the fits recorded them
+        if options["coding"] == "reference" and any(":" in term for term in terms):
+            return [f"{note}reference coding: a main effect next to an interaction is the simple effect at "
+                    "the other factors' reference levels (coding='effects' averages)."]
+        return []
+    width = max((len(t) for t in terms), default=0)
+    lines = ["Each row tests (H0):"]
+    lines += [f"  {t:<{width}}  {hypotheses[t]}" for t in terms if t in hypotheses]
+    if options.get("sign"):
+        lines.append(f"{note}{options['sign']}.")
+    for name in options.get("numeric_as_factor", []):
+        lines.append(f"{note}{name!r} is numeric with two values and interacts with another variable, so it "
+                     f"is coded as a factor with levels {', '.join(levels.get(name, []))} (sorted).")
+    return lines
 
 
 @dataclass(frozen=True, eq=False)
@@ -269,11 +289,7 @@ class TimeseriesFit:
             lines.append("Cross-check: " + (f"R engine refit at samples {check['samples']}: largest relative "
                                             f"difference in F/DF2 {check['max_rel_diff']:.2g}"
                                             if check["max_rel_diff"] is not None else check["note"] or "not run"))
-        if o["coding"] == "reference" and any(":" in term for term in self.terms):
-            lines.append(
-                "Note:        with reference coding and an interaction, a 'main effect' is the simple effect "
-                "at the reference level of the other factor(s); use coding='effects' for averaged main effects."
-            )
+        lines += _hypotheses_lines(o, self.levels, self.terms, "Note:        ")
         lines.append("Peak F per term:")
         rows = []
         for i, term in enumerate(self.terms):
@@ -450,17 +466,20 @@ class PermutationClusterResult:
             f"Statistic:     {self.statistic} ({_TAIL_NAMES[self.tail]}), cluster statistic '{self.cluster_stat}'",
             f"Thresholds:    per-sample {_quantiles(self.tail, self.cluster_alpha)} of the permutation "
             f"distribution (quantile method '{self.quantile_method}'); clusters significant at p < {self.alpha:g}",
-            f"Permutations:  {self.n_permutations} (seed {self.seed}); {schemes}",
+            f"Permutations:  {self.n_permutations} (seed {self.seed}); "
+            + ("\n               ".join(self.run["permutations"]) if self.run.get("permutations") else schemes),
             f"Refit failures: " + (", ".join(f"{t}: {n} of {n_fits}" for t, n in fails.items())),
             f"Observed fits: {_fit_health(self.fit.diagnostics)}",
             f"Engine:        {_engine_text(self.fit.options)}",
         ]
+        smallest = smallest_cluster_p(self.n_permutations, self.tail)
+        if smallest >= self.alpha:
+            lines.append(f"Note:          with {self.n_permutations} permutations the smallest possible cluster p is "
+                         f"{smallest:.3g}, not below alpha = {self.alpha:g}: no cluster can be significant.")
         if self.run.get("worker_restarts"):
             lines.append(f"Workers:       {self.run['worker_restarts']} worker process(es) died; their permutations "
                          "were refitted in fresh workers (the result is unaffected).")
-        if self.fit.options["coding"] == "reference" and any(":" in t for t in self.fit.terms):
-            lines.append("Note:          reference coding: a main effect next to an interaction is the simple "
-                         "effect at the other factor's reference level (coding='effects' averages).")
+        lines += _hypotheses_lines(self.fit.options, self.fit.levels, self.terms, "Note:          ")
         table = self.clusters
         significant = table[table["p"] < self.alpha] if len(table) else table
         lines.append(f"Significant clusters (p < {self.alpha:g}):")

@@ -27,7 +27,7 @@ from clusterlmer import datasets
 from clusterlmer.design import build_design
 from clusterlmer.engines import native
 from clusterlmer.engines.base import FitOptions
-from clusterlmer.fit import RESCALE_EXPONENTS, _response_exponents
+from clusterlmer.fit import RESCALE_EXPONENTS, response_exponents
 from clusterlmer.formula import parse_formula
 
 pytest.importorskip("rpy2")
@@ -260,7 +260,7 @@ def test_rescaling_window():
     for k in range(-5, 10):
         Y = np.ldexp(y, k)
         sd = Y.std(axis=0)
-        shift = _response_exponents(Y, np.isfinite(Y))
+        shift = response_exponents(Y, np.isfinite(Y))
         inside = (sd >= 2.0**-4) & (sd < 2.0**8)
         assert np.array_equal(shift == 0, inside), (k, sd, shift)
         scaled = np.ldexp(sd, shift)
@@ -269,7 +269,7 @@ def test_rescaling_window():
     Y[5, 0] = np.nan
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        shift = _response_exponents(Y, np.isfinite(Y))
+        shift = response_exponents(Y, np.isfinite(Y))
     _no_trouble(record)  # no overflow on the way
     sd = np.array([np.nanstd(np.ldexp(Y[:, j], shift[j])) for j in range(Y.shape[1])])
     assert np.all((sd >= 1) & (sd < 2)), sd

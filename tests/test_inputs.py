@@ -318,7 +318,8 @@ def test_no_finite_values_anywhere_still_names_terms(sim):
     values = np.full_like(sim.values, np.nan)
     fit = cl.fit_timeseries(with_design(sim, values=values), FORMULA)
     assert fit.terms == TERMS
-    assert fit.coef_names == ("(Intercept)", "hit_miss", "regionhc", "hit_miss:regionhc")
+    # hit_miss (0/1) interacts with region, so it is a factor with reference 0
+    assert fit.coef_names == ("(Intercept)", "hit_miss1", "regionhc", "hit_miss1:regionhc")
     assert np.isnan(fit.F).all()
     assert (fit.diagnostics["error"] == "no finite response values at this sample").all()
 
@@ -393,12 +394,12 @@ def test_t_is_signed_sqrt_f_for_one_coefficient_terms(base_fit):
     np.testing.assert_allclose(base_fit.t, expected, rtol=1e-12)
     np.testing.assert_allclose(base_fit.t**2, base_fit.F, rtol=1e-10)
     # with reference coding the hit_miss term is the hit_miss coefficient
-    est = base_fit.estimates[base_fit.coef_names.index("hit_miss")]
+    est = base_fit.estimates[base_fit.coef_names.index("hit_miss1")]
     np.testing.assert_array_equal(np.sign(base_fit.t[TERMS.index("hit_miss")]), np.sign(est))
-    est_int = base_fit.estimates[base_fit.coef_names.index("hit_miss:regionhc")]
+    est_int = base_fit.estimates[base_fit.coef_names.index("hit_miss1:regionhc")]
     np.testing.assert_array_equal(np.sign(base_fit.t[TERMS.index("hit_miss:region")]), np.sign(est_int))
     # t = estimate / se for a single coefficient
-    i = base_fit.coef_names.index("hit_miss")
+    i = base_fit.coef_names.index("hit_miss1")
     np.testing.assert_allclose(base_fit.t[1], base_fit.estimates[i] / base_fit.se[i], rtol=1e-6)
 
 
@@ -416,13 +417,13 @@ def test_summary_mentions_methods_and_coding(sim, base_fit):
     assert "Fit method:  REML;" in text
     assert "Satterthwaite" in text
     assert "reference (treatment)" in text
-    assert "reference levels: region = 'phrc'" in text
+    assert "reference levels: hit_miss = '0', region = 'phrc'" in text
     ml = cl.fit_timeseries(sim, FORMULA, reml=False, ddf="residual", coding="effects", terms="hit_miss")
     text = ml.summary()
     assert "Fit method:  ML;" in text
     assert "REML" not in text
     assert "residual (n - rank X)" in text
-    assert "effects (sum to zero, last level -1); levels: region = ['phrc', 'hc']" in text
+    assert "effects (sum to zero, last level -1); levels: hit_miss = ['0', '1'], region = ['phrc', 'hc']" in text
 
 
 def test_time_frequency_values_equal_per_frequency_fits(sim):
@@ -454,17 +455,20 @@ def test_level_order_of_text_categorical_and_numeric_columns(sim):
     first = list(dict.fromkeys(sim.design["region"]))
     assert first == ["phrc", "hc"] and first != sorted(first)
     fit = cl.fit_timeseries(sim, FORMULA, terms="hit_miss")
-    assert fit.levels == {"region": ["phrc", "hc"]}
-    assert fit.reference_levels == {"region": "phrc"}
-    # a numeric 0/1 column stays numeric: one coefficient named after the column
-    assert fit.coef_names == ("(Intercept)", "hit_miss", "regionhc", "hit_miss:regionhc")
+    assert fit.levels == {"hit_miss": ["0", "1"], "region": ["phrc", "hc"]}
+    assert fit.reference_levels == {"hit_miss": "0", "region": "phrc"}
+    # a numeric 0/1 column in an interaction is a factor, values sorted (reference 0)
+    assert fit.coef_names == ("(Intercept)", "hit_miss1", "regionhc", "hit_miss1:regionhc")
+    # without an interaction it stays numeric: one coefficient named after the column
+    fit = cl.fit_timeseries(sim, "data ~ hit_miss + region + (1|sid) + (1|sid:ch)", terms="hit_miss")
+    assert fit.coef_names == ("(Intercept)", "hit_miss", "regionhc")
     assert "hit_miss" not in fit.levels
 
     # categorical: category order, unused categories dropped
     cat = sim.design.assign(region=pd.Categorical(sim.design["region"], categories=["amy", "hc", "phrc"]))
     fit = cl.fit_timeseries(with_design(sim, cat), FORMULA, terms="hit_miss")
-    assert fit.levels == {"region": ["hc", "phrc"]}
-    assert fit.coef_names == ("(Intercept)", "hit_miss", "regionphrc", "hit_miss:regionphrc")
+    assert fit.levels == {"hit_miss": ["0", "1"], "region": ["hc", "phrc"]}
+    assert fit.coef_names == ("(Intercept)", "hit_miss1", "regionphrc", "hit_miss1:regionphrc")
 
     # integer and boolean columns stay numeric too
     nums = sim.design.assign(hm=sim.design["hit_miss"].astype(int), hb=sim.design["region"] == "hc")

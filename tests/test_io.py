@@ -84,7 +84,8 @@ def test_level_order_reaches_the_design(tmp_path):
     d = load_mat(tmp_path / "x.mat")
     md = build_design(d.design, parse_formula("data ~ hit_miss * region + (1|sid) + (1|sid:ch)"))
     assert md.factors["region"] == ["phrc", "hc"]
-    assert "hit_miss" in md.numeric
+    # numeric 0/1 interacting with region: a factor, values sorted
+    assert md.converted == ("hit_miss",) and md.factors["hit_miss"] == ["0", "1"]
 
 
 def test_scipy_savemat_in_matlab_layout(tmp_path):

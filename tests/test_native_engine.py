@@ -206,7 +206,8 @@ def test_bundled_1way_and_effects_coding(r_engine):
     two = datasets.sample_2way()
     sub = cl.TimeseriesData(two.design, two.values[:, ::6], two.times[::6])
     fr, fn = both(sub, F2, coding="effects")
-    assert fn.coef_names == ("(Intercept)", "hit_miss", "regionhc", "hit_miss:regionhc")
+    # hit_miss (0/1) interacts with region: a sum-coded factor, last level (1) coded -1
+    assert fn.coef_names == ("(Intercept)", "hit_miss0", "regionhc", "hit_miss0:regionhc")
     check_end_to_end(fr, fn, "2way effects coding", rtol=BUNDLED_RTOL)
     check_at_theta(r_engine, sub, F2, coding="effects", label="2way effects coding")
 

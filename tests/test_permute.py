@@ -111,7 +111,7 @@ def test_describe_and_repr(perms2):
     table = perms2.describe()
     assert list(table.columns) == ["variable", "varies", "scheme", "permuted_among"]
     assert table["variable"].tolist() == ["hit_miss", "region"]
-    assert table["permuted_among"].tolist() == ["rows within each of 169 channels", "169 channels"]
+    assert table["permuted_among"].tolist() == ["rows within each of 169 sid:ch groups", "169 sid:ch groups"]
     assert "200 permutations" in repr(perms2) and "seed=11" in repr(perms2)
 
 
@@ -318,7 +318,8 @@ def test_single_grouping_channel_is_subject(d2):
     p = make_permutations(d, "data ~ hit_miss * region + (1|chan)", 20, seed=0)
     assert p.schemes == {"hit_miss": "within-channel", "region": "between-subject"}
     assert p.n_channels == p.n_subjects == 169
-    with pytest.raises(ValueError, match="channels and subjects coincide"):
+    with pytest.raises(ValueError, match=r"the formula has one grouping level \(chan\), so there are no smaller "
+                                         r"units within a chan group to permute"):
         make_permutations(d, "data ~ region + (1|chan)", 2, 0, schemes={"region": "channel-within-subject"})
 
 
@@ -419,22 +420,22 @@ def test_unknown_scheme_variable_and_name(d2):
 
 def test_impossible_schemes(d2):
     with pytest.raises(ValueError, match=r"schemes\['hit_miss'\]='between-channel': 'hit_miss' varies "
-                                         r"within channels \(e.g. channel S01:ch1\).*use 'within-channel'"):
+                                         r"within sid:ch groups \(e.g. sid:ch = S01:ch1\).*use 'within-channel'"):
         make_permutations(d2, F2, 2, seed=0, schemes={"hit_miss": "between-channel"})
-    with pytest.raises(ValueError, match="'region' is constant within every channel, so within-channel "
-                                         "shuffling cannot change it; use 'between-channel'"):
+    with pytest.raises(ValueError, match="'region' is constant within every sid:ch group, so shuffling within "
+                                         "them cannot change it; use 'between-channel'"):
         make_permutations(d2, F2, 2, seed=0, schemes={"region": "within-channel"})
-    with pytest.raises(ValueError, match="'region' varies between channels of the same subject, so it cannot "
-                                         "be permuted as a subject-level value"):
+    with pytest.raises(ValueError, match="'region' varies between the sid:ch groups of one sid, so it cannot "
+                                         "be permuted as a sid-level value"):
         make_permutations(d2, F2, 2, seed=0, schemes={"region": "between-subject"})
-    with pytest.raises(ValueError, match="'group' is constant within every subject, so permuting channels "
-                                         "within subjects cannot change it; use 'between-subject'"):
+    with pytest.raises(ValueError, match="'group' is constant within every sid group, so permuting sid:ch "
+                                         "groups within them cannot change it; use 'between-subject'"):
         make_permutations(handmade(), FH, 2, seed=0, schemes={"group": "channel-within-subject"})
 
 
 def test_within_channel_with_single_rows(d2):
     one = d2[d2["hit_miss"] == 1].reset_index(drop=True).assign(hm=lambda f: np.arange(len(f)) % 2)
-    with pytest.raises(ValueError, match="every channel has a single row, so within-channel shuffling "
+    with pytest.raises(ValueError, match="every sid:ch group has a single row, so shuffling within them "
                                          "cannot change labels"):
         make_permutations(one, "data ~ hm + (1|sid) + (1|sid:ch)", 2, seed=0, schemes={"hm": "within-channel"})
     # Derived: the same variable is channel-level there.
