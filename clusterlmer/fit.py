@@ -184,9 +184,10 @@ def _cross_check(design, Y, options, native_fit, n_samples):
             rel = np.abs(a - b)[ok] / np.maximum(np.abs(b)[ok], 1e-8)
         worst = max(worst, float(rel.max(initial=0.0)))
     if worst > CROSS_CHECK_TOLERANCE:
+        use_r = option_hint("engine='r'", "--engine r")
         warnings.warn(f"the native engine differs from lme4/lmerTest by up to {worst:.2g} (relative, F/DF2) at "
                       f"samples {picks.tolist()}, more than the expected {CROSS_CHECK_TOLERANCE:g}. Please report "
-                      "this; engine='r' gives lmerTest's numbers.", RuntimeWarning, stacklevel=3)
+                      f"this; {use_r} gives lmerTest's numbers.", RuntimeWarning, stacklevel=3)
     return {"samples": picks.tolist(), "max_rel_diff": worst, "note": ""}
 
 
