@@ -63,3 +63,15 @@ def where_blocks_ran(client):
     """Per clusterlmer run (Dask event topic), where each block attempt ran: "R process" or "worker thread"."""
     return {topic: [msg["in"] for _, msg in log if isinstance(msg, dict) and "in" in msg]
             for topic, log in client.get_events().items() if topic.startswith("clusterlmer-")}
+
+
+def run_cli(capsys, argv):
+    """``clusterlmer.cli.main(argv)`` in this process: (exit code, stdout, stderr)."""
+    from clusterlmer.cli import main
+
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -130,14 +130,9 @@ def mat_file(tiny, tmp_path):
 
 
 def cli(capsys, *argv):
-    from clusterlmer.cli import main
+    from conftest import run_cli
 
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_cli(capsys, argv)
 
 
 def no_load(monkeypatch):

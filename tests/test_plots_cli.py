@@ -20,8 +20,9 @@ from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 
 import clusterlmer as cl
-from clusterlmer.cli import build_parser, main
+from clusterlmer.cli import build_parser
 from clusterlmer.plotting import _outline
+from conftest import run_cli
 
 FORMULA = "data ~ hit_miss * region + (1|sid) + (1|sid:ch)"
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -214,16 +215,6 @@ def seed_file(small, tmp_path_factory):
         "region": d["region"].tolist(), "data": small.values,
     })
     return path
-
-
-def run_cli(capsys, argv):
-    """``main(argv)`` in-process: (exit code, stdout, stderr)."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _subparser(name):
