@@ -189,8 +189,11 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
         :func:`clusterlmer.fit_timeseries`); 0 to skip. Permutations are
         not cross-checked.
     n_jobs : int
-        Worker processes for the permutation fits (-1: every core). The
-        result does not depend on it.
+        Worker processes for the permutation fits (-1: every core; more
+        than the cores are capped at the cores, with a warning). They are
+        the package's own processes, so a script needs no
+        ``if __name__ == "__main__":`` guard. The result does not depend
+        on it.
     checkpoint : str or path-like, optional
         HDF5 file keeping finished permutations; rerunning with the same
         arguments resumes from it and gives the same result as an
