@@ -7,7 +7,7 @@ import contextvars
 import os
 import tempfile
 
-__all__ = ["check_option", "check_type", "check_writable", "option_hint", "called_from_cli", "in_cli"]
+__all__ = ["check_option", "check_writable", "option_hint", "called_from_cli", "in_cli"]
 
 # Set by the command line for the duration of a command, so that messages
 # suggesting an option name the flag a CLI user can actually pass.
@@ -58,13 +58,6 @@ def check_option(name, value, allowed):
     if value not in allowed:
         options = ", ".join(repr(a) for a in allowed)
         raise ValueError(f"Invalid value for the {name!r} parameter. Allowed values are {options}, but got {value!r} instead.")
-    return value
-
-
-def check_type(name, value, types, what):
-    """Raise ``TypeError`` when ``value`` is not an instance of ``types``."""
-    if not isinstance(value, types):
-        raise TypeError(f"{name} must be {what}, got {type(value).__name__}.")
     return value
 
 

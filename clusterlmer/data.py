@@ -1,4 +1,9 @@
-"""The data container: one design row per observation, one response per timepoint."""
+"""The data container (one design row per observation, one response per timepoint) and its design table.
+
+Besides :class:`TimeseriesData`, this module owns the small questions asked
+of a design table by several stages: are these columns there and complete,
+which rows share a group of columns, and how a group is named in messages.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,43 @@ def _preview(names, limit=12):
     names = [str(n) for n in names]
     shown = ", ".join(names[:limit])
     return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def check_columns(frame, names, what):
+    """Require columns to exist in ``frame`` and to have no missing values.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+    names : list of str
+    what : str
+        What the columns are, to start the message (e.g. ``"grouping column(s)"``).
+
+    Raises
+    ------
+    ValueError
+        Naming the absent columns and the available ones, or the first
+        column with missing values and their rows.
+    """
+    missing = [c for c in names if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{what} {_preview(map(repr, missing))} {'is' if len(missing) == 1 else 'are'} not in the "
+                         f"design. Available columns: {_preview(frame.columns)}.")
+    for c in names:
+        na = frame[c].isna().to_numpy()
+        if na.any():
+            raise ValueError(f"column {c!r} has {na.sum()} missing value(s) (rows "
+                             f"{_preview(np.flatnonzero(na), 6)}); fill them or drop those rows.")
+
+
+def group_codes(frame, cols) -> np.ndarray:
+    """Group code 0..G-1 (order of first appearance) of rows sharing ``cols``."""
+    return frame.groupby(list(cols), sort=False).ngroup().to_numpy()
+
+
+def group_label(frame, cols, row) -> str:
+    """The group of row ``row`` as its values of ``cols`` joined by ``":"`` (e.g. ``"s01:ch3"``)."""
+    return ":".join(str(frame[c].iloc[row]) for c in cols)
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,8 +1,8 @@
-"""Permutations that keep the random-effects structure (REFERENCE.md section 4).
+"""Permutations that keep the random-effects structure.
 
 Every permuted design is checked: rows keep their subject and channel, labels
 move only at the level where each variable varies, group sizes stay as
-observed (the seed swapped unequal between-channel sizes). Pure Python.
+observed (channels of unequal size must never trade rows). Pure Python.
 """
 
 from collections import Counter
@@ -13,12 +13,8 @@ import pytest
 
 import clusterlmer as cl
 from clusterlmer.design import build_design
-from clusterlmer.permute import (
-    SCHEMES,
-    Permutations,
-    check_one_row_per_level,
-    make_permutations,
-)
+from clusterlmer.io import check_one_row_per_level
+from clusterlmer.permute import SCHEMES, Permutations, make_permutations
 
 F2 = "data ~ hit_miss * region + (1|sid) + (1|sid:ch)"
 F1 = "data ~ hit_miss + (1|sid) + (1|sid:ch)"
@@ -83,7 +79,7 @@ def channel_values(frame, col, keys=("sid", "ch")):
 # Derived schemes
 # ---------------------------------------------------------------------------
 
-def test_derived_schemes_seed_formulas(d2, d1):
+def test_derived_schemes_original_formulas(d2, d1):
     p2 = make_permutations(d2, F2, 3, seed=0)
     assert p2.schemes == {"hit_miss": "within-channel", "region": "between-channel"}
     assert p2.varies == {"hit_miss": "within-channel", "region": "between-channel"}
@@ -119,10 +115,10 @@ def test_describe_and_repr(perms2):
 # Structure kept on every permutation
 # ---------------------------------------------------------------------------
 
-def test_seed_layout_every_permutation(d2, perms2):
+def test_original_layout_every_permutation(d2, perms2):
     observed_region = channel_values(d2, "region")
     counts = observed_region.value_counts()
-    assert counts["phrc"] != counts["hc"]  # unequal sizes: the seed swapped them
+    assert counts["phrc"] != counts["hc"]  # unequal sizes: swapping the two groups' labels wholesale would change them
     observed_hm = per_unit(d2, ["sid", "ch"], "hit_miss")
     assert len(perms2) == N
     changed = 0
@@ -480,7 +476,8 @@ def test_formula_errors_pass_through(d2):
 
 
 # ---------------------------------------------------------------------------
-# check_one_row_per_level
+# check_one_row_per_level (an original-layout rule, in clusterlmer.io; the
+# within-channel swaps rely on it)
 # ---------------------------------------------------------------------------
 
 def test_one_row_per_level_ok(sim2, d2):
