@@ -7,7 +7,7 @@ null (not a parametric critical value), so the test works for any statistic
 (F, t, ...). Alternatively ``clusterstat="tfce"`` scores every sample with
 threshold-free cluster enhancement (Smith & Nichols 2009) on the same null.
 
-Conventions (those of the seed's MATLAB ``cluster_test``, minus its defects):
+Conventions (those of the original method's MATLAB ``cluster_test``, after E. Spaak, minus its defects):
 
 * p of an observed cluster is ``(#{null > obs} + 1) / (n_permutations + 1)``
   (strictly greater), where the null holds one extreme per permutation; a

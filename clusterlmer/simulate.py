@@ -1,4 +1,4 @@
-"""Simulated iEEG datasets in the seed's layout, with known effects.
+"""Simulated iEEG datasets in the original MAT layout, with known effects.
 
 Used by the demo, the tests and the benchmarks; every draw comes from
 ``np.random.default_rng(seed)``.
@@ -38,7 +38,7 @@ def _channel_counts(rng, n_subjects, n_channels):
 def simulate_ieeg(kind="2way", *, n_subjects=15, n_channels=None, n_times=139, seed=0,
                   hit_miss_effect=0.6, interaction_effect=0.8, subject_sd=1.0, channel_sd=0.7,
                   noise_sd=1.0, ar=0.85, return_truth=False):
-    """Simulate a dataset shaped like the seed's (two rows per channel: hit, miss).
+    """Simulate a dataset shaped like the original sample files (two rows per channel: hit, miss).
 
     Parameters
     ----------

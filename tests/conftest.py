@@ -15,7 +15,7 @@ try:
 except ImportError:
     collect_ignore = ["test_pymer4.py"]
 
-# A small seed-shaped dataset and its single-process permutation run, which the
+# A small dataset in the original layout and its single-process permutation run, which the
 # parallel back ends (workers, Dask, SLURM) must reproduce bit for bit. The run
 # uses the R engine explicitly: those back ends exist to run R in their workers.
 SMALL_FORMULA = "data ~ hit_miss * region + (1|sid) + (1|sid:ch)"

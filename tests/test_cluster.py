@@ -1,4 +1,4 @@
-"""cluster_test semantics (REFERENCE.md section 5) on hand-computed cases, and a
+"""cluster_test semantics (per-sample thresholds from the null, cluster sums and sizes, p = (#{null > obs} + 1) / (n + 1)) on hand-computed cases, and a
 cross-check of cluster membership, sums and TFCE scores against MNE-Python.
 
 No R needed. The hand case: 12 samples, 4 permutations of values in {-1, 0, 1}

@@ -210,7 +210,7 @@ def r_datasets(tmp_path_factory):
 
 
 # --------------------------------------------------------------------------
-# 1. simulated seed-shaped data
+# 1. simulated data in the original layout
 # --------------------------------------------------------------------------
 
 # Every ddf, coding, reml and test value appears at least twice (KR only with REML).
