@@ -1,5 +1,6 @@
-"""cluster_test semantics (per-sample thresholds from the null, cluster sums and sizes, p = (#{null > obs} + 1) / (n + 1)) on hand-computed cases, and a
-cross-check of cluster membership, sums and TFCE scores against MNE-Python.
+"""cluster_test semantics (per-sample thresholds from the null, cluster sums and sizes,
+p = (#{null > obs} + 1) / (n + 1)) on hand-computed cases, and a cross-check of cluster
+membership, sums and TFCE scores against MNE-Python.
 
 No R needed. The hand case: 12 samples, 4 permutations of values in {-1, 0, 1}
 with a +1 and a -1 at every sample, so MATLAB's quantile (hazen) clamps to the
