@@ -24,7 +24,7 @@ from .design import ModelDesign, build_design
 from .engines import ENGINE_CHOICES, get_engine, resolve_engine
 from .fit import _check_options, fit_samples, fit_timeseries, response_exponents
 from .formula import parse_formula
-from .parallel import check_client, resolve_n_jobs, run_permutations
+from .run import check_client, resolve_n_jobs, run_permutations
 from .permute import make_permutations
 from .results import PermutationClusterResult, cluster_table
 

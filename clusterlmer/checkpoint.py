@@ -217,6 +217,11 @@ class Checkpoint:
         """Indices of the permutations still to fit."""
         return np.flatnonzero(~self.done)
 
+    def unfinished_note(self) -> str:
+        """For a run that stops now: how many permutations are not done, and what becomes of the finished ones."""
+        kept = "kept in the checkpoint: rerun to resume" if self.path else "lost: use checkpoint= to keep them"
+        return f"{int((~self.done).sum())} permutations are not done. Finished permutations are {kept}."
+
     def add(self, indices, values):
         """Record finished permutations and save when due."""
         self.values[indices] = values

@@ -13,7 +13,8 @@ import numpy as np
 
 from ._checks import called_from_cli, check_writable
 from .cluster import _QUANTILE_METHODS
-from .parallel import available_cores
+from .run import available_cores
+from .run.dask import DASK_HINT
 
 DEMO_NPERM = 200
 
@@ -132,7 +133,6 @@ def _run(args) -> int:
     return 0
 
 
-_DASK_HINT = "pip install 'clusterlmer[dask]'"
 _SLURM_DEFAULTS = dict(slurm_jobs=1, slurm_cores=1, slurm_memory="4GB", slurm_walltime="01:00:00")
 
 
@@ -143,7 +143,7 @@ def _dask_client(args):
         try:
             from distributed import Client
         except ImportError:
-            raise ImportError(f"--scheduler needs Dask's distributed package: {_DASK_HINT}") from None
+            raise ImportError(f"--scheduler needs Dask's distributed package: {DASK_HINT}") from None
         with Client(args.scheduler, set_as_default=False) as client:  # connect before the observed fit
             yield client
         return
@@ -154,11 +154,11 @@ def _dask_client(args):
         from dask_jobqueue import SLURMCluster
         from distributed import Client
     except ImportError:
-        raise ImportError(f"--slurm needs dask-jobqueue: {_DASK_HINT}") from None
+        raise ImportError(f"--slurm needs dask-jobqueue: {DASK_HINT}") from None
     if shutil.which("sbatch") is None:
         raise OSError("--slurm needs SLURM's sbatch on PATH (run on a login node of a SLURM cluster).")
     options = {key: getattr(args, key) for key in _SLURM_DEFAULTS}
-    # One Dask worker process per core, one thread each: one R per core (clusterlmer.parallel).
+    # One Dask worker process per core, one thread each: one R per core (clusterlmer.run.dask_worker).
     cluster = SLURMCluster(
         cores=options["slurm_cores"], processes=options["slurm_cores"], memory=options["slurm_memory"],
         walltime=options["slurm_walltime"], queue=args.slurm_queue, account=args.slurm_account,
