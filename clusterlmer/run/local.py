@@ -20,8 +20,7 @@ from collections import deque
 import numpy as np
 
 from .._checks import option_hint
-from . import worker_process
-from .worker_process import WorkerDied, WorkerProcess, stop_all
+from .worker_process import WorkerDied, WorkerProcess, dumps, stop_all
 
 __all__ = ["available_cores", "resolve_n_jobs", "run_in_workers"]
 
@@ -61,21 +60,11 @@ def run_in_workers(task, checkpoint, todo, n_jobs, *, split, engine, bar=None, i
 
     Parameters
     ----------
-    task : object
-        Picklable, with ``statistics(k) -> ndarray``.
-    checkpoint : clusterlmer.checkpoint.Checkpoint
-        Receives each finished block.
-    todo : sequence of int
-        Permutation indices to fit.
     n_jobs : int
         Worker processes (at most one per block).
-    split : callable
-        ``split(todo, n_jobs)`` -> list of blocks of indices.
-    engine : clusterlmer.engines.EngineProperties
-        The task's engine, named in messages about dead workers.
-    bar : tqdm progress bar, optional
-    interrupted : callable
-        True once the user asked to stop (Ctrl-C).
+    task, checkpoint, todo, split, engine, bar, interrupted
+        As for :func:`clusterlmer.run.dask.run_on_dask`; ``split(todo, n_jobs)`` gives the blocks,
+        and ``engine`` is only named in messages about dead workers.
 
     Returns
     -------
@@ -83,7 +72,7 @@ def run_in_workers(task, checkpoint, todo, n_jobs, *, split, engine, bar=None, i
         How many workers died (and were replaced, their blocks refitted).
     """
     blocks = deque(split(todo, n_jobs))
-    payload = worker_process.dumps(task)  # pickled once, sent once to each worker
+    payload = dumps(task)  # pickled once, sent once to each worker
     token = uuid.uuid4().hex[:12]
     workers = [WorkerProcess(label=_LABEL) for _ in range(min(n_jobs, len(blocks)))]
     busy = {}  # worker -> the block it is fitting

@@ -5,7 +5,7 @@ this package only, never the caller's ``__main__`` module (multiprocessing's spa
 which fails in a script without an ``if __name__ == "__main__":`` guard), and it fits in its own
 main thread, alone, as engines that need their own process (R) require. Local workers
 (``n_jobs``, :mod:`clusterlmer.run.local`) and the children of Dask worker threads
-(:mod:`clusterlmer.run.child_pool`) are both this process.
+(:mod:`clusterlmer.run.dask_worker`) are both this process.
 
 The protocol runs over the child's stdin and stdout, both length-prefixed pickles. The parent
 sends ``(token, sys.path, task, indices)``: ``task`` (the pickled task, or None) replaces the
