@@ -16,9 +16,9 @@ from .design import DesignError
 from .fit import fit_timeseries
 from .formula import FormulaError, parse_formula
 from .io import MatFileError, load_mat
+from .loading import ResultFileError, load_result
 from .permute import Permutations, make_permutations
 from .results import PermutationClusterResult, TimeseriesFit
-from .saving import ResultFileError, load_result
 from .simulate import simulate_ieeg
 
 __version__ = "0.1.0"

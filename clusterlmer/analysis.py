@@ -18,20 +18,18 @@ import numpy as np
 from ._checks import check_option, option_hint
 from ._memory import check_run_memory
 from .checkpoint import Checkpoint, check_checkpoint_path, fingerprint
-from .cluster import _QUANTILE_METHODS, cluster_test, smallest_cluster_p
+from .cluster import CLUSTER_STATS, QUANTILE_METHODS, TAILS, cluster_test, smallest_cluster_p
 from .data import TimeseriesData, _preview
 from .design import ModelDesign, build_design
 from .engines import ENGINE_CHOICES, get_engine, resolve_engine
-from .fit import _check_options, fit_samples, fit_timeseries, response_exponents
+from .engines.base import check_fit_options
+from .fit import fit_samples, fit_timeseries, response_exponents
 from .formula import parse_formula
-from .parallel import check_client, resolve_n_jobs, run_permutations
 from .permute import make_permutations
-from .results import PermutationClusterResult, cluster_table
+from .results import STATISTICS, PermutationClusterResult, cluster_table
+from .run import check_client, resolve_n_jobs, run_permutations
 
 __all__ = ["permutation_cluster_lmer"]
-
-STATISTICS = ("F", "t")
-CLUSTER_STATS = ("sum", "size", "tfce")
 
 
 @dataclass(frozen=True)
@@ -178,9 +176,10 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
         As :func:`clusterlmer.fit_timeseries`.
     engine : {"auto", "r", "native"}
         As :func:`clusterlmer.fit_timeseries`, decided once on the observed
-        design and used for every permutation: ``"auto"`` (default) runs the
-        seed models on the native engine, hundreds of times faster, and
-        anything else on R with one warning; ``engine="r"`` forces
+        design and used for every permutation: ``"auto"`` (default) runs
+        models with nested random intercepts (those of the bundled samples)
+        on the native engine, hundreds of times faster, and anything else
+        on R with one warning; ``engine="r"`` forces
         lme4/lmerTest everywhere. The engine used is recorded in
         ``result.fit.options["engine"]`` and the summary.
     cross_check : int
@@ -236,7 +235,7 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
     check_option("cluster_stat", cluster_stat, CLUSTER_STATS)
     if tail is None:
         tail = 1 if statistic == "F" else 0
-    check_option("tail", tail, (1, 0, -1))
+    check_option("tail", tail, TAILS)
     if statistic == "F" and tail != 1:
         use_t = option_hint("statistic='t'", "--statistic t")
         raise ValueError(f"F statistics are never negative, so only {option_hint('tail=1', '--tail 1')} makes "
@@ -250,11 +249,11 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
     n_jobs = resolve_n_jobs(n_jobs)
     check_client(client, n_jobs)
     # Everything is checked before the observed fit: a bad value found after the permutations loses them.
-    check_option("quantile_method", quantile_method, _QUANTILE_METHODS)
+    check_option("quantile_method", quantile_method, QUANTILE_METHODS)
     check_option("engine", engine, ENGINE_CHOICES)
     _check_arguments(terms, schemes, levels, optimizer_options, cross_check, progress)
     checkpoint = check_checkpoint_path(checkpoint)
-    options = _check_options(reml, ddf, test, optimizer, optimizer_options)
+    options = check_fit_options(reml, ddf, test, optimizer, optimizer_options)
     model = parse_formula(formula)
     check_run_memory(data, model, n_permutations, terms=terms, schemes=schemes, cluster_stat=cluster_stat,
                      n_jobs=n_jobs, client=client)  # before anything large is allocated

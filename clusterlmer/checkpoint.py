@@ -26,7 +26,7 @@ from ._memory import check_memory
 
 __all__ = ["Checkpoint", "CheckpointError", "check_checkpoint_path", "fingerprint"]
 
-_FORMAT = "clusterlmer-checkpoint"
+FORMAT = "clusterlmer-checkpoint"  # the file's format mark (attribute "format"), also recognised by load_result
 _VERSION = 1
 # Keys recorded apart only to name them in a refusal, whose value another key's
 # fingerprint also covers: a file written before they existed is compared without them.
@@ -92,7 +92,7 @@ def _require_checkpoint(path):
         raise CheckpointError(other.format("an HDF5 file whose header cannot be read")) from None
     if isinstance(mark, bytes):
         mark = mark.decode("utf-8", "replace")
-    if mark != _FORMAT:
+    if mark != FORMAT:
         raise CheckpointError(other.format("an HDF5 file without the checkpoint mark, e.g. a MATLAB v7.3 file "
                                            "or a results file"))
     if version is not None and int(version) > _VERSION:
@@ -217,6 +217,11 @@ class Checkpoint:
         """Indices of the permutations still to fit."""
         return np.flatnonzero(~self.done)
 
+    def unfinished_note(self) -> str:
+        """For a run that stops now: how many permutations are not done, and what becomes of the finished ones."""
+        kept = "kept in the checkpoint: rerun to resume" if self.path else "lost: use checkpoint= to keep them"
+        return f"{int((~self.done).sum())} permutations are not done. Finished permutations are {kept}."
+
     def add(self, indices, values):
         """Record finished permutations and save when due."""
         self.values[indices] = values
@@ -236,7 +241,7 @@ class Checkpoint:
         tmp = f"{self.path}.tmp-{os.getpid()}"
         try:
             with h5py.File(tmp, "w") as f:
-                f.attrs["format"] = _FORMAT
+                f.attrs["format"] = FORMAT
                 f.attrs["version"] = _VERSION
                 f.attrs["keys"] = json.dumps(self.keys, sort_keys=True)
                 f.create_dataset("values", data=self.values, chunks=True, compression="gzip",

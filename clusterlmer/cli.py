@@ -12,8 +12,14 @@ from contextlib import contextmanager
 import numpy as np
 
 from ._checks import called_from_cli, check_writable
-from .cluster import _QUANTILE_METHODS
-from .parallel import available_cores
+from .cluster import CLUSTER_STATS, QUANTILE_METHODS, TAILS
+from .design import CODINGS
+from .engines import ENGINE_CHOICES
+from .engines.base import DDF_METHODS, OPTIMIZERS, TESTS
+from .permute import SCHEMES
+from .results import STATISTICS
+from .run import available_cores
+from .run.dask import DASK_HINT
 
 DEMO_NPERM = 200
 
@@ -132,7 +138,6 @@ def _run(args) -> int:
     return 0
 
 
-_DASK_HINT = "pip install 'clusterlmer[dask]'"
 _SLURM_DEFAULTS = dict(slurm_jobs=1, slurm_cores=1, slurm_memory="4GB", slurm_walltime="01:00:00")
 
 
@@ -143,7 +148,7 @@ def _dask_client(args):
         try:
             from distributed import Client
         except ImportError:
-            raise ImportError(f"--scheduler needs Dask's distributed package: {_DASK_HINT}") from None
+            raise ImportError(f"--scheduler needs Dask's distributed package: {DASK_HINT}") from None
         with Client(args.scheduler, set_as_default=False) as client:  # connect before the observed fit
             yield client
         return
@@ -154,11 +159,11 @@ def _dask_client(args):
         from dask_jobqueue import SLURMCluster
         from distributed import Client
     except ImportError:
-        raise ImportError(f"--slurm needs dask-jobqueue: {_DASK_HINT}") from None
+        raise ImportError(f"--slurm needs dask-jobqueue: {DASK_HINT}") from None
     if shutil.which("sbatch") is None:
         raise OSError("--slurm needs SLURM's sbatch on PATH (run on a login node of a SLURM cluster).")
     options = {key: getattr(args, key) for key in _SLURM_DEFAULTS}
-    # One Dask worker process per core, one thread each: one R per core (clusterlmer.parallel).
+    # One Dask worker process per core, one thread each: one R per core (clusterlmer.run.dask_worker).
     cluster = SLURMCluster(
         cores=options["slurm_cores"], processes=options["slurm_cores"], memory=options["slurm_memory"],
         walltime=options["slurm_walltime"], queue=args.slurm_queue, account=args.slurm_account,
@@ -207,15 +212,15 @@ def _fit(args) -> int:
 def _add_fit_options(p):
     g = p.add_argument_group("model fit (as lmerTest; see clusterlmer.fit_timeseries)")
     g.add_argument("--ml", action="store_true", help="fit by ML (MATLAB fitlme's default) instead of REML")
-    g.add_argument("--ddf", default="satterthwaite", choices=["satterthwaite", "residual", "kenward-roger", "none"],
+    g.add_argument("--ddf", default="satterthwaite", choices=DDF_METHODS,
                    help="denominator degrees of freedom (default satterthwaite; MATLAB's default is residual)")
-    g.add_argument("--coding", default="reference", choices=["reference", "effects"],
+    g.add_argument("--coding", default="reference", choices=CODINGS,
                    help="factor coding (default reference, as MATLAB)")
-    g.add_argument("--test", default="marginal", choices=["marginal", "type3"],
+    g.add_argument("--test", default="marginal", choices=TESTS,
                    help="marginal F per term as MATLAB's anova (default) or lmerTest's type III")
-    g.add_argument("--optimizer", default="bobyqa", choices=["bobyqa", "nloptwrap", "Nelder_Mead"],
+    g.add_argument("--optimizer", default="bobyqa", choices=OPTIMIZERS,
                    help="lme4 optimizer (default bobyqa with rhoend 1e-9); another one makes --engine auto use R")
-    g.add_argument("--engine", default="auto", choices=["auto", "r", "native"],
+    g.add_argument("--engine", default="auto", choices=ENGINE_CHOICES,
                    help="auto (default): the native engine (batched closed form, hundreds of times faster) when "
                    "the model and options allow, cross-checked against lme4/lmerTest at 3 timepoints, else "
                    "lme4/lmerTest with a warning saying why; r: lme4/lmerTest at every fit; native: the native "
@@ -269,8 +274,6 @@ _unit_interval = _checked(float, lambda v: 0 < v < 1, "a number between 0 and 1"
 
 def _scheme(text):
     """``VAR=SCHEME`` of --scheme as a (variable, scheme) pair."""
-    from .permute import SCHEMES
-
     name, sep, scheme = (part.strip() for part in text.partition("="))
     if not sep or not name or not scheme:
         raise argparse.ArgumentTypeError(f"expected VAR=SCHEME, e.g. region=none, got {text!r}")
@@ -297,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="seed of the permutations (default 0)")
     demo.add_argument("--jobs", type=_jobs, default=available_cores(),
                       help="worker processes (default: every core)")
-    demo.add_argument("--engine", default="auto", choices=["auto", "native", "r"],
+    demo.add_argument("--engine", default="auto", choices=ENGINE_CHOICES,
                       help="auto (default): the native engine for this model, cross-checked against lme4/lmerTest "
                       "at 3 timepoints; r: lme4/lmerTest at every fit (about 20 ms per fit: use --nperm 50)")
     demo.add_argument("--out-dir", default="clusterlmer-demo", help="folder for the outputs (default clusterlmer-demo)")
@@ -311,22 +314,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(run)
     _add_method_options(run, 1000)
     g = run.add_argument_group("cluster test")
-    g.add_argument("--statistic", default="F", choices=["F", "t"],
+    g.add_argument("--statistic", default="F", choices=STATISTICS,
                    help="F (upper-tailed; the 2-way original) or signed t (two-tailed; the 1-way original)")
     g.add_argument("--terms", nargs="+", metavar="TERM", help="terms to test (default: all but the intercept)")
-    g.add_argument("--tail", type=int, choices=[1, 0, -1], help="1, 0 or -1 (default 1 for F, 0 for t)")
+    g.add_argument("--tail", type=int, choices=TAILS, help="1, 0 or -1 (default 1 for F, 0 for t)")
     g.add_argument("--alpha", type=_unit_interval, default=0.05, help="cluster significance level (default 0.05)")
     g.add_argument("--cluster-alpha", type=_unit_interval, default=0.05,
                    help="per-sample threshold quantile (default 0.05)")
-    g.add_argument("--cluster-stat", default="sum", choices=["sum", "size", "tfce"], help="cluster statistic")
-    g.add_argument("--quantile-method", default="hazen", choices=_QUANTILE_METHODS, metavar="METHOD",
+    g.add_argument("--cluster-stat", default="sum", choices=CLUSTER_STATS, help="cluster statistic")
+    other_methods = ", ".join(m for m in QUANTILE_METHODS if m not in ("hazen", "linear"))
+    g.add_argument("--quantile-method", default="hazen", choices=QUANTILE_METHODS, metavar="METHOD",
                    help="numpy quantile method for thresholds: hazen (default, MATLAB's quantile), linear (the "
-                   f"Python notebook) or another of {', '.join(m for m in _QUANTILE_METHODS if m not in ('hazen', 'linear'))}")
+                   f"Python notebook) or another of {other_methods}")
     g.add_argument("--checkpoint", metavar="FILE.h5", help="keep finished permutations here; rerun to resume")
     g.add_argument("--scheme", action="append", type=_scheme, metavar="VAR=SCHEME", dest="schemes",
                    help="permutation scheme of a fixed-effect variable, overriding the one derived from the design: "
-                   "within-channel, between-channel, channel-within-subject, between-subject or none (not "
-                   "permuted), e.g. --scheme region=none; repeatable")
+                   f"{', '.join(SCHEMES[:-1])} or {SCHEMES[-1]} (not permuted), e.g. --scheme region=none; "
+                   "repeatable")
     _add_fit_options(run)
     d = run.add_argument_group(
         "Dask and SLURM (pip install 'clusterlmer[dask]'; instead of --jobs; same result for the same seed)")

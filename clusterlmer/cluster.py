@@ -34,13 +34,14 @@ from scipy import ndimage
 
 from ._checks import check_option
 
-__all__ = ["Cluster", "ClusterTestInfo", "cluster_test"]
+__all__ = ["Cluster", "ClusterTestInfo", "cluster_test", "CLUSTER_STATS", "QUANTILE_METHODS", "TAILS"]
 
-_CLUSTERSTATS = ("sum", "size", "tfce")
+CLUSTER_STATS = ("sum", "size", "tfce")
+TAILS = (-1, 0, 1)
 _CONNECTIVITY = ("full", "face")
-_QUANTILE_METHODS = ("inverted_cdf", "averaged_inverted_cdf", "closest_observation", "interpolated_inverted_cdf",
-                     "hazen", "weibull", "linear", "median_unbiased", "normal_unbiased",
-                     "lower", "higher", "midpoint", "nearest")
+QUANTILE_METHODS = ("inverted_cdf", "averaged_inverted_cdf", "closest_observation", "interpolated_inverted_cdf",
+                    "hazen", "weibull", "linear", "median_unbiased", "normal_unbiased",
+                    "lower", "higher", "midpoint", "nearest")
 _TFCE_DEFAULTS = {"E": 0.5, "H": 2.0, "dh": None}
 _TFCE_N_STEPS = 100  # default dh = max|stat| / 100, MNE's suggested resolution
 
@@ -244,13 +245,13 @@ def _check_inputs(datobs, datrnd, tail, alpha, clusteralpha, clusterstat, quanti
             f"{datrnd.shape}.")
     if datrnd.shape[-1] < 1:
         raise ValueError(f"datrnd must hold at least 1 permutation on its last axis, got {datrnd.shape[-1]}.")
-    check_option("tail", tail, (-1, 0, 1))
+    check_option("tail", tail, TAILS)
     for name, value in (("alpha", alpha), ("clusteralpha", clusteralpha)):
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < 1:
             raise ValueError(f"Invalid value for the {name!r} parameter. It must be a number strictly between "
                              f"0 and 1, but got {value!r} instead.")
-    check_option("clusterstat", clusterstat, _CLUSTERSTATS)
-    check_option("quantile_method", quantile_method, _QUANTILE_METHODS)
+    check_option("clusterstat", clusterstat, CLUSTER_STATS)
+    check_option("quantile_method", quantile_method, QUANTILE_METHODS)
     check_option("connectivity", connectivity, _CONNECTIVITY)
     if tfce is not None and clusterstat != "tfce":
         raise ValueError(f"tfce parameters were given but clusterstat={clusterstat!r}; pass clusterstat='tfce'.")

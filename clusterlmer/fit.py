@@ -7,32 +7,16 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from ._checks import check_option, option_hint
+from ._checks import option_hint
 from .data import TimeseriesData, _preview, check_response
 from .design import build_design
 from .engines import get_engine, resolve_engine
-from .engines.base import DDF_METHODS, OPTIMIZERS, TESTS, BlockFit, FitOptions
+from .engines.base import BlockFit, check_fit_options
 from .formula import parse_formula
 from .hypotheses import sign_convention, term_hypotheses
 from .results import FitSource, TimeseriesFit
 
 __all__ = ["fit_timeseries"]
-
-
-def _check_options(reml, ddf, test, optimizer, optimizer_options):
-    if not isinstance(reml, (bool, np.bool_)):
-        raise TypeError(f"reml must be True (REML) or False (ML, MATLAB's default), got {reml!r}.")
-    check_option("ddf", ddf, DDF_METHODS)
-    check_option("test", test, TESTS)
-    check_option("optimizer", optimizer, OPTIMIZERS)
-    if ddf == "kenward-roger" and not reml:
-        raise ValueError(f"ddf='kenward-roger' needs a REML fit: {option_hint('use reml=True', 'leave out --ml')}, "
-                         "or use another ddf method with ML.")
-    opts = dict(optimizer_options or {})
-    bad = {k: v for k, v in opts.items() if not isinstance(v, (int, float)) or isinstance(v, bool)}
-    if bad:
-        raise TypeError(f"optimizer_options values must be numbers, got {bad}.")
-    return FitOptions(bool(reml), ddf, test, optimizer, opts)
 
 
 def _mask_groups(finite):
@@ -275,7 +259,7 @@ def fit_timeseries(data, formula, *, reml=True, ddf="satterthwaite", coding="ref
         raise TypeError(
             f"data must be a TimeseriesData (from cl.from_dataframe or cl.load_mat), got {type(data).__name__}."
         )
-    options = _check_options(reml, ddf, test, optimizer, optimizer_options)
+    options = check_fit_options(reml, ddf, test, optimizer, optimizer_options)
     model = parse_formula(formula)
     check_response(data, model.response)
     design = build_design(data.design, model, coding=coding, levels=levels, response_column=data.response)

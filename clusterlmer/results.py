@@ -1,4 +1,8 @@
-"""Result objects: plain NumPy arrays in small frozen dataclasses."""
+"""Result objects: plain NumPy arrays in small frozen dataclasses, and the cluster table.
+
+Their text summaries are written by :mod:`clusterlmer.summaries`; files by :mod:`clusterlmer.saving`
+(read back by :mod:`clusterlmer.loading`), figures by :mod:`clusterlmer.plotting`.
+"""
 
 from __future__ import annotations
 
@@ -8,74 +12,11 @@ import numpy as np
 import pandas as pd
 
 from ._checks import check_option
-from .cluster import smallest_cluster_p
+from .summaries import fit_summary, result_summary
 
-__all__ = ["TimeseriesFit", "FitSource", "PermutationClusterResult", "cluster_table"]
+__all__ = ["TimeseriesFit", "FitSource", "PermutationClusterResult", "cluster_table", "STATISTICS"]
 
-_DDF_NAMES = {
-    "satterthwaite": "Satterthwaite",
-    "residual": "residual (n - rank X)",
-    "kenward-roger": "Kenward-Roger",
-    "none": "none (DF2 = Inf)",
-}
-_TEST_NAMES = {
-    "marginal": "marginal F-test of each term's coefficients (MATLAB anova)",
-    "type3": "lmerTest type III F-test",
-}
-
-
-def _fit_health_counts(d: pd.DataFrame) -> dict:
-    """Disjoint fit categories of a fit's ``diagnostics``, which sum to the number of samples.
-
-    A sample counts once, in the first of: ``failed`` (an error, or nothing to
-    fit: no statistics), ``not_converged`` (the optimizer or lme4's/lmerTest's
-    checks reported non-convergence, singular or not), ``singular`` (converged
-    on the boundary: a variance component estimated as zero) and ``regular``
-    (converged inside the parameter space). ``rows_excluded`` counts, apart
-    from these, the samples fitted (or attempted) without some observations
-    (non-finite responses); ``not_converged_singular`` is the part of
-    ``not_converged`` that is also singular.
-    """
-    failed = d["failed"].to_numpy(dtype=bool)
-    converged = d["converged"].to_numpy(dtype=bool) & ~failed
-    singular = d["singular"].to_numpy(dtype=float) == 1
-    not_converged = ~failed & ~converged
-    return {
-        "n_fits": len(d),
-        "regular": int((converged & ~singular).sum()),
-        "singular": int((converged & singular).sum()),
-        "not_converged": int(not_converged.sum()),
-        "failed": int(failed.sum()),
-        "not_converged_singular": int((not_converged & singular).sum()),
-        "rows_excluded": int((d["n_excluded"].to_numpy() > 0).sum()),
-    }
-
-
-def _fit_health(d: pd.DataFrame) -> str:
-    c = _fit_health_counts(d)
-    also = f" ({c['not_converged_singular']} of them also singular)" if c["not_converged_singular"] else ""
-    return (f"{c['n_fits']} fits = {c['regular']} converged and regular + {c['singular']} singular (converged at a "
-            f"boundary) + {c['not_converged']} not converged{also} + {c['failed']} failed (no statistics); "
-            f"separately, {c['rows_excluded']} sample(s) had rows excluded (non-finite responses)")
-
-
-def _hypotheses_lines(options, levels, terms, note) -> list:
-    """The hypothesis each row tests, the sign convention, and numeric columns read as factors."""
-    hypotheses = options.get("hypotheses")
-    if hypotheses is None:  # a result file written before the fits recorded them
-        if options["coding"] == "reference" and any(":" in term for term in terms):
-            return [f"{note}reference coding: a main effect next to an interaction is the simple effect at "
-                    "the other factors' reference levels (coding='effects' averages)."]
-        return []
-    width = max((len(t) for t in terms), default=0)
-    lines = ["Each row tests (H0):"]
-    lines += [f"  {t:<{width}}  {hypotheses[t]}" for t in terms if t in hypotheses]
-    if options.get("sign"):
-        lines.append(f"{note}{options['sign']}.")
-    for name in options.get("numeric_as_factor", []):
-        lines.append(f"{note}{name!r} is numeric with two values and interacts with another variable, so it "
-                     f"is coded as a factor with levels {', '.join(levels.get(name, []))} (sorted).")
-    return lines
+STATISTICS = ("F", "t")  # what a permutation cluster test runs on
 
 
 @dataclass(frozen=True, eq=False)
@@ -261,48 +202,7 @@ class TimeseriesFit:
 
     def summary(self) -> str:
         """A text summary: model, methods, coding, fit health and peak effects."""
-        o, d = self.options, self.diagnostics
-        opt_ctrl = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in o["optimizer_options"].items())
-        if o["coding"] == "reference":
-            coding = "reference (treatment); reference levels: " + (
-                ", ".join(f"{k} = {v!r}" for k, v in self.reference_levels.items()) or "no factors"
-            )
-        else:
-            coding = "effects (sum to zero, last level -1); levels: " + (
-                ", ".join(f"{k} = {v}" for k, v in self.levels.items()) or "no factors"
-            )
-        times = np.asarray(self.times)
-        lines = [
-            f"Mixed-model fits per sample (clusterlmer, engine: {o['engine']})",
-            f"Formula:     {self.formula}",
-            f"Fit method:  {'REML' if o['reml'] else 'ML'}; "
-            + (f"optimizer {o['optimizer']} ({opt_ctrl})" if o["engine"] == "r"
-               else "native engine (profiled criterion optimised by batched Newton to ~1e-12 in theta)"),
-            f"Test:        {_TEST_NAMES[o['test']]}; DF2: {_DDF_NAMES[o['ddf']]}",
-            f"Coding:      {coding}",
-            f"Samples:     {'x'.join(map(str, self.sample_shape))} (times {times[0]:g} .. {times[-1]:g}); "
-            f"observations: {int(d['n_obs'].max()) if len(d) else 0}",
-            f"Fits:        {_fit_health(d)}",
-        ]
-        check = o.get("cross_check")
-        if check is not None:
-            lines.append("Cross-check: " + (f"R engine refit at samples {check['samples']}: largest relative "
-                                            f"difference in F/DF2 {check['max_rel_diff']:.2g}"
-                                            if check["max_rel_diff"] is not None else check["note"] or "not run"))
-        lines += _hypotheses_lines(o, self.levels, self.terms, "Note:        ")
-        lines.append("Peak F per term:")
-        rows = []
-        for i, term in enumerate(self.terms):
-            f = self.F[i].ravel()
-            if np.all(np.isnan(f)):
-                rows.append((term, np.nan, np.nan, np.nan))
-                continue
-            j = int(np.nanargmax(f))
-            at = times[np.unravel_index(j, self.sample_shape)[0]]
-            rows.append((term, f[j], at, self.p[i].ravel()[j]))
-        table = pd.DataFrame(rows, columns=["Term", "max FStat", "at time", "pValue"])
-        lines.append(table.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
-        return "\n".join(lines)
+        return fit_summary(self)
 
     def __repr__(self) -> str:
         return (
@@ -334,7 +234,7 @@ def cluster_table(cluster_info: dict, times, freqs=None, *, statistic) -> pd.Dat
         sample, inclusive, and their times), ``f_start, f_stop`` for 2-D
         data, then ``size, stat, p``; sorted by term and start.
     """
-    check_option("statistic", statistic, ("F", "t"))
+    check_option("statistic", statistic, STATISTICS)
     times = np.asarray(times)
     rows = []
     for term, info in cluster_info.items():
@@ -355,27 +255,6 @@ def cluster_table(cluster_info: dict, times, freqs=None, *, statistic) -> pd.Dat
         order = {t: i for i, t in enumerate(cluster_info)}
         table = table.sort_values(["term", "start"], key=lambda s: s.map(order) if s.name == "term" else s)
     return table.reset_index(drop=True)
-
-
-_TAIL_NAMES = {1: "upper-tailed", 0: "two-tailed", -1: "lower-tailed"}
-
-
-def _engine_text(options) -> str:
-    if options["engine"] == "r":
-        return "r (lme4 + lmerTest at every fit)"
-    check = options.get("cross_check") or {}
-    if check.get("max_rel_diff") is None:
-        return f"native (no R cross-check: {check.get('note') or 'not run'})"
-    return (f"native; cross-checked with lme4/lmerTest at samples {check['samples']}: largest relative "
-            f"difference in F/DF2 {check['max_rel_diff']:.2g}")
-
-
-def _quantiles(tail, cluster_alpha):
-    if tail == 1:
-        return f"{1 - cluster_alpha:g} quantile"
-    if tail == -1:
-        return f"{cluster_alpha:g} quantile"
-    return f"{cluster_alpha / 2:g} and {1 - cluster_alpha / 2:g} quantiles"
 
 
 @dataclass(frozen=True, eq=False)
@@ -457,44 +336,7 @@ class PermutationClusterResult:
 
     def summary(self) -> str:
         """Text summary: the method, its settings, the cluster table and fit health."""
-        schemes = ", ".join(f"{v}: {s}" for v, s in self.schemes.items())
-        fails = {t: int(f.sum()) for t, f in self.refit_failures.items()}
-        n_fits = self.n_permutations * int(np.prod(self.fit.sample_shape))
-        lines = [
-            "Cluster-based permutation test of per-sample mixed models (clusterlmer)",
-            f"Formula:       {self.fit.formula}",
-            f"Statistic:     {self.statistic} ({_TAIL_NAMES[self.tail]}), cluster statistic '{self.cluster_stat}'",
-            f"Thresholds:    per-sample {_quantiles(self.tail, self.cluster_alpha)} of the permutation "
-            f"distribution (quantile method '{self.quantile_method}'); clusters significant at p < {self.alpha:g}",
-            f"Permutations:  {self.n_permutations} (seed {self.seed}); "
-            + ("\n               ".join(self.run["permutations"]) if self.run.get("permutations") else schemes),
-            f"Refit failures: " + (", ".join(f"{t}: {n} of {n_fits}" for t, n in fails.items())),
-            f"Observed fits: {_fit_health(self.fit.diagnostics)}",
-            f"Engine:        {_engine_text(self.fit.options)}",
-        ]
-        smallest = smallest_cluster_p(self.n_permutations, self.tail)
-        if smallest >= self.alpha:
-            lines.append(f"Note:          with {self.n_permutations} permutations the smallest possible cluster p is "
-                         f"{smallest:.3g}, not below alpha = {self.alpha:g}: no cluster can be significant.")
-        if self.run.get("worker_restarts"):
-            lines.append(f"Workers:       {self.run['worker_restarts']} worker process(es) died; their permutations "
-                         "were refitted in fresh workers (the result is unaffected).")
-        lines += _hypotheses_lines(self.fit.options, self.fit.levels, self.terms, "Note:          ")
-        table = self.clusters
-        significant = table[table["p"] < self.alpha] if len(table) else table
-        lines.append(f"Significant clusters (p < {self.alpha:g}):")
-        if len(significant):
-            lines.append(significant.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
-        else:
-            lines.append("  none")
-        rest = len(table) - len(significant)
-        if rest:
-            best = table.loc[table["p"] >= self.alpha, "p"].min()
-            lines.append(f"  ... and {rest} cluster(s) with p >= {self.alpha:g} (smallest p = {best:.3g}); "
-                         "the full table is result.clusters.")
-        elif not len(table):
-            lines.append("  (no sample crossed its threshold in a cluster)")
-        return "\n".join(lines)
+        return result_summary(self)
 
     def save(self, path):
         """Write the result: ``.mat`` (MATLAB struct ``lme``), ``.h5`` (everything) or ``.csv`` (tidy table)."""

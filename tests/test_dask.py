@@ -22,7 +22,8 @@ import pytest
 
 import clusterlmer as cl
 from conftest import SMALL_FORMULA, SMALL_N_PERM, SMALL_SEED, assert_same_result, where_blocks_ran, write_small_mat
-from clusterlmer import analysis, dask_backend, parallel
+from clusterlmer import analysis
+from clusterlmer.run import dask_worker, dispatch
 from clusterlmer.cli import main
 
 distributed = pytest.importorskip("distributed")
@@ -48,7 +49,7 @@ def client(cluster):
 
 def _r_processes():
     """(R processes of this worker, those still holding a run's task or busy with a block)."""
-    procs = list(dask_backend._r_all)
+    procs = list(dask_worker._children)
     return len(procs), sum(p.token is not None or p.busy_for is not None for p in procs)
 
 
@@ -236,8 +237,8 @@ def test_native_blocks_are_larger_than_r_blocks():
     """R blocks stay at <= 8 permutations (minutes of work lost with a worker at most); native ones,
     ~0.02 s per permutation, grow to amortise a Dask task or a worker round trip."""
     todo = np.arange(1000)
-    r_split = parallel._block_splitter(type("Task", (), {"engine": "r"})())
-    native_split = parallel._block_splitter(type("Task", (), {"engine": "native"})())
+    r_split = dispatch._block_splitter(type("Task", (), {"engine": "r"})())
+    native_split = dispatch._block_splitter(type("Task", (), {"engine": "native"})())
     for split, size in ((r_split, 8), (native_split, 125)):
         blocks = split(todo, 2)
         assert {len(b) for b in blocks} == {size}
@@ -247,7 +248,7 @@ def test_native_blocks_are_larger_than_r_blocks():
 
 _MMAP_PROBE = """
 import ctypes, numpy as np
-from clusterlmer.dask_backend import _heap_for_numpy_temporaries
+from clusterlmer.run.dask_worker import _heap_for_numpy_temporaries
 class MallInfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
                                                "fsmblks", "uordblks", "fordblks", "keepcost")]
@@ -292,7 +293,7 @@ def test_ctrl_c_cancels_the_rest_and_keeps_finished_blocks(small, client, tmp_pa
     real = analysis.run_permutations
     monkeypatch.setattr(analysis, "run_permutations",
                         lambda task, store, **kw: (stores.append(store), real(task, store, **kw))[1])
-    monkeypatch.setattr(parallel, "_interrupt_between_permutations", lambda: _interrupt_once_a_block_is_in(stores))
+    monkeypatch.setattr(dispatch, "_interrupt_between_permutations", lambda: _interrupt_once_a_block_is_in(stores))
     path = tmp_path / "run.h5"
     with pytest.raises(KeyboardInterrupt):
         cl.permutation_cluster_lmer(small, FORMULA, n_permutations=N_PERM, seed=SEED, checkpoint=path,

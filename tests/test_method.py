@@ -238,7 +238,7 @@ def test_worker_processes_end_when_the_parent_is_killed(tmp_path):
         time.sleep(0.05)
     assert child.poll() is None, "the run finished before it could be killed"
     workers = [pid for pid in _children_of(child.pid)
-               if "clusterlmer.worker_process" in open(f"/proc/{pid}/cmdline").read()]
+               if "clusterlmer.run.worker_process" in open(f"/proc/{pid}/cmdline").read()]
     assert len(workers) == 2, workers
     child.kill()
     child.communicate(timeout=60)

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 import clusterlmer as cl
-from clusterlmer.results import _fit_health, _fit_health_counts
+from clusterlmer.summaries import fit_health, fit_health_counts
 
 # The small permutation counts here test files and tables, not significance.
 pytestmark = pytest.mark.filterwarnings("ignore:with .* permutations the smallest possible cluster p:UserWarning")
@@ -56,7 +56,7 @@ def _check_health(d):
     masks = _categories(d)
     stacked = np.vstack(list(masks.values()))
     assert (stacked.sum(axis=0) == 1).all()  # every sample in exactly one category
-    counts = _fit_health_counts(d)
+    counts = fit_health_counts(d)
     assert {k: counts[k] for k in masks} == {k: int(m.sum()) for k, m in masks.items()}
     assert sum(counts[k] for k in masks) == counts["n_fits"] == len(d)
     assert counts["rows_excluded"] == int((d["n_excluded"] > 0).sum())
@@ -84,7 +84,7 @@ def test_permutation_summary_reports_the_same_disjoint_counts(noisy):
     res = cl.permutation_cluster_lmer(noisy, FORMULA_1WAY, n_permutations=4, seed=0, progress=False,
                                       engine="native", cross_check=0)
     counts = _check_health(res.fit.diagnostics)
-    assert f"Observed fits: {_fit_health(res.fit.diagnostics)}" in res.summary()
+    assert f"Observed fits: {fit_health(res.fit.diagnostics)}" in res.summary()
     assert f"24 fits = {counts['regular']} converged and regular + {counts['singular']} singular" in res.summary()
 
 
@@ -99,9 +99,9 @@ def test_fit_health_places_every_combination_once():
     })
     counts = _check_health(d)
     assert (counts["regular"], counts["singular"], counts["not_converged"], counts["failed"]) == (1, 1, 2, 2)
-    assert _fit_health(d) == ("6 fits = 1 converged and regular + 1 singular (converged at a boundary) + 2 not "
-                              "converged (1 of them also singular) + 2 failed (no statistics); separately, "
-                              "2 sample(s) had rows excluded (non-finite responses)")
+    assert fit_health(d) == ("6 fits = 1 converged and regular + 1 singular (converged at a boundary) + 2 not "
+                             "converged (1 of them also singular) + 2 failed (no statistics); separately, "
+                             "2 sample(s) had rows excluded (non-finite responses)")
 
 
 # ---------------------------------------------------------------------------

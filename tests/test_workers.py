@@ -19,7 +19,7 @@ import pytest
 
 import clusterlmer as cl
 from conftest import SMALL, SMALL_FORMULA, SMALL_SEED, write_small_mat
-from clusterlmer import parallel
+from clusterlmer import run
 from clusterlmer.cli import main
 
 _PLAIN_SCRIPT = textwrap.dedent("""
@@ -54,26 +54,26 @@ def test_plain_script_without_main_guard_runs_two_workers(tmp_path, engine, n_pe
 
 
 def test_n_jobs_above_the_cores_is_capped_with_a_warning():
-    cores = parallel.available_cores()
+    cores = run.available_cores()
     asked = cores + 98
     with pytest.warns(UserWarning, match=rf"n_jobs={asked} .*asks for {asked} worker processes, but this process "
                                          rf"may use {cores} core\(s\): using {cores} workers"):
-        assert parallel.resolve_n_jobs(asked) == cores
+        assert run.resolve_n_jobs(asked) == cores
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # within the cores: no warning
-        assert parallel.resolve_n_jobs(-1) == cores
-        assert parallel.resolve_n_jobs(cores) == cores
-        assert parallel.resolve_n_jobs(1) == 1
+        assert run.resolve_n_jobs(-1) == cores
+        assert run.resolve_n_jobs(cores) == cores
+        assert run.resolve_n_jobs(1) == 1
 
 
 def test_available_cores_follow_the_cpu_affinity():
     if not hasattr(os, "sched_getaffinity"):
         pytest.skip("no CPU affinity on this system")
-    assert parallel.available_cores() == len(os.sched_getaffinity(0)) <= os.cpu_count()
+    assert run.available_cores() == len(os.sched_getaffinity(0)) <= os.cpu_count()
 
 
 def test_run_and_cli_with_100_jobs_start_one_worker_per_core(small, tmp_path):
-    cores = parallel.available_cores()
+    cores = run.available_cores()
     with pytest.warns(UserWarning, match=rf"n_jobs=100 .*using {cores} workers"):
         res = cl.permutation_cluster_lmer(small, SMALL_FORMULA, n_permutations=20, seed=SMALL_SEED, n_jobs=100,
                                           engine="native", cross_check=0, progress=False)

@@ -1,17 +1,53 @@
 """Model-fitting engines. Each fits a block of responses under one design.
 
 An engine is a module with ``fit_block(design, Y, options) -> BlockFit`` and
-``describe(design, options) -> (terms, coef_names)``; see :mod:`clusterlmer.engines.base`.
+``describe(design, options) -> (terms, coef_names)`` (see :mod:`clusterlmer.engines.base`),
+and the constants ``LABEL``, ``BLOCK_SIZE`` and ``NEEDS_OWN_PROCESS`` that tell the runners of
+permutation blocks (:mod:`clusterlmer.run`) how to run it, read through :func:`engine_properties`.
 """
 
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 
 from .._checks import check_option, option_hint
 
 ENGINES = ("r", "native")
 ENGINE_CHOICES = ("auto",) + ENGINES
+# A task that does not say which engine fits it (e.g. a wrapper around a task) is run as this
+# engine's: in a process of its own and in small blocks, which is safe for any engine.
+CAUTIOUS_ENGINE = "r"
+
+
+@dataclass(frozen=True)
+class EngineProperties:
+    """How permutation blocks of one engine are run.
+
+    Attributes
+    ----------
+    name : str
+        The engine's name in :data:`ENGINES`.
+    label : str
+        How messages name it, e.g. ``"R"`` in "R process".
+    block_size : int
+        Most permutations per block of work (one worker round trip, one Dask task).
+    needs_own_process : bool
+        Whether its fits must run in the main thread of a process of their own (a Dask
+        worker thread then drives a child process), rather than in any thread.
+    """
+
+    name: str
+    label: str
+    block_size: int
+    needs_own_process: bool
+
+
+def engine_properties(name=None) -> EngineProperties:
+    """The :class:`EngineProperties` of engine ``name`` (None: those of :data:`CAUTIOUS_ENGINE`)."""
+    name = CAUTIOUS_ENGINE if name is None else name
+    module = get_engine(name)
+    return EngineProperties(name, module.LABEL, int(module.BLOCK_SIZE), bool(module.NEEDS_OWN_PROCESS))
 
 
 def resolve_engine(engine, design, options):

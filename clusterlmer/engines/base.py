@@ -1,4 +1,4 @@
-"""What every engine receives and returns for one block of responses."""
+"""What every engine receives and returns for one block of responses, and the checks of the fit options."""
 
 from __future__ import annotations
 
@@ -6,14 +6,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["FitOptions", "BlockFit", "DDF_METHODS", "TESTS", "OPTIMIZERS"]
+from .._checks import check_option, option_hint
+
+__all__ = ["FitOptions", "BlockFit", "DDF_METHODS", "TESTS", "OPTIMIZERS", "check_fit_options"]
 
 DDF_METHODS = ("satterthwaite", "residual", "kenward-roger", "none")
 TESTS = ("marginal", "type3")
 OPTIMIZERS = ("bobyqa", "nloptwrap", "Nelder_Mead")
 
 # bobyqa with a tight final trust radius: lme4's defaults stop early enough to
-# move F by about 1% on seed-shaped data (REFERENCE.md section 3).
+# move F by about 1% on data shaped like the bundled samples.
 DEFAULT_OPTIMIZER_OPTIONS = {"bobyqa": {"rhoend": 1e-9, "maxfun": 100000}}
 
 
@@ -30,6 +32,44 @@ class FitOptions:
     def resolved_optimizer_options(self) -> dict:
         """Optimizer controls: clusterlmer's defaults, updated by the user's."""
         return {**DEFAULT_OPTIMIZER_OPTIONS.get(self.optimizer, {}), **self.optimizer_options}
+
+
+def check_fit_options(reml, ddf, test, optimizer, optimizer_options) -> FitOptions:
+    """Check the fit options of a public entry point and bundle them.
+
+    Parameters
+    ----------
+    reml : bool
+    ddf : {"satterthwaite", "residual", "kenward-roger", "none"}
+    test : {"marginal", "type3"}
+    optimizer : {"bobyqa", "nloptwrap", "Nelder_Mead"}
+    optimizer_options : dict or None
+        Numeric lme4 optimizer controls.
+
+    Returns
+    -------
+    FitOptions
+
+    Raises
+    ------
+    TypeError
+        ``reml`` is not a bool, or an optimizer control is not a number.
+    ValueError
+        An option outside its choices, or Kenward-Roger with ML.
+    """
+    if not isinstance(reml, (bool, np.bool_)):
+        raise TypeError(f"reml must be True (REML) or False (ML, MATLAB's default), got {reml!r}.")
+    check_option("ddf", ddf, DDF_METHODS)
+    check_option("test", test, TESTS)
+    check_option("optimizer", optimizer, OPTIMIZERS)
+    if ddf == "kenward-roger" and not reml:
+        raise ValueError(f"ddf='kenward-roger' needs a REML fit: {option_hint('use reml=True', 'leave out --ml')}, "
+                         "or use another ddf method with ML.")
+    opts = dict(optimizer_options or {})
+    bad = {k: v for k, v in opts.items() if not isinstance(v, (int, float)) or isinstance(v, bool)}
+    if bad:
+        raise TypeError(f"optimizer_options values must be numbers, got {bad}.")
+    return FitOptions(bool(reml), ddf, test, optimizer, opts)
 
 
 @dataclass(frozen=True, eq=False)

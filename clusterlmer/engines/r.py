@@ -21,6 +21,20 @@ from .base import BlockFit, FitOptions
 
 __all__ = ["fit_block", "describe", "r_session", "R_INSTALL_HINT"]
 
+# Engine properties, read through clusterlmer.engines.engine_properties.
+LABEL = "R"
+# R must run alone in a process's main thread, so a thread that fits (a Dask worker runs tasks
+# in a pool of threads, never its main one) drives a child process of its own. Started from
+# another thread, R warns "R is not initialized by the main thread" and takes over SIGINT for
+# good; rpy2 keeps its converters in a ContextVar, which Dask copies afresh for every task (the
+# second task fails with "Conversion rules for `rpy2.robjects` appear to be missing"); and a
+# worker with several threads would call R concurrently. multiprocessing is no way out: Dask's
+# nanny starts workers as daemonic processes, which may not have multiprocessing children.
+NEEDS_OWN_PROCESS = True
+# Most permutations per block of work: eight take ~25 s on the 2-way sample, so a worker lost
+# loses little and every worker stays busy to the end.
+BLOCK_SIZE = 8
+
 R_INSTALL_HINT = (
     "On Debian/Ubuntu: sudo apt-get install r-base-core r-base-dev r-cran-lme4 r-cran-lmertest "
     "r-cran-pbkrtest, then pip install 'rpy2>=3.5.17,<3.6' (or run 'make test' in the clusterlmer "

@@ -1,11 +1,11 @@
 """Worker processes: children of this interpreter that fit blocks of permutations.
 
-A worker is ``python -c "from clusterlmer.worker_process import serve; serve()"``. It imports
+A worker is ``python -c "from clusterlmer.run.worker_process import serve; serve()"``. It imports
 this package only, never the caller's ``__main__`` module (multiprocessing's spawn re-imports it,
-which fails in a script without an ``if __name__ == "__main__":`` guard), and it runs R, when
-the engine needs R, alone in its own main thread. Local workers (``n_jobs``, see
-:mod:`clusterlmer.parallel`) and the R child processes of Dask workers (see
-:mod:`clusterlmer.dask_backend`) are both this process.
+which fails in a script without an ``if __name__ == "__main__":`` guard), and it fits in its own
+main thread, alone, as engines that need their own process (R) require. Local workers
+(``n_jobs``, :mod:`clusterlmer.run.local`) and the children of Dask worker threads
+(:mod:`clusterlmer.run.dask_worker`) are both this process.
 
 The protocol runs over the child's stdin and stdout, both length-prefixed pickles. The parent
 sends ``(token, sys.path, task, indices)``: ``task`` (the pickled task, or None) replaces the
@@ -33,10 +33,10 @@ import numpy as np
 
 __all__ = ["WorkerDied", "WorkerProcess", "dumps", "serve", "stop_all"]
 
-# The directory holding this package: the child imports the same clusterlmer as its parent.
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The directory holding the clusterlmer package: the child imports the same clusterlmer as its parent.
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _CHILD = ("import sys\nif {root!r} not in sys.path: sys.path.insert(0, {root!r})\n"
-          "from clusterlmer.worker_process import serve\nserve({idle_exit!r})")
+          "from clusterlmer.run.worker_process import serve\nserve({idle_exit!r})")
 
 
 def dumps(task) -> bytes:
