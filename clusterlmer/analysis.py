@@ -51,10 +51,11 @@ class PermutationTask:
         """Statistics of the tested terms under permutation ``k``: (n_terms, *sample_shape).
 
         A fit that fails at a sample, or a term lme4 drops from a rank-deficient
-        permuted design, gives NaN there (counted as a refit failure).
+        permuted design, gives NaN there (counted as a refit failure). Only
+        the statistic is computed (no DF or p), which gives the same F.
         """
         permuted = self.permutations.apply(k, self.design)
-        blk, _ = fit_samples(permuted, self.Y, self.options, self.engine)
+        blk, _ = fit_samples(permuted, self.Y, self.options, self.engine, need="statistic")
         out = np.full((len(self.terms), self.Y.shape[1]), np.nan)
         for i, term in enumerate(self.terms):
             if term not in blk.terms:

@@ -85,11 +85,13 @@ def _scale_back(out, shift, n_used, reml):
     out["deviance"] = out["deviance"] - 2.0 * dof * shift * np.log(2.0)
 
 
-def fit_samples(design, Y, options, engine):
+def fit_samples(design, Y, options, engine, need="all"):
     """Fit each column of ``Y`` (n_obs, n_samples) with ``engine`` (``"r"`` or
     ``"native"``, already resolved); rows with non-finite values are left out
     of that column's fit. Returns a :class:`BlockFit` over all columns plus the
-    count of observations used per column.
+    count of observations used per column. ``need="statistic"`` asks the
+    engine for the test statistic only (permutations; see
+    :data:`clusterlmer.engines.base.NEEDS`): the same F, DF2 and p NaN.
 
     A column whose SD is outside ``2**RESCALE_EXPONENTS`` is fitted multiplied
     by a power of two (see :data:`RESCALE_EXPONENTS`) and its estimates, SEs,
@@ -112,7 +114,7 @@ def fit_samples(design, Y, options, engine):
         if len(cols) == 0 or not finite[:, cols[0]].any():
             continue  # nothing to fit: stays NaN with its reason
         rows = finite[:, cols[0]]
-        blocks.append((cols, eng.fit_block(design.subset(rows), Y[np.ix_(rows, cols)], options)))
+        blocks.append((cols, eng.fit_block(design.subset(rows), Y[np.ix_(rows, cols)], options, need=need)))
     if blocks:
         terms, coefs = blocks[0][1].terms, blocks[0][1].coef_names
     else:

@@ -1,7 +1,8 @@
 """Model-fitting engines. Each fits a block of responses under one design.
 
-An engine is a module with ``fit_block(design, Y, options) -> BlockFit`` and
-``describe(design, options) -> (terms, coef_names)``; see :mod:`clusterlmer.engines.base`.
+An engine is a module with ``fit_block(design, Y, options, need="all") -> BlockFit``
+(``need="statistic"``: only what a permutation keeps, see ``NEEDS`` in
+:mod:`clusterlmer.engines.base`) and ``describe(design, options) -> (terms, coef_names)``.
 """
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..._checks import option_hint
-from ..base import BlockFit, FitOptions
+from ..._checks import check_option, option_hint
+from ..base import NEEDS, BlockFit, FitOptions
 from .criterion import Block
 from .fixed import FixedPart, rank_problem, scale_message
 from .marginal import marginal_tests
@@ -82,7 +82,7 @@ def prepare(design, options: FitOptions, n: int) -> Prepared:
     return Prepared(terms, coefs, fixed, nest, X, [m for m in (scale_message(X),) if m])
 
 
-def fit_block(design, Y, options: FitOptions) -> BlockFit:
+def fit_block(design, Y, options: FitOptions, need: str = "all") -> BlockFit:
     """Fit every column of ``Y`` under one design (nested random intercepts only).
 
     Parameters
@@ -92,6 +92,11 @@ def fit_block(design, Y, options: FitOptions) -> BlockFit:
     Y : ndarray, shape (n_obs, k)
         Responses, all finite.
     options : FitOptions
+    need : {"all", "statistic"}
+        ``"statistic"`` (permutations): F, DF1, the estimates and their
+        standard errors, without Satterthwaite's derivatives; DF2 and p are
+        NaN, and lmerTest's Hessian warnings are not looked for. F is the
+        one ``"all"`` gives, computed the same way.
 
     Returns
     -------
@@ -102,6 +107,7 @@ def fit_block(design, Y, options: FitOptions) -> BlockFit:
     UnsupportedModel
         (a ValueError) for a model or options outside the native class.
     """
+    check_option("need", need, NEEDS)
     Y = np.asarray(Y, dtype=float)
     if Y.ndim == 1:
         Y = Y[:, None]
@@ -109,7 +115,7 @@ def fit_block(design, Y, options: FitOptions) -> BlockFit:
     model = prepare(design, options, n)
     if model.error:
         return _block_error(model.terms, model.coef_names, k, model.error)
-    parts = [fit_chunk(model, Y[:, c:c + CHUNK], options) for c in range(0, k, CHUNK)]
+    parts = [fit_chunk(model, Y[:, c:c + CHUNK], options, need) for c in range(0, k, CHUNK)]
     if len(parts) == 1:
         return parts[0]
     cat = {name: np.concatenate([getattr(b, name) for b in parts], axis=-1)
@@ -119,14 +125,14 @@ def fit_block(design, Y, options: FitOptions) -> BlockFit:
                     errors=[e for b in parts for e in b.errors], **cat)
 
 
-def fit_chunk(model: Prepared, Y, options: FitOptions) -> BlockFit:
+def fit_chunk(model: Prepared, Y, options: FitOptions, need: str = "all") -> BlockFit:
     """The fits of a chunk of responses: optimum, then ``evaluate`` there."""
     block = Block(model.X, model.nest, Y)
     phi, ok, _ = optimize(block, options.reml)
-    return evaluate(model, block, phi, ok, options)
+    return evaluate(model, block, phi, ok, options, need)
 
 
-def evaluate(model: Prepared, block: Block, phi, ok, options: FitOptions) -> BlockFit:
+def evaluate(model: Prepared, block: Block, phi, ok, options: FitOptions, need: str = "all") -> BlockFit:
     """Everything lme4 and lmerTest report for the responses of ``block`` at ``phi``.
 
     Parameters
@@ -140,6 +146,8 @@ def evaluate(model: Prepared, block: Block, phi, ok, options: FitOptions) -> Blo
     ok : ndarray of bool, shape (k,)
         Whether the optimiser converged (False adds a message).
     options : FitOptions
+    need : {"all", "statistic"}
+        As :func:`fit_block`.
 
     Returns
     -------
@@ -162,14 +170,14 @@ def evaluate(model: Prepared, block: Block, phi, ok, options: FitOptions) -> Blo
     for r in np.flatnonzero(singular):
         per_msgs[r].append(SINGULAR_MESSAGE)
     varpar = None
-    if options.ddf == "satterthwaite":
+    if options.ddf == "satterthwaite" and need == "all":
         Hvp, Jac = varpar_parts(block, theta[:, ::-1], sigma, reml)
         Avp, vp_msgs = vcov_varpar(Hvp)
         varpar = (Jac, Avp)
         for r in range(k):
             per_msgs[r] += vp_msgs[r]
     F, df1, df2, pval, cest = marginal_tests(model.fixed.assign, len(model.terms), beta, Vb, options.ddf, n - p,
-                                             varpar)
+                                             varpar, need)
 
     failed = ~np.isfinite(D)
     if failed.any():  # e.g. a response fitted exactly by the fixed effects

@@ -6,7 +6,8 @@ formulas are lmerTest's ``contest1D`` (one coefficient: ``F = t^2``) and
 ``contestMD`` (several: F over the positive eigenvalues of the term's
 covariance, DF combined by ``get_Fstat_ddf``), fed the derivatives of
 :mod:`.satterthwaite`; otherwise a Wald F with ``n - p`` (``"residual"``)
-or infinite (``"none"``) denominator DF.
+or infinite (``"none"``) denominator DF. Asked for the statistic only, the
+same F (computed by the same arithmetic) comes without DF2 or p.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ __all__ = ["f_sf", "marginal_tests", "satterthwaite_md"]
 _SQRT_EPS = np.sqrt(np.finfo(float).eps)
 
 
-def marginal_tests(assign, n_terms, beta, Vb, ddf, resid_df, varpar=None):
+def marginal_tests(assign, n_terms, beta, Vb, ddf, resid_df, varpar=None, need="all"):
     """F, DF1, DF2, p and the contrast estimate of every term's marginal test.
 
     Parameters
@@ -36,7 +37,10 @@ def marginal_tests(assign, n_terms, beta, Vb, ddf, resid_df, varpar=None):
     varpar : tuple (Jac, A), optional
         Satterthwaite's Jacobian of ``vcov(beta)`` (k, nv, p, p) and
         covariance of the variance parameters (k, nv, nv) from
-        :mod:`.satterthwaite`; needed for ``ddf="satterthwaite"``.
+        :mod:`.satterthwaite`; needed for ``ddf="satterthwaite"`` with
+        ``need="all"``.
+    need : {"all", "statistic"}
+        ``"statistic"``: F, DF1 and the contrast estimate only (DF2 and p NaN).
 
     Returns
     -------
@@ -46,6 +50,7 @@ def marginal_tests(assign, n_terms, beta, Vb, ddf, resid_df, varpar=None):
     """
     nt, k = n_terms, beta.shape[0]
     F, df1, df2, pval, cest = (np.full((nt, k), np.nan) for _ in range(5))
+    full = need == "all"
     for ti in range(nt):
         cols = np.flatnonzero(assign == ti)
         q = len(cols)
@@ -54,13 +59,15 @@ def marginal_tests(assign, n_terms, beta, Vb, ddf, resid_df, varpar=None):
         if q == 1:
             cest[ti] = bL[:, 0]
         if ddf == "satterthwaite":
-            JL, A = varpar[0][:, :, cols[:, None], cols[None, :]], varpar[1]  # (k, nv, q, q), (k, nv, nv)
+            JL = varpar[0][:, :, cols[:, None], cols[None, :]] if full else None  # (k, nv, q, q)
+            A = varpar[1] if full else None
             if q == 1:
                 var_con = VL[:, 0, 0]
                 tval = bL[:, 0] / np.sqrt(var_con)
-                grad = JL[:, :, 0, 0]
                 F[ti], df1[ti] = tval**2, 1.0
-                df2[ti] = 2 * var_con**2 / np.einsum("ri,rij,rj->r", grad, A, grad)
+                if full:
+                    grad = JL[:, :, 0, 0]
+                    df2[ti] = 2 * var_con**2 / np.einsum("ri,rij,rj->r", grad, A, grad)
             else:
                 F[ti], df1[ti], df2[ti] = satterthwaite_md(VL, bL, JL, A)
         else:
@@ -71,15 +78,18 @@ def marginal_tests(assign, n_terms, beta, Vb, ddf, resid_df, varpar=None):
             qq = pos.sum(axis=1)
             F[ti] = np.where(pos, z * z / np.where(pos, lam, 1.0), 0.0).sum(axis=1) / qq
             df1[ti] = qq
-            df2[ti] = resid_df if ddf == "residual" else np.inf
-        pval[ti] = f_sf(F[ti], df1[ti], df2[ti])
+            if full:
+                df2[ti] = resid_df if ddf == "residual" else np.inf
+        if full:
+            pval[ti] = f_sf(F[ti], df1[ti], df2[ti])
     return F, df1, df2, pval, cest
 
 
-def satterthwaite_md(VL, bL, JL, A, eps=_SQRT_EPS):
+def satterthwaite_md(VL, bL, JL=None, A=None, eps=_SQRT_EPS):
     """lmerTest's contestMD for a batch: F, NumDF, DenDF (each (k,)).
 
-    ``VL`` (k, q, q), ``bL`` (k, q), ``JL`` (k, nv, q, q), ``A`` (k, nv, nv).
+    ``VL`` (k, q, q), ``bL`` (k, q), ``JL`` (k, nv, q, q), ``A`` (k, nv, nv);
+    without ``JL`` and ``A`` DenDF is NaN (the statistic only).
     """
     lam, vec = np.linalg.eigh(VL)
     lam, vec = lam[:, ::-1], vec[:, :, ::-1]  # R's decreasing order; columns = rows of PtL
@@ -89,9 +99,12 @@ def satterthwaite_md(VL, bL, JL, A, eps=_SQRT_EPS):
     z = np.einsum("rim,ri->rm", vec, bL)
     with np.errstate(invalid="ignore", divide="ignore"):
         F = np.where(pos, z * z / safe, 0.0).sum(axis=1) / q
-        grad = np.einsum("rim,rkij,rjm->rmk", vec, JL, vec)
-        nu = 2 * safe**2 / np.einsum("rmk,rkl,rml->rm", grad, A, grad)
-    if np.all(q == nu.shape[1]):
+        if JL is not None:
+            grad = np.einsum("rim,rkij,rjm->rmk", vec, JL, vec)
+            nu = 2 * safe**2 / np.einsum("rmk,rkl,rml->rm", grad, A, grad)
+    if JL is None:
+        ddf = np.full(len(F), np.nan)
+    elif np.all(q == nu.shape[1]):
         ddf = _fstat_ddf_batch(nu)
     else:
         ddf = np.array([_fstat_ddf(nu[r, : q[r]]) if q[r] > 0 else np.nan for r in range(len(F))])
