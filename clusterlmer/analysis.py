@@ -12,6 +12,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -23,7 +24,7 @@ from .data import TimeseriesData, _preview
 from .design import ModelDesign, build_design
 from .engines import ENGINE_CHOICES, get_engine, resolve_engine
 from .engines.base import check_fit_options
-from .fit import fit_samples, fit_timeseries, response_exponents
+from .fit import fit_samples, fit_timeseries, response_exponents, sample_responses
 from .formula import parse_formula
 from .permute import make_permutations
 from .results import STATISTICS, PermutationClusterResult, cluster_table
@@ -45,14 +46,20 @@ class PermutationTask:
     statistic: str
     sample_shape: tuple
 
+    @cached_property
+    def responses(self):
+        """What the fits take from ``Y`` alone (rescaling, rows per column), prepared once per process."""
+        return sample_responses(self.Y)
+
     def statistics(self, k) -> np.ndarray:
         """Statistics of the tested terms under permutation ``k``: (n_terms, *sample_shape).
 
         A fit that fails at a sample, or a term lme4 drops from a rank-deficient
-        permuted design, gives NaN there (counted as a refit failure).
+        permuted design, gives NaN there (counted as a refit failure). Only
+        the statistic is computed (no DF or p), which gives the same F.
         """
         permuted = self.permutations.apply(k, self.design)
-        blk, _ = fit_samples(permuted, self.Y, self.options, self.engine)
+        blk, _ = fit_samples(permuted, self.responses, self.options, self.engine, need="statistic")
         out = np.full((len(self.terms), self.Y.shape[1]), np.nan)
         for i, term in enumerate(self.terms):
             if term not in blk.terms:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -69,17 +70,36 @@ def _scale_back(out, shift, n_used, reml):
     out["deviance"] = out["deviance"] - 2.0 * dof * shift * np.log(2.0)
 
 
-def fit_samples(design, Y, options, engine):
-    """Fit each column of ``Y`` (n_obs, n_samples) with ``engine`` (``"r"`` or
-    ``"native"``, already resolved); rows with non-finite values are left out
-    of that column's fit. Returns a :class:`BlockFit` over all columns plus the
-    count of observations used per column.
+@dataclass(frozen=True)
+class SampleResponses:
+    """What :func:`fit_samples` derives from the responses alone.
 
-    A column whose SD is outside ``2**RESCALE_EXPONENTS`` is fitted multiplied
-    by a power of two (see :data:`RESCALE_EXPONENTS`) and its estimates, SEs,
-    sigma and deviance mapped back.
+    The same for every permutation of an analysis, so it is prepared once
+    (:func:`sample_responses`) and passed to each permutation's fits.
+
+    Attributes
+    ----------
+    Y : ndarray, shape (n_obs, n_samples)
+        The responses, columns outside ``2**RESCALE_EXPONENTS`` rescaled.
+    shift : ndarray of int, shape (n_samples,)
+        The power of two each column was multiplied by.
+    n_used : ndarray of int, shape (n_samples,)
+        Finite observations per column.
+    constant : ndarray of bool, shape (n_samples,)
+        Columns without variance (not fitted).
+    groups : tuple of (columns, rows)
+        Columns to fit, grouped by the rows (boolean mask) they are fitted on.
     """
-    eng = get_engine(engine)
+
+    Y: np.ndarray
+    shift: np.ndarray
+    n_used: np.ndarray
+    constant: np.ndarray
+    groups: tuple
+
+
+def sample_responses(Y) -> SampleResponses:
+    """Rescale ``Y`` (n_obs, n_samples) where needed and group its columns by their finite rows."""
     finite = np.isfinite(Y)
     n_samples = Y.shape[1]
     shift = response_exponents(Y, finite)
@@ -90,13 +110,34 @@ def fit_samples(design, Y, options, engine):
     masked = np.where(finite, Y, np.nan)
     first = masked[np.argmax(finite, axis=0), np.arange(n_samples)]
     constant = finite.any(axis=0) & np.all(~finite | (masked == first), axis=0)
-    blocks = []
+    groups = []
     for cols in _mask_groups(finite):
         cols = cols[~constant[cols]]
         if len(cols) == 0 or not finite[:, cols[0]].any():
             continue  # nothing to fit: stays NaN with its reason
-        rows = finite[:, cols[0]]
-        blocks.append((cols, eng.fit_block(design.subset(rows), Y[np.ix_(rows, cols)], options)))
+        groups.append((cols, finite[:, cols[0]]))
+    return SampleResponses(Y, shift, finite.sum(axis=0), constant, tuple(groups))
+
+
+def fit_samples(design, Y, options, engine, need="all"):
+    """Fit each column of ``Y`` (n_obs, n_samples) with ``engine`` (``"r"`` or
+    ``"native"``, already resolved); rows with non-finite values are left out
+    of that column's fit. Returns a :class:`BlockFit` over all columns plus the
+    count of observations used per column. ``Y`` may also be the
+    :class:`SampleResponses` of the responses, prepared once for many designs
+    (permutations). ``need="statistic"`` asks the engine for the test
+    statistic only (permutations; see :data:`clusterlmer.engines.base.NEEDS`):
+    the same F, DF2 and p NaN.
+
+    A column whose SD is outside ``2**RESCALE_EXPONENTS`` is fitted multiplied
+    by a power of two (see :data:`RESCALE_EXPONENTS`) and its estimates, SEs,
+    sigma and deviance mapped back.
+    """
+    eng = get_engine(engine)
+    resp = Y if isinstance(Y, SampleResponses) else sample_responses(Y)
+    n_samples, constant, shift = resp.Y.shape[1], resp.constant, resp.shift
+    blocks = [(cols, eng.fit_block(design.subset(rows), resp.Y[np.ix_(rows, cols)], options, need=need))
+              for cols, rows in resp.groups]
     if blocks:
         terms, coefs = blocks[0][1].terms, blocks[0][1].coef_names
     else:
@@ -121,9 +162,9 @@ def fit_samples(design, Y, options, engine):
         for j, c in enumerate(cols):
             messages[c], errors[c] = blk.messages[j], blk.errors[j]
     if shift.any():
-        _scale_back(out, shift, finite.sum(axis=0), options.reml)
+        _scale_back(out, shift, resp.n_used, options.reml)
     fit = BlockFit(terms=terms, coef_names=coefs, messages=messages, errors=errors, **out)
-    return fit, finite.sum(axis=0)
+    return fit, resp.n_used
 
 
 def _warn_if_all_nan(terms, F, errors, messages):

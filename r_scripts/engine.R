@@ -91,13 +91,15 @@ cl_varpar <- function(devfun, theta, sigma, reml, tol = 1e-8) {
 cl_qform <- function(x, A) sum(x * (A %*% x))
 
 # Satterthwaite F test of L beta = 0, following lmerTest's contestMD /
-# contest1D formulas: returns c(F, NumDF, DenDF, p).
-cl_satterthwaite_F <- function(L, beta, V, vp, eps = sqrt(.Machine$double.eps)) {
+# contest1D formulas: returns c(F, NumDF, DenDF, p). Without vp (the
+# statistic only) the same F comes with NA DenDF and p.
+cl_satterthwaite_F <- function(L, beta, V, vp = NULL, eps = sqrt(.Machine$double.eps)) {
   one_row <- function(l) {
     var_con <- cl_qform(l, V)
+    tval <- sum(l * beta) / sqrt(var_con)
+    if (is.null(vp)) return(c(tval^2, 1, NA_real_, NA_real_))
     grad <- vapply(vp$Jac_list, function(J) cl_qform(l, J), numeric(1L))
     ddf <- drop(2 * var_con^2 / cl_qform(grad, vp$vcov_varpar))
-    tval <- sum(l * beta) / sqrt(var_con)
     c(tval^2, 1, ddf, stats::pf(tval^2, 1, ddf, lower.tail = FALSE))
   }
   if (nrow(L) == 1L) return(one_row(drop(L)))
@@ -109,6 +111,7 @@ cl_satterthwaite_F <- function(L, beta, V, vp, eps = sqrt(.Machine$double.eps)) 
   PtL <- crossprod(eig$vectors, L)[seq_len(q), ]
   if (q == 1L) return(one_row(PtL))
   Fvalue <- sum(drop(PtL %*% beta)^2 / d[seq_len(q)]) / q
+  if (is.null(vp)) return(c(Fvalue, q, NA_real_, NA_real_))
   nu <- vapply(seq_len(q), function(m) {
     grad <- vapply(vp$Jac_list, function(J) cl_qform(PtL[m, ], J), numeric(1L))
     2 * d[m]^2 / cl_qform(grad, vp$vcov_varpar)
@@ -153,10 +156,13 @@ cl_describe <- function(design, formula, response) {
 # Returns per-term F, DF1, DF2, p (n_terms x k), per-coefficient estimates and
 # standard errors (n_coef x k, coefficient order of the full model matrix) and
 # per-fit diagnostics. A fit that fails yields NA and its error message.
+# need = "statistic" (permutations) leaves out the DF and p: no Satterthwaite
+# derivatives, the same F; Kenward-Roger's F needs its DF and stays complete.
 cl_fit_block <- function(design, Y, formula, response, factors,
                          coding = "reference", reml = TRUE,
                          ddf = "satterthwaite", test = "marginal",
-                         optimizer = "bobyqa", opt_ctrl = list()) {
+                         optimizer = "bobyqa", opt_ctrl = list(), need = "all") {
+  full <- identical(need, "all")
   Y <- as.matrix(Y)
   k <- ncol(Y)
   design <- cl_prepare_design(design, factors, coding)
@@ -218,7 +224,8 @@ cl_fit_block <- function(design, Y, formula, response, factors,
       m <- lme4::mkMerMod(rho, opt, lf$reTrms, fr = fr, mc = mc, lme4conv = cc)
       beta <- lme4::fixef(m)
       V <- as.matrix(stats::vcov(m, correlation = FALSE))
-      if (identical(ddf, "satterthwaite")) {
+      vp <- NULL
+      if (identical(ddf, "satterthwaite") && full) {
         vp <- cl_varpar(devfun, m@theta, stats::sigma(m), reml)
       } else if (identical(ddf, "kenward-roger")) {
         model <- lmerTest:::as_lmerModLT(m, devfun)
@@ -239,6 +246,7 @@ cl_fit_block <- function(design, Y, formula, response, factors,
           c(tab[["F value"]], tab[["NumDF"]], tab[["DenDF"]], tab[["Pr(>F)"]], est)
         } else {
           w <- cl_wald_F(L, beta, V)
+          if (!full) return(c(w[["F"]], w[["q"]], NA_real_, NA_real_, est))
           df2 <- if (identical(ddf, "residual")) resid_df else Inf
           c(w[["F"]], w[["q"]], df2, stats::pf(w[["F"]], w[["q"]], df2, lower.tail = FALSE), est)
         }

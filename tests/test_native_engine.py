@@ -4,7 +4,7 @@ The reference is clusterlmer's R engine (lme4, bobyqa with rhoend = 1e-9,
 lmerTest's Satterthwaite). Two comparisons per case:
 
 * **At lme4's theta** (strict, rtol 1e-6): the native engine evaluated at the
-  theta that lme4 found (``native._fit(..., theta=...)``) must give the R
+  theta that lme4 found (``native_at_theta``) must give the R
   engine's F, DF2, p, estimates, standard errors, sigma and deviance. This
   checks everything except the optimiser: the profiled criterion, GLS
   solution, numDeriv's Hessian/Jacobian replicated step for step, contest1D /
@@ -39,6 +39,7 @@ import clusterlmer as cl
 from clusterlmer import datasets
 from clusterlmer.design import build_design
 from clusterlmer.engines import get_engine, native
+from clusterlmer.engines.native import criterion, engine, fixed, nesting, optimize
 from clusterlmer.engines.base import FitOptions
 from clusterlmer.formula import parse_formula
 
@@ -123,13 +124,21 @@ def lme4_theta(design, Y, reml):
     return np.array(out).reshape(Y.shape[1], -1)
 
 
+def native_at_theta(design, Y, options, theta):
+    """The native engine's results at ``theta`` (lme4's order, shape (k, G)) instead of its optimum."""
+    model = engine.prepare(design, options, Y.shape[0])
+    assert not model.error, model.error
+    block = criterion.Block(model.X, model.nest, Y)
+    return engine.evaluate(model, block, np.asarray(theta, float)[:, ::-1] ** 2, np.ones(Y.shape[1], bool), options)
+
+
 def check_at_theta(r_engine, data, formula, *, reml=True, ddf="satterthwaite", coding="reference", label=""):
     """Native at lme4's theta equals the R engine to RTOL (finite Y only)."""
     design = build_design(data.design, parse_formula(formula), coding=coding)
     options = FitOptions(reml=reml, ddf=ddf)
     Y = data.values.reshape(data.n_obs, -1)
     theta = lme4_theta(design, Y, reml)
-    nat = native._fit(design, Y, options, theta=theta)
+    nat = native_at_theta(design, Y, options, theta)
     ref = r_engine.fit_block(design, Y, options)
     assert nat.terms == ref.terms and nat.coef_names == ref.coef_names
     np.testing.assert_array_equal(nat.df1, ref.df1)
@@ -393,14 +402,13 @@ def test_optimum_is_exact_to_rounding():
     # points into the bound where theta = 0.
     data = simulate(seed=4, n_times=8, subject_sd=0.3)
     design = build_design(data.design, parse_formula(NESTED))
-    fixed = native._FixedPart(design)
-    groupings, names, _ = native._random_groupings(design.formula)
-    nest = native._Nesting(design.frame, groupings, names)
-    block = native._Block(fixed.matrix(design.frame), nest, data.values)
+    groupings, names, _ = nesting.random_groupings(design.formula)
+    nest = nesting.Nesting(design.frame, groupings, names)
+    block = criterion.Block(fixed.FixedPart(design).matrix(design.frame), nest, data.values)
     for reml in (True, False):
-        phi, ok, _ = native._optimize(block, reml)
+        phi, ok, _ = optimize.optimize(block, reml)
         assert ok.all()
-        _, g, _H, _ = native._crit1(block, phi, None, 2, reml)
+        _, g, _H, _ = optimize.crit1(block, phi, None, 2, reml)
         interior = phi > 0
         assert np.all(np.abs(g[interior]) < 1e-6)
         assert np.all(g[~interior] >= 0)
@@ -417,10 +425,10 @@ def test_node_mode_and_chunks_agree(monkeypatch, formula, seed, n_sites):
     data = simulate(seed=seed, n_subj=10, n_sites=n_sites, site_sd=0.5, n_times=12)
     design = build_design(data.design, parse_formula(formula))
     options = FitOptions()
-    monkeypatch.setattr(native, "NODE_MODE_FACTOR", 10**9)
+    monkeypatch.setattr(criterion, "NODE_MODE_FACTOR", 10**9)
     pairs = native.fit_block(design, data.values, options)
-    monkeypatch.setattr(native, "NODE_MODE_FACTOR", -1)
-    monkeypatch.setattr(native, "CHUNK", 5)
+    monkeypatch.setattr(criterion, "NODE_MODE_FACTOR", -1)
+    monkeypatch.setattr(engine, "CHUNK", 5)
     nodes = native.fit_block(design, data.values, options)
     # DF2 comes from numDeriv's finite differences, which turn rounding-level
     # changes of theta into ~1e-8..1e-7 (steps of 0.1 * theta, theta ~ 0.1 here).

@@ -1,8 +1,9 @@
 """Model-fitting engines. Each fits a block of responses under one design.
 
-An engine is a module with ``fit_block(design, Y, options) -> BlockFit`` and
-``describe(design, options) -> (terms, coef_names)`` (see :mod:`clusterlmer.engines.base`),
-and the constants ``LABEL``, ``BLOCK_SIZE`` and ``NEEDS_OWN_PROCESS`` that tell the runners of
+An engine is a module with ``fit_block(design, Y, options, need="all") -> BlockFit``
+(``need="statistic"``: only what a permutation keeps, see ``NEEDS`` in
+:mod:`clusterlmer.engines.base`), ``describe(design, options) -> (terms, coef_names)``, and the
+constants ``LABEL``, ``BLOCK_SIZE`` and ``NEEDS_OWN_PROCESS`` that tell the runners of
 permutation blocks (:mod:`clusterlmer.run`) how to run it, read through :func:`engine_properties`.
 """
 

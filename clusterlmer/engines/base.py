@@ -8,14 +8,19 @@ import numpy as np
 
 from .._checks import check_option, option_hint
 
-__all__ = ["FitOptions", "BlockFit", "DDF_METHODS", "TESTS", "OPTIMIZERS", "check_fit_options"]
+__all__ = ["FitOptions", "BlockFit", "DDF_METHODS", "TESTS", "OPTIMIZERS", "NEEDS", "check_fit_options"]
 
 DDF_METHODS = ("satterthwaite", "residual", "kenward-roger", "none")
 TESTS = ("marginal", "type3")
 OPTIMIZERS = ("bobyqa", "nloptwrap", "Nelder_Mead")
+# What a fit_block call computes: everything, or what a permutation keeps (F,
+# DF1, estimates and SEs: the same F as "all", without the DF computation);
+# DF2 and p are then NaN unless the F itself needs them (Kenward-Roger's F is
+# scaled by its DF, so that fit stays complete).
+NEEDS = ("all", "statistic")
 
 # bobyqa with a tight final trust radius: lme4's defaults stop early enough to
-# move F by about 1% on data shaped like the bundled samples.
+# move F by about 1% on data shaped like the bundled iEEG samples.
 DEFAULT_OPTIMIZER_OPTIONS = {"bobyqa": {"rhoend": 1e-9, "maxfun": 100000}}
 
 

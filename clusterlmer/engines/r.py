@@ -17,7 +17,8 @@ import threading
 
 import numpy as np
 
-from .base import BlockFit, FitOptions
+from .._checks import check_option
+from .base import NEEDS, BlockFit, FitOptions
 
 __all__ = ["fit_block", "describe", "r_session", "R_INSTALL_HINT"]
 
@@ -164,7 +165,7 @@ def describe(design, options: FitOptions):
     return tuple(terms), tuple(_as_strings(res.rx2("coef_names")))
 
 
-def fit_block(design, Y, options: FitOptions) -> BlockFit:
+def fit_block(design, Y, options: FitOptions, need: str = "all") -> BlockFit:
     """Fit every column of ``Y`` under one design with lme4/lmerTest.
 
     Parameters
@@ -174,11 +175,17 @@ def fit_block(design, Y, options: FitOptions) -> BlockFit:
     Y : ndarray, shape (n_obs, k)
         Responses, all finite.
     options : FitOptions
+    need : {"all", "statistic"}
+        ``"statistic"`` (permutations): the same F without Satterthwaite's
+        numerical derivatives (DF2 and p NaN, lmerTest's Hessian warnings
+        not looked for). With ``ddf="kenward-roger"``, whose F depends on
+        its DF, everything is computed either way.
 
     Returns
     -------
     BlockFit
     """
+    check_option("need", need, NEEDS)
     s = r_session()
     if options.ddf == "kenward-roger":
         s.require("pbkrtest")
@@ -197,6 +204,7 @@ def fit_block(design, Y, options: FitOptions) -> BlockFit:
         test=options.test,
         optimizer=options.optimizer,
         opt_ctrl=s.num_list(options.resolved_optimizer_options()),
+        need=need,
     )
     terms = tuple(_as_strings(res.rx2("terms")))
     coefs = tuple(_as_strings(res.rx2("coef_names")))

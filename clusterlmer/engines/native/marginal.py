@@ -1,0 +1,144 @@
+"""The marginal test of each fixed term: F, its degrees of freedom and p.
+
+Each term is tested on its own coefficients (identity rows of ``beta``,
+intercept included), as MATLAB's ``anova`` does. With Satterthwaite DF the
+formulas are lmerTest's ``contest1D`` (one coefficient: ``F = t^2``) and
+``contestMD`` (several: F over the positive eigenvalues of the term's
+covariance, DF combined by ``get_Fstat_ddf``), fed the derivatives of
+:mod:`.satterthwaite`; otherwise a Wald F with ``n - p`` (``"residual"``)
+or infinite (``"none"``) denominator DF. Asked for the statistic only, the
+same F (computed by the same arithmetic) comes without DF2 or p.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats
+
+__all__ = ["f_sf", "marginal_tests", "satterthwaite_md"]
+
+_SQRT_EPS = np.sqrt(np.finfo(float).eps)
+
+
+def marginal_tests(assign, n_terms, beta, Vb, ddf, resid_df, varpar=None, need="all"):
+    """F, DF1, DF2, p and the contrast estimate of every term's marginal test.
+
+    Parameters
+    ----------
+    assign : ndarray of int, shape (p,)
+        Term of each coefficient (R's ``assign``; 0 is the intercept).
+    n_terms : int
+    beta : ndarray, shape (k, p)
+    Vb : ndarray, shape (k, p, p)
+        ``vcov(beta)`` per response.
+    ddf : {"satterthwaite", "residual", "none"}
+    resid_df : int
+        ``n - p``, DF2 of ``ddf="residual"``.
+    varpar : tuple (Jac, A), optional
+        Satterthwaite's Jacobian of ``vcov(beta)`` (k, nv, p, p) and
+        covariance of the variance parameters (k, nv, nv) from
+        :mod:`.satterthwaite`; needed for ``ddf="satterthwaite"`` with
+        ``need="all"``.
+    need : {"all", "statistic"}
+        ``"statistic"``: F, DF1 and the contrast estimate only (DF2 and p NaN).
+
+    Returns
+    -------
+    F, df1, df2, p, contrast_estimate : ndarray, shape (n_terms, k)
+        ``contrast_estimate`` is the coefficient of one-coefficient terms
+        (the sign of their t), NaN for the others.
+    """
+    nt, k = n_terms, beta.shape[0]
+    F, df1, df2, pval, cest = (np.full((nt, k), np.nan) for _ in range(5))
+    full = need == "all"
+    for ti in range(nt):
+        cols = np.flatnonzero(assign == ti)
+        q = len(cols)
+        bL = beta[:, cols]
+        VL = Vb[:, cols[:, None], cols[None, :]]
+        if q == 1:
+            cest[ti] = bL[:, 0]
+        if ddf == "satterthwaite":
+            JL = varpar[0][:, :, cols[:, None], cols[None, :]] if full else None  # (k, nv, q, q)
+            A = varpar[1] if full else None
+            if q == 1:
+                var_con = VL[:, 0, 0]
+                tval = bL[:, 0] / np.sqrt(var_con)
+                F[ti], df1[ti] = tval**2, 1.0
+                if full:
+                    grad = JL[:, :, 0, 0]
+                    df2[ti] = 2 * var_con**2 / np.einsum("ri,rij,rj->r", grad, A, grad)
+            else:
+                F[ti], df1[ti], df2[ti] = satterthwaite_md(VL, bL, JL, A)
+        else:
+            lam, vec = np.linalg.eigh(VL)
+            tol = np.maximum(_SQRT_EPS * lam[:, -1:], 0.0)
+            pos = lam > tol
+            z = np.einsum("rji,rj->ri", vec, bL)
+            qq = pos.sum(axis=1)
+            F[ti] = np.where(pos, z * z / np.where(pos, lam, 1.0), 0.0).sum(axis=1) / qq
+            df1[ti] = qq
+            if full:
+                df2[ti] = resid_df if ddf == "residual" else np.inf
+        if full:
+            pval[ti] = f_sf(F[ti], df1[ti], df2[ti])
+    return F, df1, df2, pval, cest
+
+
+def satterthwaite_md(VL, bL, JL=None, A=None, eps=_SQRT_EPS):
+    """lmerTest's contestMD for a batch: F, NumDF, DenDF (each (k,)).
+
+    ``VL`` (k, q, q), ``bL`` (k, q), ``JL`` (k, nv, q, q), ``A`` (k, nv, nv);
+    without ``JL`` and ``A`` DenDF is NaN (the statistic only).
+    """
+    lam, vec = np.linalg.eigh(VL)
+    lam, vec = lam[:, ::-1], vec[:, :, ::-1]  # R's decreasing order; columns = rows of PtL
+    pos = lam > np.maximum(eps * lam[:, :1], 0.0)
+    q = pos.sum(axis=1)
+    safe = np.where(pos, lam, 1.0)
+    z = np.einsum("rim,ri->rm", vec, bL)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        F = np.where(pos, z * z / safe, 0.0).sum(axis=1) / q
+        if JL is not None:
+            grad = np.einsum("rim,rkij,rjm->rmk", vec, JL, vec)
+            nu = 2 * safe**2 / np.einsum("rmk,rkl,rml->rm", grad, A, grad)
+    if JL is None:
+        ddf = np.full(len(F), np.nan)
+    elif np.all(q == nu.shape[1]):
+        ddf = _fstat_ddf_batch(nu)
+    else:
+        ddf = np.array([_fstat_ddf(nu[r, : q[r]]) if q[r] > 0 else np.nan for r in range(len(F))])
+    F[q == 0] = np.nan
+    return F, np.where(q > 0, q, np.nan).astype(float), ddf
+
+
+def _fstat_ddf(nu, tol=1e-8):
+    """lmerTest:::get_Fstat_ddf for one vector of nu."""
+    if len(nu) == 1:
+        return nu[0]
+    if np.all(np.abs(np.diff(nu)) < tol):
+        return np.mean(nu)
+    if np.any(nu <= 2):
+        return 2.0
+    E = np.sum(nu / (nu - 2))
+    return 2 * E / (E - len(nu))
+
+
+def _fstat_ddf_batch(nu, tol=1e-8):
+    """get_Fstat_ddf for each row of nu (k, q), q >= 2."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        E = np.sum(nu / (nu - 2), axis=1)
+        out = 2 * E / (E - nu.shape[1])
+    out = np.where(np.any(nu <= 2, axis=1), 2.0, out)
+    return np.where(np.all(np.abs(np.diff(nu, axis=1)) < tol, axis=1), nu.mean(axis=1), out)
+
+
+def f_sf(F, df1, df2):
+    """Upper tail of F(df1, df2); chi-squared(df1) / df1 where ``df2`` is infinite; NaN where F is not finite."""
+    F, df1, df2 = np.broadcast_arrays(np.asarray(F, float), np.asarray(df1, float), np.asarray(df2, float))
+    out = np.full(F.shape, np.nan)
+    inf = np.isinf(df2) & np.isfinite(F)
+    fin = np.isfinite(df2) & np.isfinite(F)
+    out[inf] = stats.chi2.sf(F[inf] * df1[inf], df1[inf])
+    out[fin] = stats.f.sf(F[fin], df1[fin], df2[fin])
+    return out
