@@ -21,23 +21,35 @@ from ._memory import check_run_memory
 from .checkpoint import Checkpoint, check_checkpoint_path, fingerprint
 from .cluster import CLUSTER_STATS, QUANTILE_METHODS, TAILS, cluster_test, smallest_cluster_p
 from .data import TimeseriesData, _preview
-from .design import ModelDesign, build_design
-from .engines import ENGINE_CHOICES, get_engine, resolve_engine
-from .engines.base import check_fit_options
-from .fit import fit_samples, fit_timeseries, response_exponents, sample_responses
+from .engines import ENGINE_CHOICES, engine_properties, get_engine
+from .fit import check_fit_arguments, fit_plan, fit_sample_sets, response_exponents, sample_responses
 from .formula import parse_formula
 from .permute import make_permutations
 from .results import STATISTICS, PermutationClusterResult, cluster_table
 from .run import check_client, resolve_n_jobs, run_permutations
+from .spec import ModelSpec
 
 __all__ = ["permutation_cluster_lmer"]
+
+# Most permutations fitted together: with few samples, batches stay small enough to share the
+# permutations among workers (blocks of work are whole batches).
+MAX_BATCH = 16
 
 
 @dataclass(frozen=True)
 class PermutationTask:
-    """Everything a (worker) process needs to compute one permutation's statistics."""
+    """Everything a (worker) process needs to compute permutations' statistics.
 
-    design: ModelDesign
+    Permutations are fitted in batches of ``batch_size`` consecutive indices
+    (``k // batch_size`` names the batch), all of a batch together: the
+    engine's per-call costs are paid once per batch, and each fit starts at
+    the observed design's optimum for its sample (the same optimum is
+    reached in fewer steps). A permutation's statistics are always computed
+    within its whole batch, so they do not depend on which permutations a
+    worker was given.
+    """
+
+    spec: ModelSpec
     Y: np.ndarray
     options: object
     engine: str
@@ -51,15 +63,47 @@ class PermutationTask:
         """What the fits take from ``Y`` alone (rescaling, rows per column), prepared once per process."""
         return sample_responses(self.Y)
 
+    @property
+    def batch_size(self) -> int:
+        """Permutations per batch: as many as the engine fits together for the samples, 1 to ``MAX_BATCH``.
+
+        It depends on the engine and the number of samples only, never on the
+        workers or the number of permutations (a resumed run adds batches).
+        """
+        per = engine_properties(self.engine).fits_per_batch // max(1, self.Y.shape[1])
+        return int(np.clip(per, 1, MAX_BATCH))
+
     def statistics(self, k) -> np.ndarray:
-        """Statistics of the tested terms under permutation ``k``: (n_terms, *sample_shape).
+        """Statistics of the tested terms under permutation ``k``: (n_terms, *sample_shape)."""
+        return self.statistics_of([k])[0]
+
+    def statistics_of(self, indices) -> np.ndarray:
+        """Statistics of permutations ``indices``: (len(indices), n_terms, *sample_shape).
 
         A fit that fails at a sample, or a term lme4 drops from a rank-deficient
         permuted design, gives NaN there (counted as a refit failure). Only
         the statistic is computed (no DF or p), which gives the same F.
         """
-        permuted = self.permutations.apply(k, self.design)
-        blk, _ = fit_samples(permuted, self.responses, self.options, self.engine, need="statistic")
+        indices = [int(k) for k in indices]
+        B, n = self.batch_size, len(self.permutations)
+        outside = [k for k in indices if not 0 <= k < n]
+        if outside:
+            raise IndexError(f"permutations {outside[:5]} out of range for {n} permutations.")
+        done = {}
+        for b in dict.fromkeys(k // B for k in indices):
+            batch = range(b * B, min((b + 1) * B, n))
+            for k, values in zip(batch, self._fit_batch(batch)):
+                done[k] = values
+        return np.stack([done[k] for k in indices])
+
+    def _fit_batch(self, batch):
+        maps = self.permutations.row_maps
+        specs = [self.spec.permuted({v: m[k] for v, m in maps.items()}) for k in batch]
+        fits, _ = fit_sample_sets(specs, self.responses, self.options, self.engine, need="statistic",
+                                  start_from=self.spec)
+        return [self._tested(blk) for blk in fits]
+
+    def _tested(self, blk) -> np.ndarray:
         out = np.full((len(self.terms), self.Y.shape[1]), np.nan)
         for i, term in enumerate(self.terms):
             if term not in blk.terms:
@@ -120,10 +164,10 @@ def _check_arguments(terms, schemes, levels, optimizer_options, cross_check, pro
         raise TypeError(f"progress must be True or False, got {progress!r}.")
 
 
-def _check_term_names(terms, design, options, engine):
+def _check_term_names(terms, plan):
     """Tested term names against the model's, before the observed fit (minutes with R)."""
     wanted = [terms] if isinstance(terms, str) else list(terms)
-    model_terms, _ = get_engine(resolve_engine(engine, design, options)[0]).describe(design, options)
+    model_terms, _ = get_engine(plan.engine).describe(plan.spec, plan.options)
     unknown = [t for t in wanted if t not in model_terms and t != "(Intercept)"]
     if unknown:
         raise ValueError(f"terms {_preview(unknown)} are not in the model; its terms are {_preview(model_terms)}.")
@@ -260,21 +304,21 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
     check_option("engine", engine, ENGINE_CHOICES)
     _check_arguments(terms, schemes, levels, optimizer_options, cross_check, progress)
     checkpoint = check_checkpoint_path(checkpoint)
-    options = check_fit_options(reml, ddf, test, optimizer, optimizer_options)
     model = parse_formula(formula)
     check_run_memory(data, model, n_permutations, terms=terms, schemes=schemes, cluster_stat=cluster_stat,
                      n_jobs=n_jobs, client=client)  # before anything large is allocated
-    design = build_design(data.design, model, coding=coding, levels=levels, response_column=data.response)
+    plan = check_fit_arguments(data, formula, reml=reml, ddf=ddf, coding=coding, test=test, optimizer=optimizer,
+                               optimizer_options=optimizer_options, levels=levels, engine=engine)
     perms = make_permutations(data.design, model, n_permutations, seed, schemes=schemes)
     unpermuted = [v for v, s in perms.schemes.items() if s == "none"]
     if terms is not None:
-        _check_term_names(terms, design, options, engine)
+        _check_term_names(terms, plan)
+    if plan.engine_note:
+        warnings.warn(plan.engine_note, UserWarning, stacklevel=2)
 
     start = time.perf_counter()
-    fit = fit_timeseries(data, formula, reml=reml, ddf=ddf, coding=coding, test=test, optimizer=optimizer,
-                         optimizer_options=optimizer_options, levels=levels, engine=engine,
-                         cross_check=cross_check)
-    engine = fit.options["engine"]  # "auto" resolved once, on the observed design
+    fit = fit_plan(plan, data, cross_check)
+    engine, options = plan.engine, plan.options
     tested = _tested_terms(fit, terms, statistic)
     for term in tested:
         if all(v in unpermuted for v in _term_variables(term, model.fixed_variables)):
@@ -282,7 +326,7 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
                              "so the permutations give it no null distribution; permute one of its variables.")
 
     Y = data.values.reshape(data.n_obs, -1)
-    task = PermutationTask(design, Y, options, engine, perms, tested, statistic, data.sample_shape)
+    task = PermutationTask(plan.spec, Y, options, engine, perms, tested, statistic, data.sample_shape)
     keys = {
         "data": fingerprint([data.values, data.design]),
         "formula": model.text,

@@ -11,13 +11,14 @@ import pandas as pd
 from ._checks import option_hint
 from .data import TimeseriesData, _preview, check_response
 from .design import build_design
-from .engines import get_engine, resolve_engine
-from .engines.base import BlockFit, check_fit_options
+from .engines import REFERENCE_ENGINE, engine_properties, get_engine, resolve_engine
+from .engines.base import BlockFit, FitOptions, check_fit_options
 from .formula import parse_formula
 from .hypotheses import sign_convention, term_hypotheses
 from .results import FitSource, TimeseriesFit
+from .spec import ModelSpec, as_spec, build_spec
 
-__all__ = ["fit_timeseries"]
+__all__ = ["FitPlan", "check_fit_arguments", "fit_plan", "fit_timeseries"]
 
 
 def _mask_groups(finite):
@@ -119,29 +120,50 @@ def sample_responses(Y) -> SampleResponses:
     return SampleResponses(Y, shift, finite.sum(axis=0), constant, tuple(groups))
 
 
-def fit_samples(design, Y, options, engine, need="all"):
+def fit_samples(model, Y, options, engine, need="all"):
     """Fit each column of ``Y`` (n_obs, n_samples) with ``engine`` (``"r"`` or
-    ``"native"``, already resolved); rows with non-finite values are left out
-    of that column's fit. Returns a :class:`BlockFit` over all columns plus the
-    count of observations used per column. ``Y`` may also be the
-    :class:`SampleResponses` of the responses, prepared once for many designs
-    (permutations). ``need="statistic"`` asks the engine for the test
-    statistic only (permutations; see :data:`clusterlmer.engines.base.NEEDS`):
-    the same F, DF2 and p NaN.
+    ``"native"``, already resolved) under ``model`` (a
+    :class:`~clusterlmer.spec.ModelSpec` or :class:`~clusterlmer.design.ModelDesign`);
+    rows with non-finite values are left out of that column's fit. Returns a
+    :class:`BlockFit` over all columns plus the count of observations used
+    per column. ``Y`` may also be the :class:`SampleResponses` of the
+    responses, prepared once for many models (permutations).
+    ``need="statistic"`` asks the engine for the test statistic only
+    (permutations; see :data:`clusterlmer.engines.base.NEEDS`): the same F,
+    DF2 and p NaN.
 
     A column whose SD is outside ``2**RESCALE_EXPONENTS`` is fitted multiplied
     by a power of two (see :data:`RESCALE_EXPONENTS`) and its estimates, SEs,
     sigma and deviance mapped back.
     """
+    fits, n_used = fit_sample_sets([as_spec(model)], Y, options, engine, need)
+    return fits[0], n_used
+
+
+def fit_sample_sets(specs, Y, options, engine, need="all", start_from=None):
+    """:func:`fit_samples` under each of ``specs`` (permutations of one specification), fitted together.
+
+    ``start_from``: the specification whose optimum starts each fit (the
+    engine's ``fit_blocks``). Returns a list of :class:`BlockFit` (one per
+    specification) and the count of observations used per column.
+    """
     eng = get_engine(engine)
     resp = Y if isinstance(Y, SampleResponses) else sample_responses(Y)
-    n_samples, constant, shift = resp.Y.shape[1], resp.constant, resp.shift
-    blocks = [(cols, eng.fit_block(design.subset(rows), resp.Y[np.ix_(rows, cols)], options, need=need))
+    groups = [(cols, eng.fit_blocks([spec.subset(rows) for spec in specs], resp.Y[np.ix_(rows, cols)], options,
+                                    need=need, start_from=None if start_from is None else start_from.subset(rows)))
               for cols, rows in resp.groups]
-    if blocks:
-        terms, coefs = blocks[0][1].terms, blocks[0][1].coef_names
+    if groups:
+        terms, coefs = groups[0][1][0].terms, groups[0][1][0].coef_names
     else:
-        terms, coefs = eng.describe(design, options)
+        terms, coefs = eng.describe(specs[0], options)
+    fits = [_assemble(terms, coefs, [(cols, blocks[d]) for cols, blocks in groups], resp, options)
+            for d in range(len(specs))]
+    return fits, resp.n_used
+
+
+def _assemble(terms, coefs, blocks, resp, options):
+    """One BlockFit over every sample from the fits of the column groups."""
+    n_samples, constant, shift = resp.Y.shape[1], resp.constant, resp.shift
     nt, nc = len(terms), len(coefs)
 
     def full(rows):
@@ -163,8 +185,7 @@ def fit_samples(design, Y, options, engine, need="all"):
             messages[c], errors[c] = blk.messages[j], blk.errors[j]
     if shift.any():
         _scale_back(out, shift, resp.n_used, options.reml)
-    fit = BlockFit(terms=terms, coef_names=coefs, messages=messages, errors=errors, **out)
-    return fit, resp.n_used
+    return BlockFit(terms=terms, coef_names=coefs, messages=messages, errors=errors, **out)
 
 
 def _warn_if_all_nan(terms, F, errors, messages):
@@ -198,7 +219,7 @@ def _cross_check(design, Y, options, native_fit, n_samples):
         return {"samples": [], "max_rel_diff": None, "note": "not run"}
     picks = finite[np.unique(np.linspace(0, len(finite) - 1, min(n_samples, len(finite))).round().astype(int))]
     try:
-        r_fit, _ = fit_samples(design, Y[:, picks], options, "r")
+        r_fit, _ = fit_samples(design, Y[:, picks], options, REFERENCE_ENGINE)
     except ImportError as exc:
         return {"samples": picks.tolist(), "max_rel_diff": None, "note": f"R engine not available ({exc})"}
     worst = 0.0
@@ -296,6 +317,46 @@ def fit_timeseries(data, formula, *, reml=True, ddf="satterthwaite", coding="ref
     1e-6 (data in volts) an intercept DF2 of 22.9 became 4.3, scaled by 1e6 a
     DF2 of 167 became 6e22; beyond about 1e+-200 the fits fail.
     """
+    plan = check_fit_arguments(data, formula, reml=reml, ddf=ddf, coding=coding, test=test, optimizer=optimizer,
+                               optimizer_options=optimizer_options, levels=levels, terms=terms, engine=engine)
+    if plan.engine_note:
+        warnings.warn(plan.engine_note, UserWarning, stacklevel=2)
+    return fit_plan(plan, data, cross_check)
+
+
+@dataclass(frozen=True)
+class FitPlan:
+    """A checked fit: the model specification, options and engine :func:`fit_plan` runs.
+
+    Attributes
+    ----------
+    model : ModelFormula
+    spec : ModelSpec
+        Built once; its ``design`` is the coded table.
+    options : FitOptions
+    engine : str
+        ``"r"`` or ``"native"`` (``"auto"`` resolved on the observed design).
+    engine_note : str
+        Why ``"auto"`` chose R, for one warning (empty otherwise).
+    terms : list of str or None
+        Terms to report (None: all).
+    """
+
+    model: object
+    spec: ModelSpec
+    options: FitOptions
+    engine: str
+    engine_note: str
+    terms: list | None
+
+
+def check_fit_arguments(data, formula, *, reml=True, ddf="satterthwaite", coding="reference", test="marginal",
+                        optimizer="bobyqa", optimizer_options=None, levels=None, terms=None,
+                        engine="auto") -> FitPlan:
+    """Check every argument of :func:`fit_timeseries` and build the model once (no fit).
+
+    Raises the errors :func:`fit_timeseries` documents, before any fit.
+    """
     if not isinstance(data, TimeseriesData):
         raise TypeError(
             f"data must be a TimeseriesData (from cl.from_dataframe or cl.load_mat), got {type(data).__name__}."
@@ -304,12 +365,11 @@ def fit_timeseries(data, formula, *, reml=True, ddf="satterthwaite", coding="ref
     model = parse_formula(formula)
     check_response(data, model.response)
     design = build_design(data.design, model, coding=coding, levels=levels, response_column=data.response)
-    engine, engine_note = resolve_engine(engine, design, options)
-    if engine_note:
-        warnings.warn(engine_note, UserWarning, stacklevel=2)
+    spec = build_spec(design)
+    engine, engine_note = resolve_engine(engine, spec, options)
     wanted = None
     if terms is not None or test == "type3":  # checked before the long part
-        model_terms, _ = get_engine(engine).describe(design, options)
+        model_terms, _ = get_engine(engine).describe(spec, options)
         if not model_terms:
             marginal = option_hint("test='marginal'", "--test marginal")
             raise ValueError("the model has no term besides the intercept, which a type III table does not "
@@ -324,9 +384,17 @@ def fit_timeseries(data, formula, *, reml=True, ddf="satterthwaite", coding="ref
                 f"{'term' if len(unknown) == 1 else 'terms'} {_preview(unknown)} "
                 f"{'is' if len(unknown) == 1 else 'are'} not in the model; its terms are {_preview(model_terms)}."
             )
+    return FitPlan(model, spec, options, engine, engine_note, wanted)
+
+
+def fit_plan(plan: FitPlan, data, cross_check=3) -> TimeseriesFit:
+    """Run a checked fit (:func:`check_fit_arguments`) at every sample of ``data``."""
+    model, spec, options, engine, wanted = plan.model, plan.spec, plan.options, plan.engine, plan.terms
+    design = spec.design
+    ddf, test, coding, optimizer = options.ddf, options.test, design.coding, options.optimizer
     Y = data.values.reshape(data.n_obs, -1)
-    blk, n_used = fit_samples(design, Y, options, engine)
-    checked = _cross_check(design, Y, options, blk, int(cross_check)) if engine == "native" else None
+    blk, n_used = fit_samples(spec, Y, options, engine)
+    checked = None if engine_properties(engine).reference else _cross_check(spec, Y, options, blk, int(cross_check))
     keep = np.arange(len(blk.terms)) if wanted is None else np.array([blk.terms.index(t) for t in wanted])
     _warn_if_all_nan([blk.terms[i] for i in keep], blk.F[keep], blk.errors, blk.messages)
 

@@ -170,8 +170,6 @@ def _check_version(path, f):
 def _read_result(f) -> PermutationClusterResult:
     import h5py
 
-    from .results import PermutationClusterResult, TimeseriesFit
-
     fit_group = _group(f, "fit")
     fit_fields = _get_fields(fit_group, TimeseriesFit, skip=FIT_APART)
     fit = TimeseriesFit(diagnostics=_get_frame(_group(fit_group, "diagnostics")), **fit_fields)

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .cluster import smallest_cluster_p
+from .engines import engine_properties, get_engine
 
 __all__ = ["fit_summary", "result_summary", "fit_health", "fit_health_counts"]
 
@@ -84,7 +85,6 @@ def _hypotheses_lines(options, levels, terms, note) -> list:
 def fit_summary(fit) -> str:
     """The text of :meth:`clusterlmer.TimeseriesFit.summary`: model, methods, coding, fit health and peak effects."""
     o, d = fit.options, fit.diagnostics
-    opt_ctrl = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in o["optimizer_options"].items())
     if o["coding"] == "reference":
         coding = "reference (treatment); reference levels: " + (
             ", ".join(f"{k} = {v!r}" for k, v in fit.reference_levels.items()) or "no factors"
@@ -98,8 +98,7 @@ def fit_summary(fit) -> str:
         f"Mixed-model fits per sample (clusterlmer, engine: {o['engine']})",
         f"Formula:     {fit.formula}",
         f"Fit method:  {'REML' if o['reml'] else 'ML'}; "
-        + (f"optimizer {o['optimizer']} ({opt_ctrl})" if o["engine"] == "r"
-           else "native engine (profiled criterion optimised by batched Newton to ~1e-12 in theta)"),
+        + get_engine(o["engine"]).fit_method(o),
         f"Test:        {_TEST_NAMES[o['test']]}; DF2: {_DDF_NAMES[o['ddf']]}",
         f"Coding:      {coding}",
         f"Samples:     {'x'.join(map(str, fit.sample_shape))} (times {times[0]:g} .. {times[-1]:g}); "
@@ -131,8 +130,8 @@ _TAIL_NAMES = {1: "upper-tailed", 0: "two-tailed", -1: "lower-tailed"}
 
 
 def _engine_text(options) -> str:
-    if options["engine"] == "r":
-        return "r (lme4 + lmerTest at every fit)"
+    if engine_properties(options["engine"]).reference:
+        return f"{options['engine']} (lme4 + lmerTest at every fit)"
     check = options.get("cross_check") or {}
     if check.get("max_rel_diff") is None:
         return f"native (no R cross-check: {check.get('note') or 'not run'})"
@@ -163,7 +162,7 @@ def result_summary(result) -> str:
         f"distribution (quantile method '{result.quantile_method}'); clusters significant at p < {result.alpha:g}",
         f"Permutations:  {result.n_permutations} (seed {result.seed}); "
         + ("\n               ".join(result.run["permutations"]) if result.run.get("permutations") else schemes),
-        f"Refit failures: " + (", ".join(f"{t}: {n} of {n_fits}" for t, n in fails.items())),
+        "Refit failures: " + (", ".join(f"{t}: {n} of {n_fits}" for t, n in fails.items())),
         f"Observed fits: {fit_health(fit.diagnostics)}",
         f"Engine:        {_engine_text(fit.options)}",
     ]

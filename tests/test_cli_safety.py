@@ -42,7 +42,7 @@ def no_fit(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the observed fit started before the bad argument was refused")
 
-    monkeypatch.setattr(clusterlmer.analysis, "fit_timeseries", refuse)
+    monkeypatch.setattr(clusterlmer.analysis, "fit_plan", refuse)
 
 
 def run(data, **kwargs):

@@ -39,9 +39,10 @@ import clusterlmer as cl
 from clusterlmer import datasets
 from clusterlmer.design import build_design
 from clusterlmer.engines import get_engine, native
-from clusterlmer.engines.native import criterion, engine, fixed, nesting, optimize
+from clusterlmer.engines.native import criterion, engine, nesting, optimize
 from clusterlmer.engines.base import FitOptions
 from clusterlmer.formula import parse_formula
+from clusterlmer.spec import build_spec
 
 pytest.importorskip("rpy2")
 
@@ -126,9 +127,9 @@ def lme4_theta(design, Y, reml):
 
 def native_at_theta(design, Y, options, theta):
     """The native engine's results at ``theta`` (lme4's order, shape (k, G)) instead of its optimum."""
-    model = engine.prepare(design, options, Y.shape[0])
+    model = engine.prepare(build_spec(design), options, Y.shape[0])
     assert not model.error, model.error
-    block = criterion.Block(model.X, model.nest, Y)
+    block = criterion.Block(model.structure, criterion.Responses(model.structure, Y), [model.X])
     return engine.evaluate(model, block, np.asarray(theta, float)[:, ::-1] ** 2, np.ones(Y.shape[1], bool), options)
 
 
@@ -402,9 +403,9 @@ def test_optimum_is_exact_to_rounding():
     # points into the bound where theta = 0.
     data = simulate(seed=4, n_times=8, subject_sd=0.3)
     design = build_design(data.design, parse_formula(NESTED))
-    groupings, names, _ = nesting.random_groupings(design.formula)
-    nest = nesting.Nesting(design.frame, groupings, names)
-    block = criterion.Block(fixed.FixedPart(design).matrix(design.frame), nest, data.values)
+    spec = build_spec(design)
+    structure = criterion.Structure(nesting.Nesting.of(spec), spec.n_obs)
+    block = criterion.Block(structure, criterion.Responses(structure, data.values), [spec.X])
     for reml in (True, False):
         phi, ok, _ = optimize.optimize(block, reml)
         assert ok.all()

@@ -18,9 +18,10 @@ import threading
 import numpy as np
 
 from .._checks import check_option
+from ..spec import coded_design
 from .base import NEEDS, BlockFit, FitOptions
 
-__all__ = ["fit_block", "describe", "r_session", "R_INSTALL_HINT"]
+__all__ = ["fit_block", "fit_blocks", "fit_method", "describe", "r_session", "supports", "R_INSTALL_HINT"]
 
 # Engine properties, read through clusterlmer.engines.engine_properties.
 LABEL = "R"
@@ -35,6 +36,10 @@ NEEDS_OWN_PROCESS = True
 # Most permutations per block of work: eight take ~25 s on the 2-way sample, so a worker lost
 # loses little and every worker stays busy to the end.
 BLOCK_SIZE = 8
+# lme4 fits one model at a time: permutations gain nothing from being fitted together.
+FITS_PER_BATCH = 1
+# lme4 + lmerTest themselves: the numbers other engines are cross-checked against.
+REFERENCE = True
 
 R_INSTALL_HINT = (
     "On Debian/Ubuntu: sudo apt-get install r-base-core r-base-dev r-cran-lme4 r-cran-lmertest "
@@ -142,12 +147,12 @@ def _as_strings(x):
     return [str(s) for s in x]
 
 
-def describe(design, options: FitOptions):
+def describe(model, options: FitOptions):
     """Term labels and coefficient names of the fixed part, without fitting.
 
     Parameters
     ----------
-    design : clusterlmer.design.ModelDesign
+    model : clusterlmer.spec.ModelSpec or clusterlmer.design.ModelDesign
     options : FitOptions
 
     Returns
@@ -155,6 +160,7 @@ def describe(design, options: FitOptions):
     terms : tuple of str
     coef_names : tuple of str
     """
+    design = coded_design(model)
     s = r_session()
     frame = s.data_frame(design.frame)
     frame = s.call("cl_prepare_design", frame, s.str_list(design.factors), design.coding)
@@ -165,13 +171,33 @@ def describe(design, options: FitOptions):
     return tuple(terms), tuple(_as_strings(res.rx2("coef_names")))
 
 
-def fit_block(design, Y, options: FitOptions, need: str = "all") -> BlockFit:
-    """Fit every column of ``Y`` under one design with lme4/lmerTest.
+def supports(model, options=None):
+    """lme4 fits every model the formula parser accepts: ``(True, "")``."""
+    return True, ""
+
+
+def fit_method(options: dict) -> str:
+    """How the optimum is found, for summaries (``options``: a fit's ``options`` record)."""
+    ctrl = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                     for k, v in options.get("optimizer_options", {}).items())
+    return f"optimizer {options['optimizer']} ({ctrl})"
+
+
+def fit_blocks(specs, Y, options: FitOptions, need: str = "all", start_from=None) -> list:
+    """:func:`fit_block` under each of ``specs`` (one lme4 model per specification and response).
+
+    ``start_from`` is accepted for the engine interface and not used: lme4 starts at theta = 1.
+    """
+    return [fit_block(spec, Y, options, need) for spec in specs]
+
+
+def fit_block(model, Y, options: FitOptions, need: str = "all") -> BlockFit:
+    """Fit every column of ``Y`` under one model with lme4/lmerTest.
 
     Parameters
     ----------
-    design : clusterlmer.design.ModelDesign
-        Design restricted to the rows of ``Y``.
+    model : clusterlmer.spec.ModelSpec or clusterlmer.design.ModelDesign
+        The model on the rows of ``Y`` (R refits from its coded table).
     Y : ndarray, shape (n_obs, k)
         Responses, all finite.
     options : FitOptions
@@ -186,6 +212,7 @@ def fit_block(design, Y, options: FitOptions, need: str = "all") -> BlockFit:
     BlockFit
     """
     check_option("need", need, NEEDS)
+    design = coded_design(model)
     s = r_session()
     if options.ddf == "kenward-roger":
         s.require("pbkrtest")

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from .worker_process import WorkerDied, WorkerProcess
+from .worker_process import WorkerDied, WorkerProcess, batches_of, statistics_of
 
 __all__ = ["fit_block", "end_run"]
 
@@ -94,10 +94,10 @@ def _fit_in_this_thread(task, token, indices):
     """Permutations ``indices`` fitted directly in this Dask worker thread."""
     values = []
     with _heap_for_numpy_temporaries():
-        for k in indices:
+        for batch in batches_of(task, indices):
             _check_running(token)
-            values.append(task.statistics(k))
-    return np.stack(values)
+            values.append(statistics_of(task, batch))
+    return np.concatenate(values)
 
 
 class _Child(WorkerProcess):

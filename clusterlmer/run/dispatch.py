@@ -19,6 +19,7 @@ import numpy as np
 from ..engines import engine_properties
 from .dask import run_on_dask
 from .local import run_in_workers
+from .worker_process import batches_of, statistics_of
 
 __all__ = ["run_permutations"]
 
@@ -49,17 +50,25 @@ def _interrupt_between_permutations():
         signal.signal(signal.SIGINT, previous)
 
 
-def _blocks(todo, n_jobs, max_size):
+def _blocks(todo, n_jobs, max_size, task=None):
     # Small blocks keep every worker busy to the end and bound the work lost
     # with a worker; each block still amortises the transfer of its results.
+    # Blocks are made of whole batches of the task (fitted together).
     size = int(np.clip(len(todo) // (4 * n_jobs), 1, max_size))
-    return [todo[i:i + size] for i in range(0, len(todo), size)]
+    batches = batches_of(task, todo)
+    blocks, current = [], []
+    for batch in batches:
+        if current and len(current) + len(batch) > size:
+            blocks.append(current)
+            current = []
+        current = current + batch
+    return blocks + ([current] if current else [])
 
 
 def _block_splitter(task):
-    """``split(todo, n_jobs)`` with the block size of ``task``'s engine."""
+    """``split(todo, n_jobs)`` with the block size of ``task``'s engine, in whole batches of ``task``."""
     max_size = engine_properties(getattr(task, "engine", None)).block_size
-    return functools.partial(_blocks, max_size=max_size)
+    return functools.partial(_blocks, max_size=max_size, task=task)
 
 
 def _progress_bar(total, initial, enabled):
@@ -110,10 +119,10 @@ def run_permutations(task, checkpoint, *, n_jobs=1, progress=True, client=None):
                     restarts = run_on_dask(task, checkpoint, todo, client, split=split, engine=engine, bar=bar,
                                            interrupted=interrupted)
             elif n_jobs == 1 or len(todo) <= 1:
-                for k in todo:
-                    checkpoint.add([k], task.statistics(k)[None])
+                for batch in batches_of(task, todo):
+                    checkpoint.add(batch, statistics_of(task, batch))
                     if bar is not None:
-                        bar.update(1)
+                        bar.update(len(batch))
                     if interrupted():
                         raise KeyboardInterrupt
             else:

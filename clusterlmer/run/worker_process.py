@@ -31,12 +31,31 @@ import time
 
 import numpy as np
 
-__all__ = ["WorkerDied", "WorkerProcess", "dumps", "serve", "stop_all"]
+__all__ = ["WorkerDied", "WorkerProcess", "batches_of", "dumps", "serve", "statistics_of", "stop_all"]
 
 # The directory holding the clusterlmer package: the child imports the same clusterlmer as its parent.
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _CHILD = ("import sys\nif {root!r} not in sys.path: sys.path.insert(0, {root!r})\n"
           "from clusterlmer.run.worker_process import serve\nserve({idle_exit!r})")
+
+
+def batches_of(task, indices) -> list:
+    """``indices`` cut where the task's batches (``k // task.batch_size``) change, in order."""
+    size = int(getattr(task, "batch_size", 1))
+    out = []
+    for k in indices:
+        if out and out[-1][-1] // size == int(k) // size:
+            out[-1].append(int(k))
+        else:
+            out.append([int(k)])
+    return out
+
+
+def statistics_of(task, indices) -> np.ndarray:
+    """Statistics of permutations ``indices`` (stacked): in batches when the task fits batches."""
+    if hasattr(task, "statistics_of"):
+        return task.statistics_of(indices)
+    return np.stack([task.statistics(k) for k in indices])
 
 
 def dumps(task) -> bytes:
@@ -121,7 +140,7 @@ def serve(idle_exit=None):
             if indices is None:
                 task = None
                 continue
-            reply = ("ok", np.stack([task.statistics(k) for k in indices]))
+            reply = ("ok", statistics_of(task, indices))
         except Exception as exc:
             import traceback
 

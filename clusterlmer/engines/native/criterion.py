@@ -19,7 +19,7 @@ from scipy import sparse
 
 from .jets import Jets
 
-__all__ = ["Block", "NODE_MODE_FACTOR"]
+__all__ = ["Block", "NODE_MODE_FACTOR", "Responses", "Structure"]
 
 _LOG_2PI = np.log(2 * np.pi)
 # Above the leaves, Gram entries per pair of chains are used while they number
@@ -28,28 +28,28 @@ NODE_MODE_FACTOR = 4
 
 
 class _Level:
-    """Per grouping level: node types, row chains and the Gram entries."""
+    """Per grouping level: node types, row chains, the entries of the Gram sums and the row sums."""
 
-    __slots__ = ("chain_types", "j1", "j2", "t")
+    __slots__ = ("chain_types", "j1", "j2", "t", "ind", "sel", "nb", "J")
 
 
-class Block:
-    """Sufficient statistics of one design and a block of responses.
+class Structure:
+    """What the groupings alone decide: node types, chains and the row-sum operators.
 
-    Levels are ordered coarsest (0) to finest (G-1); ``phi[..., g] = theta_g^2``.
-    ``V^-1`` is applied level by level: at level ``g`` a node ``b`` contributes
-    ``-phi_g / a_b * T_b T_b'`` to ``[X, y]' V^-1 [X, y]``, where ``a_b = 1 +
-    phi_g M_b`` and ``T_b`` (the node's sums of ``V_child^-1 [X, y]``) is a
-    combination of raw sums over the node's rows grouped by "chain" (the types
-    of the row's descendant nodes), with coefficients that depend only on the
-    node types. Nodes of a level are typed by their composition (leaves by
-    their size), so everything that depends on theta is a small array per
-    response; the data enter once, as Gram matrices ``W`` of the chain sums.
+    Permutations move fixed-effect values, never rows between groups, so one
+    ``Structure`` serves every permutation of an analysis (and every block
+    of responses with the same rows).
+
+    Levels are ordered coarsest (0) to finest (G-1). Nodes of a level are
+    typed by their composition (leaves by their size); a row's "chain" below
+    a level is the types of its descendant nodes. ``[X, y]' V^-1 [X, y]`` is
+    then a combination, with coefficients that depend only on the node types
+    and theta, of Gram matrices of the row sums per (node, chain), the
+    "entries" ``(t, j1, j2)`` of each level.
     """
 
-    def __init__(self, X, nest, Y):
-        n, p = X.shape
-        self.n, self.p = n, p
+    def __init__(self, nest, n):
+        self.n = n
         G = self.G = len(nest.codes)
         codes, nlev = nest.codes, nest.nlev
         types = [None] * G
@@ -69,19 +69,6 @@ class Block:
             types[g], self.comp[g], ntypes[g] = t.ravel(), comp, len(comp)
         self.ntype = [np.bincount(types[g], minlength=ntypes[g]).astype(float) for g in range(G)]
         rowtype = [types[g][codes[g]] for g in range(G)]
-
-        self.ybar = Y.mean(axis=0)
-        Yc = Y - self.ybar
-        R = self.R = Y.shape[1]
-        q = p + 1
-        XY = X.T @ Yc
-        ZZ = np.empty((R, q, q))
-        ZZ[:, :p, :p] = X.T @ X
-        ZZ[:, :p, p] = XY.T
-        ZZ[:, p, :p] = XY.T
-        ZZ[:, p, p] = np.einsum("ij,ij->j", Yc, Yc)
-        # Layout: the batch (responses x points) is the last axis everywhere.
-        self.ZZT = np.ascontiguousarray(ZZ.reshape(R, q * q).T)  # (q*q, R)
 
         # Chains of every row below each level (leaf level: the row's leaf).
         chains = []
@@ -107,11 +94,9 @@ class Block:
             leaf, K = codes[-1], len(ks)
             par = np.zeros(nlev[-1], dtype=np.int64)
             par[leaf] = codes[-2]
-            nb = nlev[-2]
-            ind = sparse.csr_matrix((np.ones(n), (par[leaf] * K + types[-1][leaf], np.arange(n))),
-                                    shape=(nb * K, n))
-            self.Zbk_x = np.asarray(ind @ X).reshape(nb, K, p)
-            self.Zbk_y = np.ascontiguousarray(np.asarray(ind @ Yc).reshape(nb, K, R))
+            self.node_nb, self.node_K = nlev[-2], K
+            self.node_ind = sparse.csr_matrix((np.ones(n), (par[leaf] * K + types[-1][leaf], np.arange(n))),
+                                              shape=(nlev[-2] * K, n))
             self.up = [None] * G
             for g in range(G - 2):
                 m = np.zeros(nlev[g + 1], dtype=np.int64)
@@ -121,50 +106,142 @@ class Block:
                 self.up[g] = up
 
         self.levels = []
-        WXX, WXy, Wyy = [], [], []
         for g in range(G):
             lv = _Level()
             lv.chain_types, chain = chains[g]
+            lv.ind = None
             if self.node_mode and g < G - 1:
                 lv.t = lv.j1 = lv.j2 = np.zeros(0, dtype=np.int64)
                 self.levels.append(lv)
                 continue
             J, nb = len(lv.chain_types), nlev[g]
-            ind = sparse.csr_matrix((np.ones(n), (codes[g] * J + chain, np.arange(n))), shape=(nb * J, n))
-            Zx = np.asarray(ind @ X).reshape(nb, J, p)
-            Zy = np.asarray(ind @ Yc).T.reshape(R, nb, J)
-            present = (np.asarray(ind.sum(axis=1)).reshape(nb, J) > 0).astype(float)
+            lv.J, lv.nb = J, nb
+            lv.ind = sparse.csr_matrix((np.ones(n), (codes[g] * J + chain, np.arange(n))), shape=(nb * J, n))
+            present = (np.asarray(lv.ind.sum(axis=1)).reshape(nb, J) > 0).astype(float)
             onehot = np.zeros((nb, ntypes[g]))
             onehot[np.arange(nb), types[g]] = 1.0
             pairs = np.einsum("bt,bj,bk->tjk", onehot, present, present) > 0
             lv.t, lv.j1, lv.j2 = np.nonzero(pairs)
-            sel = onehot[:, lv.t]  # (nb, E): node b has the entry's type
-            x1, x2 = Zx[:, lv.j1, :], Zx[:, lv.j2, :]  # (nb, E, p)
-            WXX.append(np.einsum("be,bei,bej->eij", sel, x1, x2).reshape(-1, p * p))
-            y2 = Zy[:, :, lv.j2] * sel  # (R, nb, E)
-            WXy.append(np.einsum("rbe,bei->rei", y2, x1))
-            Wyy.append(np.einsum("rbe,rbe->re", y2, Zy[:, :, lv.j1]))
+            lv.sel = onehot[:, lv.t]  # (nb, E): node b has the entry's type
             self.levels.append(lv)
-        # sum_e C_e * (entry e's Gram matrix), in parts: X'X (shared), X'y, y'y
-        self.WXXT = np.ascontiguousarray(np.concatenate(WXX, axis=0).T)  # (p*p, E)
-        self.WXyT = np.ascontiguousarray(np.concatenate(WXy, axis=1).transpose(1, 2, 0))  # (E, p, R)
+        self.summed = [lv for lv in self.levels if lv.ind is not None]
+
+
+class Responses:
+    """What the responses add, the same for every design on the same rows: centred ``Y`` and its row sums."""
+
+    def __init__(self, structure, Y):
+        self.R = Y.shape[1]
+        self.ybar = Y.mean(axis=0)
+        self.Yc = Y - self.ybar
+        self.yy = np.einsum("ij,ij->j", self.Yc, self.Yc)
+        self.Zy, Wyy = [], []
+        for lv in structure.summed:
+            Zy = np.asarray(lv.ind @ self.Yc).T.reshape(self.R, lv.nb, lv.J)
+            y2 = Zy[:, :, lv.j2] * lv.sel  # (R, nb, E)
+            self.Zy.append(np.ascontiguousarray(y2.transpose(2, 0, 1)))  # (E, R, nb), for X'y per design
+            Wyy.append(np.einsum("rbe,rbe->re", y2, Zy[:, :, lv.j1]))
         self.WyyT = np.ascontiguousarray(np.concatenate(Wyy, axis=1).T)  # (E, R)
+        if structure.node_mode:
+            s = structure
+            self.Zbk_y = np.ascontiguousarray(np.asarray(s.node_ind @ self.Yc).reshape(s.node_nb, s.node_K, self.R))
+
+
+class Block:
+    """Sufficient statistics of ``P`` designs (``X`` matrices on the same rows) and a block of responses.
+
+    The fits are the ``P * R`` pairs (design ``d``, response ``r``), ordered
+    design-major: fit ``d * R + r``. ``V^-1`` is applied level by level: at
+    level ``g`` a node ``b`` contributes ``-phi_g / a_b * T_b T_b'`` to
+    ``[X, y]' V^-1 [X, y]``, where ``a_b = 1 + phi_g M_b`` and ``T_b`` (the
+    node's sums of ``V_child^-1 [X, y]``) combines the row sums per chain
+    (see :class:`Structure`), so everything that depends on theta is a
+    small array per fit; the data enter once, as Gram matrices ``W`` of the
+    chain sums, in parts: ``X'X`` per design, ``X'y`` per fit, ``y'y`` per
+    response.
+    """
+
+    def __init__(self, structure, responses, Xs):
+        if structure.node_mode and len(Xs) > 1:
+            raise ValueError("designs are fitted together only without node-by-node sums (one X per Block)")
+        X0 = Xs[0]
+        n, p = X0.shape
+        self.structure = structure
+        self.n, self.p, self.G = n, p, structure.G
+        self.comp, self.ntype, self.leaf_k = structure.comp, structure.ntype, structure.leaf_k
+        self.levels, self.node_mode = structure.levels, structure.node_mode
+        self.P, Ry = len(Xs), responses.R
+        self.Ry = Ry
+        R = self.R = self.P * Ry
+        self.ybar = np.tile(responses.ybar, self.P)
+        q = p + 1
+        Yc = responses.Yc
+        ZZ = np.empty((R, q, q))
+        WXX, WXy = [], []
+        for d, X in enumerate(Xs):
+            fits = slice(d * Ry, (d + 1) * Ry)
+            XY = X.T @ Yc
+            ZZ[fits, :p, :p] = X.T @ X
+            ZZ[fits, :p, p] = XY.T
+            ZZ[fits, p, :p] = XY.T
+            ZZ[fits, p, p] = responses.yy
+            wxx, wxy = [], []
+            for lv, y2 in zip(structure.summed, responses.Zy):
+                Zx = np.asarray(lv.ind @ X).reshape(lv.nb, lv.J, p)
+                x1, x2 = Zx[:, lv.j1, :], Zx[:, lv.j2, :]  # (nb, E, p)
+                wxx.append(np.einsum("be,bei,bej->eij", lv.sel, x1, x2).reshape(-1, p * p))
+                # One design (observed fits): each response summed on its own (einsum), so a
+                # sample's fit never depends on the samples beside it. Permutation batches are
+                # fixed (see clusterlmer.analysis.PermutationTask), so they may use BLAS, 10x faster.
+                wxy.append(np.einsum("erb,bei->eri", y2, x1) if self.P == 1
+                           else np.matmul(y2, x1.transpose(1, 0, 2)))  # (E, Ry, p)
+            WXX.append(np.concatenate(wxx, axis=0))  # (E, p*p)
+            WXy.append(np.concatenate(wxy, axis=0))  # (E, Ry, p)
+        # Layout: the batch (fits x points) is the last axis everywhere.
+        self.ZZT = np.ascontiguousarray(ZZ.reshape(R, q * q).T)  # (q*q, R)
+        self.WXXT = np.ascontiguousarray(WXX[0].T)  # (p*p, E), design 0
+        self.WXXd = np.ascontiguousarray(np.stack(WXX, axis=0).transpose(0, 2, 1)) if self.P > 1 else None  # (P, p*p, E)
+        self.WXyT = np.ascontiguousarray(np.concatenate(WXy, axis=1).transpose(0, 2, 1))  # (E, p, R)
+        self.WyyT = responses.WyyT  # (E, Ry)
+        if self.node_mode:
+            s = structure
+            self.types, self.up = s.types, s.up
+            self.Zbk_x = np.asarray(s.node_ind @ X0).reshape(s.node_nb, s.node_K, p)
+            self.Zbk_y = responses.Zbk_y
 
     def _contract(self, x, ridx):
-        """``sum_e x[e] W_e`` for x (E, M): (q*q, M). Column n of x belongs to
-        response ``ridx[n % N]`` (N = len(ridx), or R with ``ridx=None``)."""
+        """``sum_e x[e] W_e`` for x (E, M): (q*q, M). Column m of x belongs to
+        fit ``ridx[m % N]`` (N = len(ridx), or R with ``ridx=None``)."""
         p, q = self.p, self.p + 1
         E, M = x.shape
+        N = self.R if ridx is None else len(ridx)
         WXy = self.WXyT if ridx is None else self.WXyT[:, :, ridx]  # (E, p, N)
-        Wyy = self.WyyT if ridx is None else self.WyyT[:, ridx]  # (E, N)
-        N = Wyy.shape[1]
         xm = x.reshape(E, M // N, N)
         out = np.empty((q, q, M))
-        out[:p, :p] = np.einsum("ke,eM->kM", self.WXXT, x).reshape(p, p, M)  # no BLAS threads
+        if self.P == 1:
+            Wyy = self.WyyT if ridx is None else self.WyyT[:, ridx]  # (E, N)
+            out[:p, :p] = np.einsum("ke,eM->kM", self.WXXT, x).reshape(p, p, M)  # no BLAS threads
+            out[p, p] = np.einsum("eN,emN->mN", Wyy, xm).reshape(M)
+        elif ridx is None:  # fits are design-major: contract per design without gathering
+            xd = x.reshape(E, M // N, self.P, self.Ry)
+            by_design = np.einsum("dke,demr->dkmr", self.WXXd, np.ascontiguousarray(xd.transpose(2, 0, 1, 3)))
+            out[:p, :p] = by_design.transpose(1, 2, 0, 3).reshape(p, p, M)
+            out[p, p] = np.einsum("er,emdr->mdr", self.WyyT, xd).reshape(M)
+        else:
+            design = ridx // self.Ry
+            if np.all(design[1:] >= design[:-1]):  # the optimiser's subsets are ascending: one run per design
+                bounds = np.searchsorted(design, np.arange(self.P + 1))
+                xx = np.empty((p * p, M // N, N))
+                for d in np.flatnonzero(bounds[1:] > bounds[:-1]):
+                    run = slice(bounds[d], bounds[d + 1])
+                    xx[:, :, run] = np.einsum("ke,emN->kmN", self.WXXd[d], xm[:, :, run])
+            else:
+                xx = np.einsum("NkE,EmN->kmN", self.WXXd[design], xm)
+            out[:p, :p] = xx.reshape(p, p, M)
+            out[p, p] = np.einsum("eN,emN->mN", self.WyyT[:, ridx % self.Ry], xm).reshape(M)
         xy = np.einsum("eiN,emN->imN", WXy, xm).reshape(p, M)
         out[:p, p] = xy
         out[p, :p] = xy
-        out[p, p] = np.einsum("eN,emN->mN", Wyy, xm).reshape(M)
         return out.reshape(q * q, M)
 
     def quad(self, phi, ridx, order):

@@ -1,60 +1,70 @@
-"""The native engine's entry point: a block of responses in, a ``BlockFit`` out.
+"""The native engine's entry point: blocks of responses in, ``BlockFit`` out.
 
-``fit_block`` prepares what the fits of a block share (``prepare``: the
-supported model's parts, the fixed-effect matrix and lme4's checks on the
-block's rows), then per chunk of responses builds the sufficient statistics
-(:class:`.criterion.Block`), finds the optimum (:func:`.optimize.optimize`)
-and evaluates everything lme4 and lmerTest report there (``evaluate``):
-sigma, beta, ``vcov(beta)``, the marginal tests with Satterthwaite's
-derivatives when asked, and lme4's messages. ``evaluate`` takes any theta, so
-the model can also be evaluated where another optimiser (lme4's) ended.
+``fit_blocks`` fits one block of responses under several model
+specifications on the same rows (the permutations of one analysis) and
+``fit_block`` under one. ``prepare`` gathers what the fits of one
+specification share (its nesting, ``X`` and lme4's checks on them); the
+grouping structure and the responses' row sums are computed once and shared
+by every specification (:class:`.criterion.Structure`,
+:class:`.criterion.Responses`), so per specification only the parts of
+``X`` are summed. Per chunk the specifications' fits are stacked into one
+:class:`.criterion.Block`, optimised together (:func:`.optimize.optimize`)
+and evaluated (``evaluate``): sigma, beta, ``vcov(beta)``, the marginal tests
+with Satterthwaite's derivatives when asked, and lme4's messages.
+``evaluate`` takes any theta, so the model can also be evaluated where
+another optimiser (lme4's) ended.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..._checks import check_option, option_hint
+from ...spec import as_spec
 from ..base import NEEDS, BlockFit, FitOptions
-from .criterion import Block
-from .fixed import FixedPart, rank_problem, scale_message
+from .criterion import Block, Responses, Structure
+from .fixed import rank_problem, scale_message
 from .marginal import marginal_tests
 from .nesting import Nesting, design_checks
 from .optimize import optimize
 from .satterthwaite import varpar_parts, vcov_varpar
 from .support import UnsupportedModel, require
 
-__all__ = ["CHUNK", "Prepared", "evaluate", "fit_block", "prepare"]
+__all__ = ["CHUNK", "Prepared", "evaluate", "fit_block", "fit_blocks", "prepare"]
 
 SINGULAR_MESSAGE = "boundary (singular) fit: see help('isSingular')"
 SINGULAR_TOL = 1e-4  # lme4::isSingular
-# Responses fitted together (memory: the Satterthwaite step evaluates ~40
-# points per response at once).
+# Fits (specification x response) optimised together: the per-call cost of
+# numpy is paid once per chunk. The Satterthwaite step evaluates ~40 points
+# per fit at once, so full fits use smaller chunks.
 CHUNK = 512
+CHUNK_STATISTIC = 2048
 _ENGINE_R = "engine='r'"
 
 
 @dataclass(frozen=True)
 class Prepared:
-    """What every fit of a block shares: the model's parts on the block's rows.
+    """What every fit under one specification shares on the block's rows.
 
-    ``error`` (non-empty) is why no response of the block can be fitted;
-    ``fixed``, ``nest`` and ``X`` are then not to be used.
+    ``error`` (non-empty) is why no response can be fitted under it;
+    ``nest`` and ``X`` are then not to be used.
     """
 
     terms: tuple
     coef_names: tuple
-    fixed: FixedPart
+    assign: np.ndarray
     nest: Nesting | None
     X: np.ndarray | None
     setup_messages: list
+    structure: Structure | None = None
     error: str = ""
 
 
-def prepare(design, options: FitOptions, n: int) -> Prepared:
-    """The shared parts of the fits of ``n`` rows under ``design``.
+def prepare(spec, options: FitOptions, n: int) -> Prepared:
+    """The shared parts of the fits of ``n`` rows under ``spec``.
 
     Raises
     ------
@@ -63,32 +73,33 @@ def prepare(design, options: FitOptions, n: int) -> Prepared:
         groupings, which a subset of rows can create from nested ones, are
         an error of the block instead (``Prepared.error``).
     """
+    fixed = spec.fixed
+    terms, coefs = fixed.terms, fixed.coef_names
     try:
-        fixed, nest = require(design, options)
+        nest = require(spec, options)
     except UnsupportedModel as exc:
         if "define the same groups" not in str(exc):
             raise
-        fixed = FixedPart(design)
-        return Prepared(("(Intercept)", *fixed.labels), fixed.coef_names, fixed, None, None, [], str(exc))
-    terms, coefs = ("(Intercept)", *fixed.labels), fixed.coef_names
+        return Prepared(terms, coefs, fixed.assign, None, None, [], error=str(exc))
     err = design_checks(nest, n)
     if err:
-        return Prepared(terms, coefs, fixed, nest, None, [], err)
-    X = fixed.matrix(design.frame)
+        return Prepared(terms, coefs, fixed.assign, nest, None, [], error=err)
+    X = spec.X
     why = rank_problem(fixed, X)
     if why:
-        return Prepared(terms, coefs, fixed, nest, X, [],
-                        f"{why}: fit these data with {option_hint(_ENGINE_R, '--engine r')}")
-    return Prepared(terms, coefs, fixed, nest, X, [m for m in (scale_message(X),) if m])
+        return Prepared(terms, coefs, fixed.assign, nest, X, [],
+                        error=f"{why}: fit these data with {option_hint(_ENGINE_R, '--engine r')}")
+    structure = spec.shared("native-structure", lambda: Structure(nest, n))
+    return Prepared(terms, coefs, fixed.assign, nest, X, [m for m in (scale_message(X),) if m], structure)
 
 
-def fit_block(design, Y, options: FitOptions, need: str = "all") -> BlockFit:
-    """Fit every column of ``Y`` under one design (nested random intercepts only).
+def fit_block(model, Y, options: FitOptions, need: str = "all") -> BlockFit:
+    """Fit every column of ``Y`` under one model (nested random intercepts only).
 
     Parameters
     ----------
-    design : clusterlmer.design.ModelDesign
-        Design restricted to the rows of ``Y``.
+    model : clusterlmer.spec.ModelSpec or clusterlmer.design.ModelDesign
+        The model on the rows of ``Y``.
     Y : ndarray, shape (n_obs, k)
         Responses, all finite.
     options : FitOptions
@@ -107,32 +118,112 @@ def fit_block(design, Y, options: FitOptions, need: str = "all") -> BlockFit:
     UnsupportedModel
         (a ValueError) for a model or options outside the native class.
     """
+    return fit_blocks([as_spec(model)], Y, options, need)[0]
+
+
+def fit_blocks(specs, Y, options: FitOptions, need: str = "all", start_from=None) -> list:
+    """Fit every column of ``Y`` under each specification, all fitted together.
+
+    ``specs`` share their random part and rows (permutations of one
+    specification, :meth:`clusterlmer.spec.ModelSpec.permuted`). Every fit is
+    computed exactly as alone; which fits share a chunk only changes how
+    numpy's work is grouped, and a given list of specifications is always
+    grouped the same way.
+
+    Parameters
+    ----------
+    specs : list of clusterlmer.spec.ModelSpec
+    Y, options, need
+        As :func:`fit_block`.
+    start_from : clusterlmer.spec.ModelSpec, optional
+        Start each response's optimisation at its optimum under this
+        specification (the observed design, for its permutations) instead of
+        lme4's theta = 1. The Newton iterations end at the same optimum (to
+        rounding, ~1e-14 in theta) in fewer steps. That optimum is computed
+        once per specification's rows and responses and kept.
+
+    Returns
+    -------
+    list of BlockFit
+        One per specification, as :func:`fit_block` describes.
+    """
     check_option("need", need, NEEDS)
     Y = np.asarray(Y, dtype=float)
     if Y.ndim == 1:
         Y = Y[:, None]
     n, k = Y.shape
-    model = prepare(design, options, n)
+    models = [prepare(spec, options, n) for spec in specs]
+    out = [_block_error(m.terms, m.coef_names, k, m.error) if m.error else None for m in models]
+    ok = [i for i, m in enumerate(models) if not m.error]
+    if not ok:
+        return out
+    structure = models[ok[0]].structure
+    chunk = CHUNK_STATISTIC if need == "statistic" else CHUNK
+    # Specifications per chunk: as many whole response blocks as fit (node-by-node sums: one).
+    per = 1 if structure.node_mode else max(1, chunk // k)
+    cols = [slice(c, c + chunk) for c in range(0, k, chunk)] if per == 1 and k > chunk else [slice(0, k)]
+    digest = hashlib.sha1(np.ascontiguousarray(Y).tobytes()).hexdigest()
+    responses = specs[ok[0]].shared(("native-responses", digest),
+                                    lambda: [Responses(structure, Y[:, c]) for c in cols])
+    starts = [None] * len(cols)
+    if start_from is not None:
+        starts = start_from.shared(("native-start", digest, options.reml),
+                                   lambda: _optima(prepare(start_from, options, n), responses, options))
+    for g in range(0, len(ok), per):
+        group = [models[i] for i in ok[g:g + per]]
+        parts = [fit_chunk(group, r, options, need, start) for r, start in zip(responses, starts)]
+        for j, i in enumerate(ok[g:g + per]):
+            out[i] = _concatenate([p[j] for p in parts])
+    return out
+
+
+def _optima(model, responses, options):
+    """phi at the optimum under ``model`` per response chunk (None where that model cannot be fitted)."""
     if model.error:
-        return _block_error(model.terms, model.coef_names, k, model.error)
-    parts = [fit_chunk(model, Y[:, c:c + CHUNK], options, need) for c in range(0, k, CHUNK)]
+        return [None] * len(responses)
+    out = []
+    for r in responses:
+        phi, _, _ = optimize(Block(model.structure, r, [model.X]), options.reml)
+        out.append(np.where(np.isfinite(phi), phi, 1.0))
+    return out
+
+
+def fit_chunk(models, responses: Responses, options: FitOptions, need: str = "all", start=None) -> list:
+    """The fits of the responses under each of ``models`` (one Block): optimum, then ``evaluate`` there.
+
+    ``start`` (R, G): where each response's optimisation starts (the same for every model).
+    """
+    block = Block(models[0].structure, responses, [m.X for m in models])
+    phi, ok, _ = optimize(block, options.reml, start=None if start is None else np.tile(start, (len(models), 1)))
+    R = responses.R
+    setup = [m.setup_messages for m in models for _ in range(R)]
+    fit = evaluate(models[0], block, phi, ok, options, need, setup)
+    return [fit] if len(models) == 1 else [_columns(fit, slice(d * R, (d + 1) * R)) for d in range(len(models))]
+
+
+def _columns(fit, cols):
+    """The fits ``cols`` of a BlockFit (one specification's)."""
+    per_fit = {name: getattr(fit, name)[..., cols] for name in ("F", "df1", "df2", "p", "contrast_estimate",
+                                                               "estimate", "se", "sigma", "deviance", "converged",
+                                                               "singular")}
+    return BlockFit(terms=fit.terms, coef_names=fit.coef_names, messages=fit.messages[cols],
+                    errors=fit.errors[cols], **per_fit)
+
+
+def _concatenate(parts):
+    """One BlockFit from the fits of consecutive response chunks."""
     if len(parts) == 1:
         return parts[0]
     cat = {name: np.concatenate([getattr(b, name) for b in parts], axis=-1)
            for name in ("F", "df1", "df2", "p", "contrast_estimate", "estimate", "se", "sigma", "deviance",
                         "converged", "singular")}
-    return BlockFit(terms=model.terms, coef_names=model.coef_names, messages=[m for b in parts for m in b.messages],
-                    errors=[e for b in parts for e in b.errors], **cat)
+    return BlockFit(terms=parts[0].terms, coef_names=parts[0].coef_names,
+                    messages=[m for b in parts for m in b.messages], errors=[e for b in parts for e in b.errors],
+                    **cat)
 
 
-def fit_chunk(model: Prepared, Y, options: FitOptions, need: str = "all") -> BlockFit:
-    """The fits of a chunk of responses: optimum, then ``evaluate`` there."""
-    block = Block(model.X, model.nest, Y)
-    phi, ok, _ = optimize(block, options.reml)
-    return evaluate(model, block, phi, ok, options, need)
-
-
-def evaluate(model: Prepared, block: Block, phi, ok, options: FitOptions, need: str = "all") -> BlockFit:
+def evaluate(model: Prepared, block: Block, phi, ok, options: FitOptions, need: str = "all",
+             setup=None) -> BlockFit:
     """Everything lme4 and lmerTest report for the responses of ``block`` at ``phi``.
 
     Parameters
@@ -148,6 +239,8 @@ def evaluate(model: Prepared, block: Block, phi, ok, options: FitOptions, need: 
     options : FitOptions
     need : {"all", "statistic"}
         As :func:`fit_block`.
+    setup : list of list of str, optional
+        lme4's set-up messages per fit (default: ``model``'s for every fit).
 
     Returns
     -------
@@ -176,7 +269,7 @@ def evaluate(model: Prepared, block: Block, phi, ok, options: FitOptions, need: 
         varpar = (Jac, Avp)
         for r in range(k):
             per_msgs[r] += vp_msgs[r]
-    F, df1, df2, pval, cest = marginal_tests(model.fixed.assign, len(model.terms), beta, Vb, options.ddf, n - p,
+    F, df1, df2, pval, cest = marginal_tests(model.assign, len(model.terms), beta, Vb, options.ddf, n - p,
                                              varpar, need)
 
     failed = ~np.isfinite(D)
@@ -184,14 +277,17 @@ def evaluate(model: Prepared, block: Block, phi, ok, options: FitOptions, need: 
         for arr in (F, df1, df2, pval, cest):
             arr[:, failed] = np.nan
         beta[failed], se[failed], sigma[failed], D[failed] = np.nan, np.nan, np.nan, np.nan
-    messages, errors, converged = [], [], np.zeros(k, bool)
-    for r in range(k):
-        msgs = list(dict.fromkeys(model.setup_messages + per_msgs[r]))
-        errors.append("the native engine's criterion is not finite at the optimum" if failed[r] else "")
+    errors = ["the native engine's criterion is not finite at the optimum" if f else "" for f in failed]
+    setup = [model.setup_messages] * k if setup is None else setup
+    messages, converged = [""] * k, ok & ~failed
+    # Most fits have nothing to say: only those with a message are assembled one by one.
+    speak = ~ok | np.array([bool(a) or bool(b) for a, b in zip(setup, per_msgs)], dtype=bool)
+    for r in np.flatnonzero(speak):
+        msgs = list(dict.fromkeys(setup[r] + per_msgs[r]))
         if not ok[r]:
             msgs.append("native optimizer did not converge")
-        messages.append("; ".join(msgs))
-        converged[r] = bool(ok[r]) and not failed[r] and not any("converge" in m.lower() for m in msgs)
+        messages[r] = "; ".join(msgs)
+        converged[r] = converged[r] and not any("converge" in m.lower() for m in msgs)
     return BlockFit(
         terms=model.terms, coef_names=model.coef_names, F=F, df1=df1, df2=df2, p=pval, contrast_estimate=cest,
         estimate=beta.T.copy(), se=se.T.copy(), sigma=sigma, deviance=D, converged=converged,

@@ -27,6 +27,8 @@ class Jets:
         self.pi = np.array([1 + i for i, _ in self.pairs], dtype=np.int64)
         self.pj = np.array([1 + j for _, j in self.pairs], dtype=np.int64)
         self.hs = slice(1 + G, self.C)
+        # (component, i, j) of each second derivative d2/dphi_i dphi_j (components of the first derivatives)
+        self.slots = [(1 + G + k, 1 + i, 1 + j) for k, (i, j) in enumerate(self.pairs)]
 
     def var(self, x, g):
         out = np.zeros((self.C,) + x.shape)
@@ -36,12 +38,19 @@ class Jets:
         return out
 
     def mul(self, a, b):
+        # Component by component on views (no gathered copies); the same
+        # products summed in the same order as the product rule reads.
         if self.C == 1:
             return a * b
-        out = a * b[:1] + a[:1] * b
-        out[0] = a[0] * b[0]
-        if self.pairs:
-            out[self.hs] += a[self.pi] * b[self.pj] + a[self.pj] * b[self.pi]
+        out = a * b[0]
+        out[1:] += a[0] * b[1:]
+        for h, i, j in self.slots:
+            t = a[i] * b[j]
+            if i == j:
+                t += t
+            else:
+                t += a[j] * b[i]
+            out[h] += t
         return out
 
     def _unary(self, a, g0, g1, g2):
@@ -51,7 +60,11 @@ class Jets:
         out = g1(v) * a
         out[0] = g0(v)
         if self.pairs:
-            out[self.hs] += g2(v) * a[self.pi] * a[self.pj]
+            d2 = g2(v)
+            for h, i, j in self.slots:
+                t = d2 * a[i]
+                t *= a[j]
+                out[h] += t
         return out
 
     def recip(self, a):

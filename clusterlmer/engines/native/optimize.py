@@ -34,13 +34,14 @@ def crit1(block, phi, idx, order, reml):
     return D, None if g is None else g.T, None if H is None else H.transpose(2, 0, 1), pc
 
 
-def optimize(block, reml, max_iter=200):
+def optimize(block, reml, max_iter=200, start=None):
     """Minimise the profiled criterion over phi >= 0 for every response.
 
+    ``start`` (R, G): where to start (default lme4's theta = 1).
     Returns phi (R, G), converged (R,), iterations used.
     """
     R, G = block.R, block.G
-    phi = np.ones((R, G))
+    phi = np.ones((R, G)) if start is None else np.array(start, dtype=float)
     D, g, H, _ = crit1(block, phi, None, 2, reml)
     done = np.zeros(R, bool)
     ok = np.ones(R, bool)

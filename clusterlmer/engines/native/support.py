@@ -2,16 +2,18 @@
 
 ``analyse`` combines the option checks (marginal tests, Satterthwaite /
 residual / no DF, bobyqa's optimum without lme4 optimizer settings) with
-those of the random part (:mod:`.nesting`) and the fixed part
-(:mod:`.fixed`), and returns the parts of a supported model or the reason
-it is not; ``supports``, ``require`` and ``describe`` are its three uses.
+those of the model specification's random part (random intercepts of nested
+groupings, :mod:`.nesting`) and fixed part (an intercept, hierarchical
+terms), and returns the nesting of a supported model or the reason it is
+not; ``supports``, ``require`` and ``describe`` are its three uses.
 """
 
 from __future__ import annotations
 
+from ...spec import as_spec
 from ..base import FitOptions
-from .fixed import FixedPart, rank_problem
-from .nesting import Nesting, random_groupings
+from .fixed import rank_problem
+from .nesting import Nesting, random_problem
 
 __all__ = ["UnsupportedModel", "analyse", "describe", "require", "supports"]
 
@@ -20,39 +22,41 @@ class UnsupportedModel(ValueError):
     """The model is outside the class the native engine fits."""
 
 
-def analyse(design, options):
-    """(fixed part, nesting, None) of a supported model, or (None, None, reason)."""
-    if options is not None:
-        if options.ddf == "kenward-roger":
-            return None, None, "ddf='kenward-roger' (pbkrtest) is not available in the native engine"
-        if options.test != "marginal":
-            return None, None, (f"test={options.test!r} is not available in the native engine, which computes "
-                                "marginal tests only")
-        # The native optimum is exact; silently ignoring a requested lme4 optimizer would misreport the run.
-        if options.optimizer != "bobyqa":
-            return None, None, (f"optimizer={options.optimizer!r} selects an lme4 optimizer, which the native "
-                                "engine does not use (it finds the optimum itself)")
-        if options.optimizer_options:
-            return None, None, (f"optimizer_options={options.optimizer_options!r} are lme4 optimizer controls, "
-                                "which the native engine does not use (it finds the optimum itself)")
-    groupings, names, why = random_groupings(design.formula)
+def _option_problem(options):
+    if options.ddf == "kenward-roger":
+        return "ddf='kenward-roger' (pbkrtest) is not available in the native engine"
+    if options.test != "marginal":
+        return f"test={options.test!r} is not available in the native engine, which computes marginal tests only"
+    # The native optimum is exact; silently ignoring a requested lme4 optimizer would misreport the run.
+    if options.optimizer != "bobyqa":
+        return (f"optimizer={options.optimizer!r} selects an lme4 optimizer, which the native engine does not use "
+                "(it finds the optimum itself)")
+    if options.optimizer_options:
+        return (f"optimizer_options={options.optimizer_options!r} are lme4 optimizer controls, which the native "
+                "engine does not use (it finds the optimum itself)")
+    return None
+
+
+def analyse(spec, options):
+    """(nesting, None) of a supported model, or (None, reason)."""
+    why = _option_problem(options) if options is not None else None
+    why = why or random_problem(spec)
     if why:
-        return None, None, why
-    nest = Nesting(design.frame, groupings, names)
+        return None, why
+    nest = Nesting.of(spec)
     if nest.problem:
-        return None, None, nest.problem
-    fixed = FixedPart(design)
-    if fixed.problem:
-        return None, None, fixed.problem
-    return fixed, nest, None
+        return None, nest.problem
+    if spec.fixed.problem:
+        return None, f"{spec.fixed.problem}, which the native engine does not fit"
+    return nest, None
 
 
-def supports(design, options: FitOptions | None = None):
-    """Whether the native engine fits this design (and options).
+def supports(model, options: FitOptions | None = None):
+    """Whether the native engine fits this model (and options).
 
     Parameters
     ----------
-    design : clusterlmer.design.ModelDesign
+    model : clusterlmer.spec.ModelSpec or clusterlmer.design.ModelDesign
     options : FitOptions, optional
         Also check the test and ddf method.
 
@@ -71,21 +75,22 @@ def supports(design, options: FitOptions | None = None):
     the observed rows; a subset or a permutation that loses rank is an error
     of that block too.
     """
-    fixed, _, why = analyse(design, options)
+    spec = as_spec(model)
+    _, why = analyse(spec, options)
     if why is None:
-        why = rank_problem(fixed, fixed.matrix(design.frame))
+        why = rank_problem(spec.fixed, spec.X)
     return why is None, why or ""
 
 
-def require(design, options):
-    """(fixed part, nesting) of a supported model; raises UnsupportedModel naming why not."""
-    fixed, nest, why = analyse(design, options)
+def require(spec, options):
+    """The nesting of a supported model; raises UnsupportedModel naming why not."""
+    nest, why = analyse(spec, options)
     if why is not None:
         raise UnsupportedModel(f"the native engine cannot fit this model: {why}.")
-    return fixed, nest
+    return nest
 
 
-def describe(design, options: FitOptions):
+def describe(model, options: FitOptions):
     """Term labels and coefficient names of the fixed part, as the R engine's.
 
     Raises
@@ -93,5 +98,6 @@ def describe(design, options: FitOptions):
     UnsupportedModel
         (a ValueError) if the model or options are outside the native class.
     """
-    fixed, _ = require(design, options)
-    return ("(Intercept)", *fixed.labels), fixed.coef_names
+    spec = as_spec(model)
+    require(spec, options)
+    return spec.fixed.terms, spec.fixed.coef_names
