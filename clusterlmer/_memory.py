@@ -112,7 +112,8 @@ def check_run_memory(data, model, n_permutations, *, terms=None, schemes=None, c
     """:func:`check_memory` for a :func:`clusterlmer.permutation_cluster_lmer` run, before its observed fit.
 
     The tested terms and permutation schemes are not known yet: ``terms`` (or every fixed term of
-    ``model``) and one scheme per permuted variable (at most four) stand in for them.
+    ``model``) and one scheme per permuted variable (an upper bound: variables sharing a scheme share its
+    maps) stand in for them.
     """
     n_samples = int(data.values[0].size)
     if terms is None:
@@ -120,7 +121,7 @@ def check_run_memory(data, model, n_permutations, *, terms=None, schemes=None, c
     else:
         n_terms = 1 if isinstance(terms, str) else max(1, len(terms))
     permuted = [v for v in model.fixed_variables if (schemes or {}).get(v) != "none"]
-    maps = permutation_maps_bytes(n_permutations, data.n_obs, min(max(1, len(permuted)), 4))
+    maps = permutation_maps_bytes(n_permutations, data.n_obs, max(1, len(permuted)))
     null_term = int(n_permutations) * n_samples * _FLOAT
     workers = n_jobs if n_jobs > 1 else 0
     parts = {

@@ -16,7 +16,7 @@ from .cluster import CLUSTER_STATS, QUANTILE_METHODS, TAILS
 from .design import CODINGS
 from .engines import ENGINE_CHOICES
 from .engines.base import DDF_METHODS, OPTIMIZERS, TESTS
-from .permute import SCHEMES
+from .scheme_names import ALIASES, NONE, SCHEME_FORMS, check_scheme_names, parse_scheme
 from .results import STATISTICS
 from .run import available_cores
 from .run.dask import DASK_HINT
@@ -277,9 +277,15 @@ def _scheme(text):
     name, sep, scheme = (part.strip() for part in text.partition("="))
     if not sep or not name or not scheme:
         raise argparse.ArgumentTypeError(f"expected VAR=SCHEME, e.g. region=none, got {text!r}")
-    if scheme not in SCHEMES:
-        raise argparse.ArgumentTypeError(f"unknown scheme {scheme!r} in {text!r}; use one of {', '.join(SCHEMES)}")
+    try:
+        parse_scheme(scheme)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"unknown scheme {scheme!r} in {text!r}; use {_SCHEME_CHOICES}") from None
     return name, scheme
+
+
+_SCHEME_CHOICES = (f"{', '.join(SCHEME_FORMS[:-1])} (G, H: groupings as the formula writes them, e.g. "
+                   f"within:sid:ch, between:Item) or {NONE} (not permuted); aliases: {', '.join(ALIASES)}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -329,8 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--checkpoint", metavar="FILE.h5", help="keep finished permutations here; rerun to resume")
     g.add_argument("--scheme", action="append", type=_scheme, metavar="VAR=SCHEME", dest="schemes",
                    help="permutation scheme of a fixed-effect variable, overriding the one derived from the design: "
-                   f"{', '.join(SCHEMES[:-1])} or {SCHEMES[-1]} (not permuted), e.g. --scheme region=none; "
-                   "repeatable")
+                   f"{_SCHEME_CHOICES.replace('%', '%%')}; e.g. --scheme region=none, --scheme "
+                   "'region=between:sid:ch within:sid'; repeatable")
     _add_fit_options(run)
     d = run.add_argument_group(
         "Dask and SLURM (pip install 'clusterlmer[dask]'; instead of --jobs; same result for the same seed)")
@@ -442,6 +448,23 @@ def _schemes_dict(parser, pairs):
     return schemes or None
 
 
+def _check_scheme_groupings(parser, args):
+    """Groupings named by --scheme must be the formula's; checked before the data are loaded."""
+    import clusterlmer as cl
+
+    if not args.schemes:
+        return
+    try:
+        formula = cl.parse_formula(args.formula)
+    except ValueError:
+        return  # the run reports the formula's own error
+    try:
+        with called_from_cli():
+            check_scheme_names(args.schemes, formula)
+    except ValueError as exc:
+        parser.error(str(exc).rstrip("."))
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -453,6 +476,7 @@ def main(argv=None) -> int:
     if args.command == "run":
         _check_dask_options(parser, args)
         args.schemes = _schemes_dict(parser, args.schemes)
+        _check_scheme_groupings(parser, args)
     try:
         with called_from_cli():  # option hints in messages name CLI flags
             return args.func(args)

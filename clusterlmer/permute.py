@@ -3,20 +3,24 @@
 Rows never move: every row keeps its subject, channel and grouping columns, so
 ``(1|sid) + (1|sid:ch)`` stays valid for every permuted dataset. Only the
 fixed-effect columns are shuffled, at the level where each one varies; which
-level (the scheme) is decided and checked in :mod:`clusterlmer.schemes`.
+level (the scheme) is decided and checked in :mod:`clusterlmer.schemes`, and
+scheme names (``"within:G"``, ``"between:G"``, ``"between:G within:H"``,
+``"none"`` and the iEEG aliases) are defined in :mod:`clusterlmer.scheme_names`.
 
 All permutations are drawn up front from ``np.random.default_rng(seed)``, one
-permutation after the other and, inside one, the schemes in a fixed order, so
-the first k do not depend on ``n_permutations``, workers or engine. They are
-kept as integer row maps: permutation ``k`` gives row ``i`` the values of row
-``maps[scheme][k, i]``.
+permutation after the other and, inside one, the schemes in a fixed order
+(:meth:`~clusterlmer.scheme_names.Units.draw_key`: within before between,
+finer groupings first), so the first k do not depend on ``n_permutations``,
+workers or engine. An alias and its grouping spelling are one scheme and draw
+the same maps. They are kept as integer row maps: permutation ``k`` gives row
+``i`` the values of row ``maps[scheme][k, i]``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -25,12 +29,10 @@ from ._memory import check_memory, permutation_maps_bytes
 from .data import TimeseriesData, _preview
 from .design import ModelDesign
 from .formula import ModelFormula, parse_formula
+from .scheme_names import NONE, WITHIN
 from .schemes import SCHEMES, assign_schemes
 
 __all__ = ["SCHEMES", "Permutations", "make_permutations"]
-
-# Fixed draw order inside one permutation: this is what makes runs prefix-stable.
-_DRAW_ORDER = SCHEMES[:4]
 
 
 @dataclass(frozen=True, eq=False)
@@ -42,16 +44,21 @@ class Permutations:
     design : pandas.DataFrame
         The observed design (a private copy).
     schemes : dict of str to str
-        Scheme used for each fixed-effect variable.
+        Scheme used for each fixed-effect variable: as the user spelled it,
+        or derived (by its iEEG name where one applies, e.g.
+        ``"within-channel"``, otherwise by grouping names, e.g.
+        ``"between:Item"``).
     varies : dict of str to str
-        Level at which each variable varies in the data: ``"within-channel"``,
-        ``"between-channel"`` or ``"between-subject"``.
+        Level at which each variable varies in the data, named as its derived
+        scheme (``"within-channel"``, ``"between-channel"``,
+        ``"between-subject"``, ``"between:Item"``, ...).
     seed : int
         Seed of ``np.random.default_rng``; drawn fresh when none was given.
     n_permutations : int
     maps : dict of str to numpy.ndarray
-        For each scheme in use, read-only ints ``(n_permutations, n_obs)``:
+        For each scheme name in use, read-only ints ``(n_permutations, n_obs)``:
         permutation ``k`` gives row ``i`` the values of row ``maps[s][k, i]``.
+        Two names of one scheme (an alias and its spelling) share one array.
     channel_columns, subject_columns : tuple of str
         Columns defining channels and subjects (``subject_columns`` is empty
         for crossed groupings).
@@ -61,7 +68,14 @@ class Permutations:
         ``"Subject"`` for both when the formula has one grouping.
     notes : tuple of str
         What the summary must say about the schemes: variables permuted
-        jointly, channels whose labels never move.
+        jointly, channels whose labels never move, schemes inferred for
+        crossed groupings.
+    spellings : dict of str to str
+        Every scheme name in use by grouping names, e.g.
+        ``{"within-channel": "within:sid:ch"}``.
+    among : dict of str to str
+        What every scheme name in use shuffles, e.g.
+        ``"rows within each of 169 sid:ch groups"``.
     """
 
     design: pd.DataFrame
@@ -77,6 +91,8 @@ class Permutations:
     channel_name: str = "channel"
     subject_name: str = "subject"
     notes: tuple = ()
+    spellings: dict = field(default_factory=dict)
+    among: dict = field(default_factory=dict)
 
     @property
     def row_maps(self) -> dict:
@@ -84,7 +100,7 @@ class Permutations:
 
         Variables sharing a scheme share one array (they move jointly).
         """
-        return {v: self.maps[s] for v, s in self.schemes.items() if s != "none"}
+        return {v: self.maps[s] for v, s in self.schemes.items() if s != NONE}
 
     def __len__(self) -> int:
         return self.n_permutations
@@ -145,16 +161,8 @@ class Permutations:
 
     def describe(self) -> pd.DataFrame:
         """One row per fixed-effect variable: where it varies and how it is permuted."""
-        ch, sub = self.channel_name, self.subject_name
-        among = {
-            "within-channel": f"rows within each of {self.n_channels} {ch} groups",
-            "between-channel": f"{self.n_channels} {ch} groups",
-            "channel-within-subject": f"{ch} groups within each of {self.n_subjects} {sub} groups",
-            "between-subject": f"{self.n_subjects} {sub} groups",
-            "none": "not permuted",
-        }
         return pd.DataFrame(
-            [(v, self.varies[v], s, among[s]) for v, s in self.schemes.items()],
+            [(v, self.varies[v], s, self.among.get(s, "not permuted")) for v, s in self.schemes.items()],
             columns=["variable", "varies", "scheme", "permuted_among"],
         )
 
@@ -187,31 +195,31 @@ def _take(col: pd.Series, rows) -> pd.Series:
 
 
 def _draw(units, in_use, n_permutations, seed) -> dict:
-    """Row maps for every scheme in use, one permutation after the other."""
+    """Row maps for every resolved scheme in use, one permutation after the other."""
     rng = np.random.default_rng(seed)
-    ch = units.channel
-    n_obs = ch.size
+    n_obs = units.channel.size
     dtype = np.int32 if n_obs < 2**31 else np.int64
-    maps = {s: np.empty((n_permutations, n_obs), dtype) for s in _DRAW_ORDER if s in in_use}
-    rows_by_channel = np.argsort(ch, kind="stable")
-    if "channel-within-subject" in maps:
-        sub_of_ch = units.subject_of_channel
-        channels_by_subject = np.argsort(sub_of_ch, kind="stable")
+    maps = {s: np.empty((n_permutations, n_obs), dtype) for s in sorted(in_use, key=units.draw_key)}
+    steps = []  # (out, partition, rows or levels in level order, level of H of every G level or None)
+    for scheme, out in maps.items():
+        part = units.partitions[scheme.group]
+        outer = units.partitions[scheme.within].codes[part.first] if scheme.within else None
+        order = np.argsort(part.codes if scheme.kind == WITHIN else outer, kind="stable") \
+            if scheme.kind == WITHIN or outer is not None else None
+        steps.append((scheme.kind, out, part, order, outer))
     for k in range(n_permutations):
-        for scheme, out in maps.items():
-            if scheme == "within-channel":
-                # Random keys sorted inside each channel: a uniform shuffle per channel.
-                out[k, rows_by_channel] = np.lexsort((rng.random(n_obs), ch))
-            elif scheme == "between-channel":
-                target = np.argsort(rng.random(units.n_channels))
-                out[k] = units.channel_first[target][ch]
-            elif scheme == "channel-within-subject":
-                target = np.empty(units.n_channels, np.intp)
-                target[channels_by_subject] = np.lexsort((rng.random(units.n_channels), sub_of_ch))
-                out[k] = units.channel_first[target][ch]
+        for kind, out, part, order, outer in steps:
+            if kind == WITHIN:
+                # Random keys sorted inside each level: a uniform shuffle per level.
+                out[k, order] = np.lexsort((rng.random(n_obs), part.codes))
+                continue
+            if outer is None:
+                target = np.argsort(rng.random(part.n))
             else:
-                target = np.argsort(rng.random(units.n_subjects))
-                out[k] = units.subject_first[target][units.subject]
+                # Levels of G permuted among the levels that share their level of H.
+                target = np.empty(part.n, np.intp)
+                target[order] = np.lexsort((rng.random(part.n), outer))
+            out[k] = part.first[target][part.codes]
     for out in maps.values():
         out.flags.writeable = False
     return maps
@@ -225,18 +233,24 @@ def make_permutations(design, formula, n_permutations, seed=None, *, schemes=Non
     design : pandas.DataFrame or TimeseriesData
         One row per observation (e.g. ``sid``, ``ch``, ``hit_miss``, ``region``).
     formula : str or ModelFormula
-        Its random terms define channels and subjects; its fixed-effect
-        variables are permuted.
+        Its random terms define the groupings; its fixed-effect variables
+        are permuted.
     n_permutations : int
         Number of permuted designs (positive).
     seed : int, optional
         Seed for ``np.random.default_rng``. ``None`` draws a fresh one and
         stores it in ``Permutations.seed`` so the run can be repeated.
     schemes : dict of str to str, optional
-        Scheme per variable, overriding the derived one; one of
-        ``"within-channel"``, ``"between-channel"``,
-        ``"channel-within-subject"``, ``"between-subject"``, ``"none"``.
-        Variables sharing a scheme are permuted jointly.
+        Scheme per variable, overriding the derived one: ``"within:G"``
+        (shuffled among the rows of each level of G), ``"between:G"``
+        (G-level values permuted across G's levels), ``"between:G within:H"``
+        (across the levels of G within each level of H) or ``"none"``, with G
+        and H groupings as the formula writes them (``"sid:ch"``,
+        ``"Subject"``); or an iEEG alias: ``"within-channel"``,
+        ``"between-channel"``, ``"channel-within-subject"``,
+        ``"between-subject"``. Variables sharing a scheme are permuted
+        jointly. How the default is derived, also for crossed groupings, is
+        described in :mod:`clusterlmer.schemes`.
 
     Returns
     -------
@@ -260,7 +274,10 @@ def make_permutations(design, formula, n_permutations, seed=None, *, schemes=Non
     plan = assign_schemes(design, formula, schemes)
     units = plan.units
     check_memory({"permutation maps": permutation_maps_bytes(n_permutations, len(design), len(plan.in_use))})
-    maps = _draw(units, plan.in_use, int(n_permutations), seed)
-    return Permutations(design.copy(), plan.schemes, plan.varies, int(seed), int(n_permutations), maps,
-                        tuple(units.channel_cols), tuple(units.subject_cols), units.n_channels,
-                        units.n_subjects, units.channel_name, units.subject_name, plan.notes)
+    drawn = _draw(units, plan.in_use, int(n_permutations), seed)
+    named = {s: plan.resolved[v] for v, s in plan.schemes.items() if s != NONE}
+    return Permutations(design.copy(), plan.schemes, plan.varies, int(seed), int(n_permutations),
+                        {s: drawn[r] for s, r in named.items()}, tuple(units.channel_cols),
+                        tuple(units.subject_cols), units.n_channels, units.n_subjects, units.channel_name,
+                        units.subject_name, plan.notes, {s: r.spelling for s, r in named.items()},
+                        {s: units.among(r) for s, r in named.items()})

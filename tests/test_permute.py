@@ -335,9 +335,16 @@ def test_crossed_groupings():
         pd.testing.assert_series_equal(per_unit(frame, ["sid", "item"], "cond"),
                                        per_unit(d, ["sid", "item"], "cond"))
     f2 = "y ~ cond + kind + (1|sid) + (1|item)"
+    # 'kind' is constant within items: permuted across them (issue 14; it used to be refused).
+    derived = make_permutations(d, f2, 10, seed=0)
+    assert derived.schemes == {"cond": "within-channel", "kind": "between:item"}
+    for frame in derived:
+        channel_values(frame, "kind", ["item"])
+    # Constant within the sid:item cells but within no grouping: still refused.
+    cell = d.assign(kind=["k" + str((s + i) % 2) for s, i in zip(d["sid"], d["item"])])
     with pytest.raises(ValueError, match=r"'kind' is constant within channels, but the formula's groupings "
                                          r"are crossed.*Pass schemes=\{'kind': \.\.\.\} explicitly"):
-        make_permutations(d, f2, 3, seed=0)
+        make_permutations(cell, f2, 3, seed=0)
     q = make_permutations(d, f2, 10, seed=0, schemes={"kind": "between-channel"})
     for frame in q:
         channel_values(frame, "kind", ["sid", "item"])
