@@ -317,8 +317,24 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
         warnings.warn(plan.engine_note, UserWarning, stacklevel=2)
 
     start = time.perf_counter()
-    fit = fit_plan(plan, data, cross_check)
-    engine, options = plan.engine, plan.options
+    # The engine's cross-check (R starting, a few refits) runs in a worker process beside the permutations.
+    fit, check = fit_plan(plan, data, cross_check, alongside=True)
+    try:
+        result = _permute_and_cluster(data, model, plan, fit, perms, unpermuted, statistic, terms, tail, alpha,
+                                      cluster_alpha, cluster_stat, quantile_method, n_jobs, progress, client,
+                                      checkpoint, start)
+        if check is not None:
+            fit.options["cross_check"] = check.result(stacklevel=2)
+    finally:
+        if check is not None:
+            check.cancel()
+    return result
+
+
+def _permute_and_cluster(data, model, plan, fit, perms, unpermuted, statistic, terms, tail, alpha, cluster_alpha,
+                         cluster_stat, quantile_method, n_jobs, progress, client, checkpoint, start):
+    """The permutations of a checked analysis and the cluster test on their null."""
+    engine, options, n_permutations = plan.engine, plan.options, len(perms)
     tested = _tested_terms(fit, terms, statistic)
     for term in tested:
         if all(v in unpermuted for v in _term_variables(term, model.fixed_variables)):

@@ -11,7 +11,8 @@ import pandas as pd
 from ._checks import option_hint
 from .data import TimeseriesData, _preview, check_response
 from .design import build_design
-from .engines import REFERENCE_ENGINE, engine_properties, get_engine, resolve_engine
+from .crosscheck import start_cross_check
+from .engines import engine_properties, get_engine, resolve_engine
 from .engines.base import BlockFit, FitOptions, check_fit_options
 from .formula import parse_formula
 from .hypotheses import sign_convention, term_hypotheses
@@ -188,7 +189,7 @@ def _assemble(terms, coefs, blocks, resp, options):
     return BlockFit(terms=terms, coef_names=coefs, messages=messages, errors=errors, **out)
 
 
-def _warn_if_all_nan(terms, F, errors, messages):
+def _warn_if_all_nan(terms, F, errors, messages, stacklevel=3):
     """Warn when a term has no finite F at any sample: that is a failed analysis, not a result.
 
     The warning names the terms and the first error (else the first message)
@@ -204,37 +205,7 @@ def _warn_if_all_nan(terms, F, errors, messages):
     why = (f"; the first error: {error}" if error else
            f"; the first message: {message}" if message else "")
     warnings.warn(f"the fit gave no finite statistic at any sample for {which} (F is NaN everywhere){why}. "
-                  "See fit.diagnostics['error'] and fit.diagnostics['messages'].", UserWarning, stacklevel=3)
-
-
-# Native vs R on the same data differ by how precisely lme4's bobyqa locates
-# a flat optimum (a few 1e-6 relative at most in the parity tests).
-CROSS_CHECK_TOLERANCE = 1e-4
-
-
-def _cross_check(design, Y, options, native_fit, n_samples):
-    """Refit a few samples with the R engine; the largest relative difference in F and DF2."""
-    finite = np.flatnonzero(np.isfinite(native_fit.F).all(axis=0))
-    if n_samples <= 0 or len(finite) == 0:
-        return {"samples": [], "max_rel_diff": None, "note": "not run"}
-    picks = finite[np.unique(np.linspace(0, len(finite) - 1, min(n_samples, len(finite))).round().astype(int))]
-    try:
-        r_fit, _ = fit_samples(design, Y[:, picks], options, REFERENCE_ENGINE)
-    except ImportError as exc:
-        return {"samples": picks.tolist(), "max_rel_diff": None, "note": f"R engine not available ({exc})"}
-    worst = 0.0
-    for name in ("F", "df2"):
-        a, b = getattr(native_fit, name)[:, picks], getattr(r_fit, name)
-        ok = np.isfinite(a) & np.isfinite(b)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            rel = np.abs(a - b)[ok] / np.maximum(np.abs(b)[ok], 1e-8)
-        worst = max(worst, float(rel.max(initial=0.0)))
-    if worst > CROSS_CHECK_TOLERANCE:
-        use_r = option_hint("engine='r'", "--engine r")
-        warnings.warn(f"the native engine differs from lme4/lmerTest by up to {worst:.2g} (relative, F/DF2) at "
-                      f"samples {picks.tolist()}, more than the expected {CROSS_CHECK_TOLERANCE:g}. Please report "
-                      f"this; {use_r} gives lmerTest's numbers.", RuntimeWarning, stacklevel=3)
-    return {"samples": picks.tolist(), "max_rel_diff": worst, "note": ""}
+                  "See fit.diagnostics['error'] and fit.diagnostics['messages'].", UserWarning, stacklevel=stacklevel)
 
 
 def fit_timeseries(data, formula, *, reml=True, ddf="satterthwaite", coding="reference", test="marginal",
@@ -387,16 +358,32 @@ def check_fit_arguments(data, formula, *, reml=True, ddf="satterthwaite", coding
     return FitPlan(model, spec, options, engine, engine_note, wanted)
 
 
-def fit_plan(plan: FitPlan, data, cross_check=3) -> TimeseriesFit:
-    """Run a checked fit (:func:`check_fit_arguments`) at every sample of ``data``."""
+def fit_plan(plan: FitPlan, data, cross_check=3, *, alongside=False, stacklevel=3):
+    """Run a checked fit (:func:`check_fit_arguments`) at every sample of ``data``.
+
+    Parameters
+    ----------
+    plan : FitPlan
+    data : TimeseriesData
+    cross_check : int
+        Samples the reference engine refits when another engine fits (see :mod:`clusterlmer.crosscheck`).
+    alongside : bool
+        Run the cross-check in a worker process and return ``(fit, check)``:
+        ``check.result()`` waits for it and is to be stored in
+        ``fit.options["cross_check"]``. Otherwise the fit, checked.
+    stacklevel : int
+        Where warnings point, counted from this function (3: the caller's caller).
+    """
     model, spec, options, engine, wanted = plan.model, plan.spec, plan.options, plan.engine, plan.terms
     design = spec.design
     ddf, test, coding, optimizer = options.ddf, options.test, design.coding, options.optimizer
     Y = data.values.reshape(data.n_obs, -1)
     blk, n_used = fit_samples(spec, Y, options, engine)
-    checked = None if engine_properties(engine).reference else _cross_check(spec, Y, options, blk, int(cross_check))
+    check = None
+    if not engine_properties(engine).reference:
+        check = start_cross_check(spec, Y, options, blk, int(cross_check), alongside=alongside)
     keep = np.arange(len(blk.terms)) if wanted is None else np.array([blk.terms.index(t) for t in wanted])
-    _warn_if_all_nan([blk.terms[i] for i in keep], blk.F[keep], blk.errors, blk.messages)
+    _warn_if_all_nan([blk.terms[i] for i in keep], blk.F[keep], blk.errors, blk.messages, stacklevel + 1)
 
     shape = data.sample_shape
 
@@ -422,7 +409,7 @@ def fit_plan(plan: FitPlan, data, cross_check=3) -> TimeseriesFit:
         messages=blk.messages,
         error=errors,
     )
-    return TimeseriesFit(
+    fit = TimeseriesFit(
         formula=model.text,
         terms=tuple(blk.terms[i] for i in keep),
         F=per_sample(blk.F[keep]),
@@ -444,7 +431,7 @@ def fit_plan(plan: FitPlan, data, cross_check=3) -> TimeseriesFit:
             "coding": coding,
             "optimizer": optimizer,
             "optimizer_options": options.resolved_optimizer_options(),
-            **({"cross_check": checked} if checked is not None else {}),
+            **({"cross_check": check.result(stacklevel) if not alongside else None} if check is not None else {}),
             "hypotheses": {k: v for k, v in term_hypotheses(model.fixed_terms, design.factors, coding,
                                                              test).items()
                            if k in {blk.terms[i] for i in keep}},
@@ -454,3 +441,4 @@ def fit_plan(plan: FitPlan, data, cross_check=3) -> TimeseriesFit:
         levels={k: list(v) for k, v in design.factors.items()},
         source=FitSource(design, Y),  # for fit.model_at; Y is data.values reshaped (a view when contiguous)
     )
+    return (fit, check) if alongside else fit

@@ -326,6 +326,12 @@ class ModelSpec:
         self.key = key  # names the rows of this spec among the subsets of one analysis
         self.moved = ()  # variables a permutation moved (see permuted)
 
+    def __getstate__(self):
+        # Sent to worker processes: the coded table built, the caches left behind (rebuilt there).
+        state = dict(self.__dict__, _shared={}, _make_design=None, _design=self.design)
+        state.pop("X", None)
+        return state
+
     @property
     def design(self) -> ModelDesign:
         """The coded table (what the R engine fits); built on first use for a permuted spec."""
