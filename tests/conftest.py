@@ -19,6 +19,24 @@ except ImportError:
 # parallel back ends (workers, Dask, SLURM) must reproduce bit for bit. The run
 # uses the R engine explicitly: those back ends exist to run R in their workers.
 SMALL_FORMULA = "data ~ hit_miss * region + (1|sid) + (1|sid:ch)"
+
+# R code defining `data`: the data sets lme4 and lmerTest ship, as plain data frames whose
+# labels cannot be read back as numbers (for tests that run lme4 through Rscript).
+R_DATA_SETS = r"""
+data <- list(
+  sleepstudy = data.frame(Subject = paste0("S", lme4::sleepstudy$Subject), Days = lme4::sleepstudy$Days,
+                          phase = ifelse(lme4::sleepstudy$Days < 5, "early", "late"),
+                          Reaction = lme4::sleepstudy$Reaction),
+  Penicillin = data.frame(plate = as.character(lme4::Penicillin$plate),
+                          sample = as.character(lme4::Penicillin$sample), diameter = lme4::Penicillin$diameter),
+  Pastes = data.frame(batch = as.character(lme4::Pastes$batch), cask = as.character(lme4::Pastes$cask),
+                      strength = lme4::Pastes$strength),
+  cake = data.frame(replicate = paste0("R", lme4::cake$replicate), recipe = as.character(lme4::cake$recipe),
+                    temp = lme4::cake$temp, angle = lme4::cake$angle),
+  TVbo = data.frame(Assessor = paste0("A", lmerTest::TVbo$Assessor), TVset = as.character(lmerTest::TVbo$TVset),
+                    Picture = paste0("P", lmerTest::TVbo$Picture),
+                    Coloursaturation = lmerTest::TVbo$Coloursaturation))
+"""
 SMALL = dict(kind="2way", n_subjects=6, n_channels=24, n_times=12, seed=3)
 SMALL_N_PERM, SMALL_SEED = 8, 7
 

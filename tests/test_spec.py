@@ -25,6 +25,7 @@ import pandas as pd
 import pytest
 
 from clusterlmer.design import build_design
+from conftest import R_DATA_SETS
 from clusterlmer.formula import parse_formula
 from clusterlmer.permute import make_permutations
 from clusterlmer.spec import build_spec
@@ -46,15 +47,7 @@ _R = r"""
 suppressPackageStartupMessages(library(lme4))
 args <- commandArgs(trailingOnly = TRUE)
 out <- args[1]
-data <- list(
-  sleepstudy = data.frame(Subject = paste0("S", sleepstudy$Subject), Days = sleepstudy$Days,
-                          phase = ifelse(sleepstudy$Days < 5, "early", "late"), Reaction = sleepstudy$Reaction),
-  Penicillin = data.frame(plate = as.character(Penicillin$plate), sample = as.character(Penicillin$sample),
-                          diameter = Penicillin$diameter),
-  Pastes = data.frame(batch = as.character(Pastes$batch), cask = as.character(Pastes$cask),
-                      strength = Pastes$strength),
-  cake = data.frame(replicate = paste0("R", cake$replicate), recipe = as.character(cake$recipe),
-                    temp = cake$temp, angle = cake$angle))
+""" + R_DATA_SETS + r"""
 for (name in names(data)) utils::write.csv(data[[name]], file.path(out, paste0(name, ".csv")), row.names = FALSE)
 cases <- matrix(args[-1], ncol = 4, byrow = TRUE)
 for (i in seq_len(nrow(cases))) {

@@ -56,7 +56,9 @@ Modules, one job each: :mod:`.support` (what the engine fits: ``supports``,
 nested groupings), :mod:`.jets` and :mod:`.criterion`
 (the profiled criterion with its derivatives), :mod:`.optimize` (Newton),
 :mod:`.satterthwaite` (numDeriv's derivatives as lmerTest takes them),
-:mod:`.marginal` (the term tests) and :mod:`.engine` (``fit_block``, ``fit_blocks``). The model itself (``X``,
+:mod:`.marginal` (the term tests), :mod:`.engine` (``fit_block``, ``fit_blocks``) and
+:mod:`.general` (lme4's profiled criterion for any random part, by penalized least
+squares; a building block of the general engine, not yet used to fit). The model itself (``X``,
 the groupings) comes from :mod:`clusterlmer.spec`.
 """
 
