@@ -30,11 +30,18 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import ndimage
 
 from ._checks import check_option
 
 __all__ = ["Cluster", "ClusterTestInfo", "cluster_test", "CLUSTER_STATS", "QUANTILE_METHODS", "TAILS"]
+
+
+def _ndimage():
+    # Imported when first used: scipy.ndimage takes ~0.3 s to import, which every worker
+    # process (they import the package but never label clusters) would pay.
+    from scipy import ndimage
+
+    return ndimage
 
 CLUSTER_STATS = ("sum", "size", "tfce")
 TAILS = (-1, 0, 1)
@@ -217,7 +224,7 @@ def cluster_test(datobs, datrnd, tail=0, alpha=0.05, clusteralpha=0.05, clusters
     """
     datobs, datrnd, tail, tfce = _check_inputs(datobs, datrnd, tail, alpha, clusteralpha, clusterstat,
                                                quantile_method, connectivity, tfce)
-    structure = ndimage.generate_binary_structure(datobs.ndim, datobs.ndim if connectivity == "full" else 1)
+    structure = _ndimage().generate_binary_structure(datobs.ndim, datobs.ndim if connectivity == "full" else 1)
     null_structure = np.zeros((3,) + structure.shape, bool)
     null_structure[1] = structure  # no neighbours across permutations
     datrnd = np.ascontiguousarray(np.moveaxis(datrnd, -1, 0))  # (n_permutations, *datobs.shape)
@@ -283,7 +290,7 @@ def _thresholds(datrnd, clusteralpha, method):
 
 def _observed_clusters(x, mask, clusterstat, structure):
     """Label ``mask``; return [(cluster mask, stat)], stat = sum of ``x`` or size; ``sum`` drops singletons."""
-    labels, n = ndimage.label(mask, structure=structure)
+    labels, n = _ndimage().label(mask, structure=structure)
     out = []
     for lab in range(1, n + 1):
         cmask = labels == lab
@@ -299,7 +306,7 @@ def _observed_clusters(x, mask, clusterstat, structure):
 def _null_max(x, mask, clusterstat, null_structure):
     """Per permutation (first axis) the largest cluster sum of ``x`` / size inside ``mask``; NaN if none."""
     nperm = x.shape[0]
-    labels, n = ndimage.label(mask, structure=null_structure)
+    labels, n = _ndimage().label(mask, structure=null_structure)
     best = np.full(nperm, -np.inf)
     if n:
         idx = np.flatnonzero(labels)  # only the suprathreshold samples, in C order
@@ -390,7 +397,7 @@ def _tfce_scores(x, structure, heights, dh, E, H):
         idx = np.flatnonzero(mask)
         if idx.size == 0:  # heights increase, so nothing above from here on
             break
-        labels, n = ndimage.label(mask, structure=structure)
+        labels, n = _ndimage().label(mask, structure=structure)
         lab = labels.ravel()[idx]
         weight = np.bincount(lab, minlength=n + 1) ** E * (h ** H * dh)
         scores[idx] += weight[lab]
@@ -430,7 +437,7 @@ def _tfce_test(datobs, datrnd, tail, alpha, structure, null_structure, params, m
     found = []
     for sign, obs, p in sides:
         p_used = np.minimum(1.0, 2 * p) if tail == 0 else p
-        labels, n = ndimage.label((obs > 0) & (p_used < alpha), structure=structure)
+        labels, n = _ndimage().label((obs > 0) & (p_used < alpha), structure=structure)
         for lab in range(1, n + 1):
             cmask = labels == lab
             found.append((sign, cmask, float(obs[cmask].max()), float(p[cmask].min())))
