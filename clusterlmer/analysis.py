@@ -22,9 +22,9 @@ from .checkpoint import Checkpoint, check_checkpoint_path, fingerprint
 from .cluster import CLUSTER_STATS, QUANTILE_METHODS, TAILS, cluster_test, smallest_cluster_p
 from .data import TimeseriesData, _preview
 from .engines import ENGINE_CHOICES, engine_properties, get_engine
-from .fit import check_fit_arguments, fit_plan, fit_sample_sets, response_exponents, sample_responses
+from .fit import FitPlan, check_fit_arguments, fit_plan, fit_sample_sets, response_exponents, sample_responses
 from .formula import parse_formula
-from .permute import make_permutations
+from .permute import Permutations, make_permutations
 from .results import STATISTICS, PermutationClusterResult, cluster_table
 from .run import check_client, resolve_n_jobs, run_permutations
 from .spec import ModelSpec
@@ -173,13 +173,13 @@ def _check_term_names(terms, plan):
         raise ValueError(f"terms {_preview(unknown)} are not in the model; its terms are {_preview(model_terms)}.")
 
 
-def _warn_if_alpha_unreachable(n_permutations, alpha, tail):
+def _warn_if_alpha_unreachable(n_permutations, alpha, tail, stacklevel):
     smallest = smallest_cluster_p(n_permutations, tail)
     if smallest >= alpha:
         need = int(np.floor((2 if tail == 0 else 1) / alpha))  # smallest n with 1 / (n + 1) < alpha (per tail)
         warnings.warn(f"with {n_permutations} permutations the smallest possible cluster p is {smallest:.3g}, "
                       f"not below alpha = {alpha:g}: no cluster can be significant. Use at least {need} "
-                      "permutations (1000 or more for a publication).", UserWarning, stacklevel=3)
+                      "permutations (1000 or more for a publication).", UserWarning, stacklevel=stacklevel)
 
 
 def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, statistic="F", terms=None,
@@ -278,6 +278,64 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
     a permutation gives NaN there: it never crosses a threshold, is counted
     in ``refit_failures`` and reported by ``summary()``.
     """
+    plan = check_analysis_arguments(
+        data, formula, n_permutations=n_permutations, seed=seed, statistic=statistic, terms=terms, tail=tail,
+        alpha=alpha, cluster_alpha=cluster_alpha, cluster_stat=cluster_stat, quantile_method=quantile_method,
+        schemes=schemes, reml=reml, ddf=ddf, coding=coding, test=test, optimizer=optimizer,
+        optimizer_options=optimizer_options, levels=levels, engine=engine, cross_check=cross_check, n_jobs=n_jobs,
+        checkpoint=checkpoint, progress=progress, client=client, stacklevel=3)
+    start = time.perf_counter()
+    # The engine's cross-check (R starting, a few refits) runs in a worker process beside the permutations.
+    fit, check = fit_plan(plan.fit, data, plan.cross_check, alongside=True)
+    try:
+        result = _permute_and_cluster(data, plan, fit, start)
+        if check is not None:
+            fit.options["cross_check"] = check.result(stacklevel=2)
+    finally:
+        if check is not None:
+            check.cancel()
+    return result
+
+
+@dataclass(frozen=True)
+class AnalysisPlan:
+    """A checked :func:`permutation_cluster_lmer` call: what the analysis runs, nothing fitted yet."""
+
+    fit: FitPlan
+    permutations: Permutations
+    statistic: str
+    terms: object
+    tail: int
+    alpha: float
+    cluster_alpha: float
+    cluster_stat: str
+    quantile_method: str
+    cross_check: int
+    n_jobs: int
+    checkpoint: object
+    progress: bool
+    client: object
+
+    @property
+    def unpermuted(self) -> list:
+        """Fixed-effect variables the permutations leave in place."""
+        return [v for v, s in self.permutations.schemes.items() if s == "none"]
+
+
+def check_analysis_arguments(data, formula, *, n_permutations=1000, seed=None, statistic="F", terms=None,
+                             tail=None, alpha=0.05, cluster_alpha=0.05, cluster_stat="sum",
+                             quantile_method="hazen", schemes=None, reml=True, ddf="satterthwaite",
+                             coding="reference", test="marginal", optimizer="bobyqa", optimizer_options=None,
+                             levels=None, engine="auto", cross_check=3, n_jobs=1, checkpoint=None, progress=True,
+                             client=None, stacklevel=2) -> AnalysisPlan:
+    """Check every argument of :func:`permutation_cluster_lmer` before anything is fitted.
+
+    Builds the model (:func:`clusterlmer.fit.check_fit_arguments`) and draws
+    the permutations; raises the errors :func:`permutation_cluster_lmer`
+    documents, and gives its warnings (too few permutations, the engine
+    ``"auto"`` chose) at ``stacklevel`` as :func:`warnings.warn` counts it
+    from here (2: this function's caller).
+    """
     if not isinstance(data, TimeseriesData):
         raise TypeError(
             f"data must be a TimeseriesData (from cl.load_mat, cl.from_dataframe or cl.datasets), got {type(data).__name__}."
@@ -296,7 +354,7 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
     for name, value in (("alpha", alpha), ("cluster_alpha", cluster_alpha)):
         if not isinstance(value, (int, float)) or not 0 < value < 1:
             raise ValueError(f"{name} must be a number between 0 and 1, got {value!r}.")
-    _warn_if_alpha_unreachable(n_permutations, alpha, tail)
+    _warn_if_alpha_unreachable(n_permutations, alpha, tail, stacklevel + 1)
     n_jobs = resolve_n_jobs(n_jobs)
     check_client(client, n_jobs)
     # Everything is checked before the observed fit: a bad value found after the permutations loses them.
@@ -307,42 +365,32 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
     model = parse_formula(formula)
     check_run_memory(data, model, n_permutations, terms=terms, schemes=schemes, cluster_stat=cluster_stat,
                      n_jobs=n_jobs, client=client)  # before anything large is allocated
-    plan = check_fit_arguments(data, formula, reml=reml, ddf=ddf, coding=coding, test=test, optimizer=optimizer,
-                               optimizer_options=optimizer_options, levels=levels, engine=engine)
+    fit = check_fit_arguments(data, formula, reml=reml, ddf=ddf, coding=coding, test=test, optimizer=optimizer,
+                              optimizer_options=optimizer_options, levels=levels, engine=engine)
     perms = make_permutations(data.design, model, n_permutations, seed, schemes=schemes)
-    unpermuted = [v for v, s in perms.schemes.items() if s == "none"]
     if terms is not None:
-        _check_term_names(terms, plan)
-    if plan.engine_note:
-        warnings.warn(plan.engine_note, UserWarning, stacklevel=2)
-
-    start = time.perf_counter()
-    # The engine's cross-check (R starting, a few refits) runs in a worker process beside the permutations.
-    fit, check = fit_plan(plan, data, cross_check, alongside=True)
-    try:
-        result = _permute_and_cluster(data, model, plan, fit, perms, unpermuted, statistic, terms, tail, alpha,
-                                      cluster_alpha, cluster_stat, quantile_method, n_jobs, progress, client,
-                                      checkpoint, start)
-        if check is not None:
-            fit.options["cross_check"] = check.result(stacklevel=2)
-    finally:
-        if check is not None:
-            check.cancel()
-    return result
+        _check_term_names(terms, fit)
+    if fit.engine_note:
+        warnings.warn(fit.engine_note, UserWarning, stacklevel=stacklevel)
+    return AnalysisPlan(fit, perms, statistic, terms, tail, alpha, cluster_alpha, cluster_stat, quantile_method,
+                        int(cross_check), n_jobs, checkpoint, progress, client)
 
 
-def _permute_and_cluster(data, model, plan, fit, perms, unpermuted, statistic, terms, tail, alpha, cluster_alpha,
-                         cluster_stat, quantile_method, n_jobs, progress, client, checkpoint, start):
+def _permute_and_cluster(data, plan: AnalysisPlan, fit, start):
     """The permutations of a checked analysis and the cluster test on their null."""
-    engine, options, n_permutations = plan.engine, plan.options, len(perms)
-    tested = _tested_terms(fit, terms, statistic)
+    model, perms, statistic, tail = plan.fit.model, plan.permutations, plan.statistic, plan.tail
+    engine, options, n_permutations = plan.fit.engine, plan.fit.options, len(perms)
+    alpha, cluster_alpha, cluster_stat = plan.alpha, plan.cluster_alpha, plan.cluster_stat
+    quantile_method, n_jobs, checkpoint = plan.quantile_method, plan.n_jobs, plan.checkpoint
+    tested = _tested_terms(fit, plan.terms, statistic)
+    unpermuted = plan.unpermuted
     for term in tested:
         if all(v in unpermuted for v in _term_variables(term, model.fixed_variables)):
             raise ValueError(f"term {term!r} uses only variables that are not permuted ({_preview(unpermuted)}), "
                              "so the permutations give it no null distribution; permute one of its variables.")
 
     Y = data.values.reshape(data.n_obs, -1)
-    task = PermutationTask(plan.spec, Y, options, engine, perms, tested, statistic, data.sample_shape)
+    task = PermutationTask(plan.fit.spec, Y, options, engine, perms, tested, statistic, data.sample_shape)
     keys = {
         "data": fingerprint([data.values, data.design]),
         "formula": model.text,
@@ -363,7 +411,7 @@ def _permute_and_cluster(data, model, plan, fit, perms, unpermuted, statistic, t
         print(f"clusterlmer: resuming from {store.path}: {store.resumed} of {n_permutations} permutations "
               "already done.", file=sys.stderr)
     try:
-        restarts = run_permutations(task, store, n_jobs=n_jobs, progress=progress, client=client)
+        restarts = run_permutations(task, store, n_jobs=n_jobs, progress=plan.progress, client=plan.client)
     except KeyboardInterrupt:
         if store.path is not None:
             print(f"\nclusterlmer: interrupted; {int(store.done.sum())} of {n_permutations} permutations are "
