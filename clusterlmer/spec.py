@@ -198,6 +198,10 @@ class RandomEffectsTerm:
     codes : ndarray of int
         Each row's level (0 .. n_levels - 1).
     n_levels : int
+    source : int
+        The formula's random term this term comes from (``formula.random`` index).
+    nest_level : int
+        Its place in that term's ``a/b/...`` expansion (0: ``a``, 1: ``b:a``, ...).
     """
 
     name: str
@@ -209,6 +213,8 @@ class RandomEffectsTerm:
     contrasts: dict
     codes: np.ndarray
     n_levels: int
+    source: int = 0
+    nest_level: int = 0
 
     @property
     def variables(self) -> tuple:
@@ -276,7 +282,7 @@ def _expr_parts(expr, correlated):
 def _random_terms(design) -> tuple:
     """lme4's random-effects terms, ``a/b`` and ``||`` expanded."""
     frame, out = design.frame, []
-    for term in design.formula.random:
+    for source, term in enumerate(design.formula.random):
         groups, cols, name = [], [], ""
         split = [[c.strip() for c in part.split(":")] for part in term.group.split("/")]
         for part in split:
@@ -285,7 +291,7 @@ def _random_terms(design) -> tuple:
             text = ":".join(part)
             name = text if not name else f"{text}:{'(' + name + ')' if ':' in name else name}"
             groups.append((tuple(cols), name if len(split) > 1 else text))
-        for cols_, gname in groups:
+        for nest_level, (cols_, gname) in enumerate(groups):
             codes = _codes(frame, cols_)
             for intercept, term_vars in _expr_parts(term.expr, term.correlated):
                 contrasts = {v: _contrast(design.factors[v], design.coding,
@@ -293,7 +299,7 @@ def _random_terms(design) -> tuple:
                              for t in term_vars for v in t if v in design.factors}
                 _, names, _ = _model_columns(term_vars, None, contrasts, 0, intercept)
                 out.append(RandomEffectsTerm(gname, cols_, term.expr, names, term_vars, intercept, contrasts,
-                                             codes, int(codes.max()) + 1))
+                                             codes, int(codes.max()) + 1, source, nest_level))
     return tuple(out)
 
 

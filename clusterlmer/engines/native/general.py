@@ -39,40 +39,24 @@ from __future__ import annotations
 import numpy as np
 from scipy import linalg, sparse
 
-from ...formula import expand_fixed_terms
 
 __all__ = ["CrossProducts", "RandomLayout", "lme4_term_order", "profiled_criterion"]
 
 _LOG_2PI = np.log(2 * np.pi)
 
 
-def _parts_per_group(term) -> int:
-    """lme4 terms one formula term gives per grouping (``||`` splits the expression apart)."""
-    expanded = expand_fixed_terms("y ~ " + term.expr)
-    n = len(expanded.terms) + int(expanded.intercept)
-    return 1 if term.correlated else max(n, 1)
-
-
 def lme4_term_order(spec) -> list:
     """Indices into ``spec.random`` in lme4's order of the random-effects terms.
 
-    lme4 (``mkReTrms``) takes the terms as ``findbars`` lists them -- ``a/b``
-    as ``b:a`` then ``a``, the reverse of ``spec.random`` -- and, if the
-    numbers of levels ever increase along that list, reorders them by
-    ``rev(order(nl))``: decreasing number of levels, ties in reverse. The
-    theta vector (and so lme4's theta) is laid out in this order.
+    lme4 (``mkReTrms``) takes the terms as ``findbars`` lists them -- formula
+    order, but ``a/b`` as ``b:a`` then ``a`` (the reverse of ``spec.random``)
+    -- and, if the numbers of levels ever increase along that list, reorders
+    them by ``rev(order(nl))``: decreasing number of levels, ties in reverse.
+    The theta vector (and so lme4's theta) is laid out in this order.
     """
-    findbars, i = [], 0
-    for term in spec.formula.random:
-        n_groups = len(term.group.split("/"))
-        per = _parts_per_group(term)
-        groups = [list(range(i + g * per, i + (g + 1) * per)) for g in range(n_groups)]
-        for g in reversed(groups):
-            findbars += g
-        i += n_groups * per
-    if i != len(spec.random):
-        raise ValueError("the random terms of the specification do not match its formula")
-    nl = np.array([spec.random[j].n_levels for j in findbars])
+    terms = spec.random
+    findbars = sorted(range(len(terms)), key=lambda j: (terms[j].source, -terms[j].nest_level, j))
+    nl = np.array([terms[j].n_levels for j in findbars])
     if np.any(np.diff(nl) > 0):
         findbars = [findbars[j] for j in np.argsort(nl, kind="stable")[::-1]]
     return findbars
