@@ -39,7 +39,6 @@ from __future__ import annotations
 import numpy as np
 from scipy import linalg, sparse
 
-
 __all__ = ["CrossProducts", "RandomLayout", "lme4_term_order", "profiled_criterion"]
 
 _LOG_2PI = np.log(2 * np.pi)
