@@ -252,10 +252,11 @@ def fit_timeseries(data, formula, *, reml=True, ddf="satterthwaite", coding="ref
         intercepts (e.g. ``(1|sid) + (1|sid:ch)``), REML/ML,
         Satterthwaite/residual/none, marginal tests, bobyqa's optimum;
         hundreds of times faster, equal to lmerTest within the precision of
-        lme4's optimizer; a model or option outside that class (random
+        lme4's optimizer; a rank-deficient fixed-effect design (an
+        interaction with empty cells) is fitted as lme4 does, the columns
+        lme4 drops dropped; a model or option outside that class (random
         slopes, crossed groupings, Kenward-Roger, type III, other optimizer
-        settings, a rank-deficient fixed-effect design such as an interaction
-        with empty cells) is an error naming it. ``"r"``: lme4/lmerTest through R at
+        settings) is an error naming it. ``"r"``: lme4/lmerTest through R at
         every sample (pass it to get lmerTest's own numbers). The engine used
         is ``fit.options["engine"]``.
     cross_check : int

@@ -2,9 +2,9 @@
 
 * A rank-deficient fixed design (lme4's ``cake`` on 3 temperatures with the
   diagonal cells removed: a 3 x 3 interaction with empty cells). lme4 drops
-  the aliased columns and fits; ``engine="auto"`` must use R and say why, with
-  F equal to a standalone ``Rscript`` lmerTest run (``r_scripts/lmer_reference.R``,
-  as in ``test_parity_lmertest.py``); ``engine="native"`` must refuse.
+  the aliased columns and fits; both engines must do the same (``engine="auto"``
+  fits it natively), with F equal to a standalone ``Rscript`` lmerTest run
+  (``r_scripts/lmer_reference.R``, as in ``test_parity_lmertest.py``).
 * A term without a finite statistic at any sample is a warning, whatever the engine.
 * Responses scaled by 1e-300 .. 1e300: fitted at a power-of-two rescaled
   scale, so F, DF2 and p equal the unscaled ones and estimates, SEs, sigma and
@@ -25,7 +25,7 @@ import pytest
 import clusterlmer as cl
 from clusterlmer import datasets
 from clusterlmer.design import build_design
-from clusterlmer.engines import native
+from clusterlmer.engines import get_engine, native
 from clusterlmer.engines.base import FitOptions
 from clusterlmer.fit import RESCALE_EXPONENTS, response_exponents
 from clusterlmer.formula import parse_formula
@@ -63,47 +63,47 @@ def _cake_data(csv):
     return cl.from_dataframe(pd.read_csv(csv), CAKE_VALUES)
 
 
-def test_auto_uses_r_for_a_rank_deficient_design_and_matches_lmertest(cake_csv, tmp_path):
+@pytest.mark.parametrize("engine", ["auto", "r"])
+def test_a_rank_deficient_design_is_fitted_as_lme4_fits_it(cake_csv, tmp_path, engine):
+    """Both engines drop the columns lme4 drops, say so with lme4's message, and test the terms on the
+    remaining coefficients, equal to the standalone lmerTest run; "auto" picks the native engine."""
     df = pd.read_csv(cake_csv)
     assert_same_parse(cake_csv, df)
-    with pytest.warns(UserWarning) as record:
-        fit = cl.fit_timeseries(_cake_data(cake_csv), CAKE_FORMULA)
-    ours = [str(w.message) for w in record if "engine='auto'" in str(w.message)]
-    assert len(ours) == 1, [str(w.message) for w in record]
-    assert ("engine='auto' uses the R engine: the fixed-effect design is rank deficient (rank 6 < 9 columns: "
-            + ", ".join(CAKE_DROPPED)) in ours[0]
-    assert fit.options["engine"] == "r"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no engine warning: auto fits natively
+        fit = cl.fit_timeseries(_cake_data(cake_csv), CAKE_FORMULA, engine=engine)
+    assert fit.options["engine"] == ("native" if engine == "auto" else "r")
     assert np.isfinite(fit.F).all() and not fit.diagnostics["failed"].any()
-    # The columns named are the ones lme4 dropped (their estimates are NaN).
     dropped = [c for c, est in zip(fit.coef_names, fit.estimates[:, 0]) if np.isnan(est)]
     assert sorted(dropped) == sorted(CAKE_DROPPED)
+    assert all("fixed-effect model matrix is rank deficient so dropping 3 columns / coefficients" in m
+               for m in fit.diagnostics["messages"])
+    # The interaction keeps 1 of its 4 coefficients: DF1 1.
+    assert fit.df1[fit.terms.index("recipe:temperature"), 0] == 1
     ref = run_reference(cake_csv, CAKE_FORMULA, tmp_path / "reference.csv", values=CAKE_VALUES)
-    diffs = compare_with_reference(fit, ref, "cake without the diagonal (auto -> R)")
-    assert max(diffs.values()) < 1e-6
+    rtol = 1e-6 if engine == "r" else 1e-5  # the native optimum vs bobyqa's, see compare_with_reference
+    diffs = compare_with_reference(fit, ref, f"cake without the diagonal ({engine})", rtol=rtol)
+    assert max(diffs.values()) < rtol
 
 
-def test_native_refuses_a_rank_deficient_design(cake_csv):
-    with pytest.raises(ValueError) as info:
-        cl.fit_timeseries(_cake_data(cake_csv), CAKE_FORMULA, engine="native")
-    msg = str(info.value)
-    assert msg.startswith("the native engine cannot fit this model: the fixed-effect design is rank deficient "
-                          "(rank 6 < 9 columns: " + ", ".join(CAKE_DROPPED) + " are linear combinations")
-    assert "Use engine='r' (CLI: --engine r) to fit it with lme4 through R" in msg
-    assert "engine='auto'" in msg
-
-
-def test_a_permutation_that_loses_rank_is_an_error_of_its_block(r_datasets):
+def test_a_permutation_that_loses_rank_is_fitted_with_the_columns_dropped(r_datasets):
     """The full cake design has full rank, its rows without the diagonal do not: the native engine
-    fits the first and reports the second per block (as it would for a permutation), without raising."""
+    fits the second as lme4 does (as it would a permutation that loses rank), equal to the R engine."""
     df = pd.read_csv(r_datasets["cake"])
     df = df[df["temperature"].isin(["T175", "T185", "T195"])].reset_index(drop=True)
     design = build_design(df.drop(columns="angle"), parse_formula(CAKE_FORMULA.replace("data", "angle")))
     assert native.supports(design, FitOptions()) == (True, "")
     keep = np.array([(r, t) not in {("A", "T175"), ("B", "T185"), ("C", "T195")}
                      for r, t in zip(df["recipe"], df["temperature"])])
-    blk = native.fit_block(design.subset(keep), df["angle"].to_numpy()[keep, None], FitOptions())
-    assert "rank deficient (rank 6 < 9 columns" in blk.errors[0] and "engine='r'" in blk.errors[0]
-    assert np.isnan(blk.F).all()
+    y = df["angle"].to_numpy()[keep, None]
+    blk = native.fit_block(design.subset(keep), y, FitOptions())
+    ref = get_engine("r").fit_block(design.subset(keep), y, FitOptions())
+    assert blk.errors == [""] and "rank deficient so dropping 3 columns" in blk.messages[0]
+    assert blk.terms == ref.terms and blk.coef_names == ref.coef_names
+    np.testing.assert_array_equal(np.isnan(blk.estimate), np.isnan(ref.estimate))
+    np.testing.assert_array_equal(blk.df1, ref.df1)
+    np.testing.assert_allclose(blk.F, ref.F, rtol=1e-5)
+    np.testing.assert_allclose(blk.df2, ref.df2, rtol=1e-5)
 
 
 # --------------------------------------------------------------------------
@@ -125,14 +125,15 @@ def test_all_nan_result_warns_with_the_first_error(engine):
     assert np.isnan(fit.F).all()
 
 
-def test_a_term_lme4_drops_entirely_warns_naming_it():
+@pytest.mark.parametrize("engine", ["native", "r"])
+def test_a_term_lme4_drops_entirely_warns_naming_it(engine):
     """x2 = 2 x: lme4 drops x2's only column, so its F is NaN at every sample while the other terms
     are fine; the warning names the term and lme4's message."""
     data = _slice(datasets.sample_2way(), [40, 41])
     data.design["x"] = np.arange(data.n_obs) % 7 * 1.0
     data.design["x2"] = data.design["x"] * 2.0
     with pytest.warns(UserWarning) as record:
-        fit = cl.fit_timeseries(data, "data ~ x + x2 + (1|sid)", engine="r")
+        fit = cl.fit_timeseries(data, "data ~ x + x2 + (1|sid)", engine=engine, cross_check=0)
     msgs = [str(w.message) for w in record]
     assert any("no finite statistic at any sample for the term x2 (F is NaN everywhere)" in m and "the first message: fixed-effect "
                "model matrix is rank deficient so dropping 1 column / coefficient" in m for m in msgs), msgs

@@ -385,17 +385,22 @@ def test_auto_falls_back_once_per_permutation_run(r_engine):
     np.testing.assert_array_equal(res.null["hit_miss"], expected.null["hit_miss"])
 
 
-def test_rank_deficient_design_is_refused_and_a_block_error():
-    """A rank-deficient observed design is refused up front; a block that loses rank (a permutation,
-    rows left out) is an error of that block."""
+def test_rank_deficient_design_drops_the_columns_lme4_drops():
+    """x2 = 2 x: lme4 drops x2's column; the native engine does the same (estimate NaN, the term's F NaN,
+    lme4's message), and the remaining terms equal the fit without x2."""
     data = simulate(seed=0, n_times=2)
     data.design["x2"] = data.design["x"] * 2.0
-    with pytest.raises(ValueError, match=r"rank deficient \(rank 2 < 3 columns: x2 is a linear combination"):
-        cl.fit_timeseries(data, "data ~ x + x2 + (1|sid)", engine="native")
     design = build_design(data.design, parse_formula("data ~ x + x2 + (1|sid)"))
     blk = native.fit_block(design, data.values, FitOptions())
-    assert all("rank deficient" in e and "engine='r'" in e for e in blk.errors), blk.errors
-    assert np.isnan(blk.F).all()
+    assert blk.errors == ["", ""]
+    assert all("fixed-effect model matrix is rank deficient so dropping 1 column / coefficient" in m
+               for m in blk.messages)
+    assert np.isnan(blk.estimate[blk.coef_names.index("x2")]).all() and np.isnan(blk.F[blk.terms.index("x2")]).all()
+    alone = native.fit_block(build_design(data.design, parse_formula("data ~ x + (1|sid)")), data.values, FitOptions())
+    for name in ("(Intercept)", "x"):
+        i, j = blk.terms.index(name), alone.terms.index(name)
+        np.testing.assert_allclose(blk.F[i], alone.F[j], rtol=1e-12)
+        np.testing.assert_allclose(blk.df2[i], alone.df2[j], rtol=1e-9)
 
 
 def test_optimum_is_exact_to_rounding():

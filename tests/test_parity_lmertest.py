@@ -118,8 +118,12 @@ def _rel_diff(a, b):
     return np.abs(a - b) / scale
 
 
-def compare_with_reference(fit: cl.TimeseriesFit, ref: pd.DataFrame, label: str, samples=None) -> dict:
-    """Assert parity of ``fit.to_frame()`` with the script's table; return max relative differences."""
+def compare_with_reference(fit: cl.TimeseriesFit, ref: pd.DataFrame, label: str, samples=None, rtol=RTOL) -> dict:
+    """Assert parity of ``fit.to_frame()`` with the script's table; return max relative differences.
+
+    ``rtol``: 1e-6 for lme4 against lme4; the native engine's own optimum differs from bobyqa's
+    (which stops within ~1e-7 of a flat optimum) by up to a few 1e-6 end to end.
+    """
     ours = fit.to_frame()
     if samples is not None:
         ours = ours[ours["sample"].isin(samples)]
@@ -141,9 +145,9 @@ def compare_with_reference(fit: cl.TimeseriesFit, ref: pd.DataFrame, label: str,
         assert np.array_equal(a[inf], b[inf]) and not np.isinf(a[~inf]).any(), f"{label}: {col} Inf mismatch"
         rel = _rel_diff(a[~inf], b[~inf])
         diffs[col] = float(rel.max()) if rel.size else 0.0
-        bad = np.flatnonzero(rel > RTOL)
+        bad = np.flatnonzero(rel > rtol)
         assert bad.size == 0, (
-            f"{label}: {col} differs by more than rtol={RTOL}:\n"
+            f"{label}: {col} differs by more than rtol={rtol}:\n"
             + m.loc[~inf].iloc[bad][["sample", "Term", col, f"{col}_ref"]].to_string()
         )
     print(f"[parity] {label}: max rel diff " + ", ".join(f"{k}={v:.2e}" for k, v in diffs.items()))

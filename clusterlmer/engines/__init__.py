@@ -91,8 +91,7 @@ def resolve_engine(engine, model, options):
     ------
     ValueError
         An engine other than the reference asked for a model or options it
-        cannot fit (including a rank-deficient fixed-effect design, which
-        lme4 fits after dropping columns), naming why.
+        cannot fit, naming why.
     """
     check_option("engine", engine, ENGINE_CHOICES)
     if engine == REFERENCE_ENGINE:

@@ -46,10 +46,10 @@ Not supported (``supports`` says why; ``fit_block`` raises ``ValueError``):
 random slopes, crossed or non-nested groupings, fixed parts without an
 intercept or not hierarchical (an interaction without all its lower-order
 terms), ``test="type3"``, ``ddf="kenward-roger"``, lme4 optimizer settings.
-A rank-deficient fixed design (which lme4 fits after dropping columns, e.g.
-an interaction with empty cells) is refused by ``supports``; a block whose
-rows alone are rank deficient (a permutation, rows left out for NaN) gives a
-per-block error.
+A rank-deficient fixed design (e.g. an interaction with empty cells, in the
+observed design, a permutation or the rows left for one sample) is fitted as
+lme4 fits it: the columns lme4's ``check.rankX`` drops are dropped, with its
+message, and terms are tested on their remaining coefficients.
 
 Modules, one job each: :mod:`.support` (what the engine fits: ``supports``,
 ``describe``), :mod:`.fixed` (lme4's checks of ``X``), :mod:`.nesting` (the

@@ -22,11 +22,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..._checks import check_option, option_hint
+from ..._checks import check_option
 from ...spec import as_spec
 from ..base import NEEDS, BlockFit, FitOptions
 from .criterion import Block, Responses, Structure
-from .fixed import rank_problem, scale_message
+from .fixed import rank_deficiency, scale_message
 from .marginal import marginal_tests
 from .nesting import Nesting, design_checks
 from .optimize import optimize
@@ -42,7 +42,6 @@ SINGULAR_TOL = 1e-4  # lme4::isSingular
 # per fit at once, so full fits use smaller chunks.
 CHUNK = 512
 CHUNK_STATISTIC = 2048
-_ENGINE_R = "engine='r'"
 
 
 @dataclass(frozen=True)
@@ -50,7 +49,9 @@ class Prepared:
     """What every fit under one specification shares on the block's rows.
 
     ``error`` (non-empty) is why no response can be fitted under it;
-    ``nest`` and ``X`` are then not to be used.
+    ``nest`` and ``X`` are then not to be used. ``X`` holds the columns
+    lme4 keeps (``kept``, indices into the specification's columns) and
+    ``assign`` their terms.
     """
 
     terms: tuple
@@ -61,6 +62,7 @@ class Prepared:
     setup_messages: list
     structure: Structure | None = None
     error: str = ""
+    kept: np.ndarray | None = None
 
 
 def prepare(spec, options: FitOptions, n: int) -> Prepared:
@@ -84,13 +86,11 @@ def prepare(spec, options: FitOptions, n: int) -> Prepared:
     err = design_checks(nest, n)
     if err:
         return Prepared(terms, coefs, fixed.assign, nest, None, [], error=err)
-    X = spec.X
-    why = rank_problem(fixed, X)
-    if why:
-        return Prepared(terms, coefs, fixed.assign, nest, X, [],
-                        error=f"{why}: fit these data with {option_hint(_ENGINE_R, '--engine r')}")
+    kept, rank_message = rank_deficiency(spec.X)
+    X = spec.X if rank_message is None else spec.X[:, kept]
     structure = spec.shared("native-structure", lambda: Structure(nest, n))
-    return Prepared(terms, coefs, fixed.assign, nest, X, [m for m in (scale_message(X),) if m], structure)
+    messages = [m for m in (rank_message, scale_message(X)) if m]
+    return Prepared(terms, coefs, fixed.assign[kept], nest, X, messages, structure, kept=kept)
 
 
 def fit_block(model, Y, options: FitOptions, need: str = "all") -> BlockFit:
@@ -169,11 +169,16 @@ def fit_blocks(specs, Y, options: FitOptions, need: str = "all", start_from=None
     if start_from is not None:
         starts = start_from.shared(("native-start", digest, options.reml),
                                    lambda: _optima(prepare(start_from, options, n), responses, options))
-    for g in range(0, len(ok), per):
-        group = [models[i] for i in ok[g:g + per]]
-        parts = [fit_chunk(group, r, options, need, start) for r, start in zip(responses, starts)]
-        for j, i in enumerate(ok[g:g + per]):
-            out[i] = _concatenate([p[j] for p in parts])
+    # Specifications whose X keeps the same columns (all, unless lme4 drops some) are fitted together.
+    same_columns = {}
+    for i in ok:
+        same_columns.setdefault(tuple(models[i].kept), []).append(i)
+    for members in same_columns.values():
+        for g in range(0, len(members), per):
+            group = [models[i] for i in members[g:g + per]]
+            parts = [fit_chunk(group, r, options, need, start) for r, start in zip(responses, starts)]
+            for j, i in enumerate(members[g:g + per]):
+                out[i] = _concatenate([p[j] for p in parts])
     return out
 
 
@@ -271,6 +276,8 @@ def evaluate(model: Prepared, block: Block, phi, ok, options: FitOptions, need: 
             per_msgs[r] += vp_msgs[r]
     F, df1, df2, pval, cest = marginal_tests(model.assign, len(model.terms), beta, Vb, options.ddf, n - p,
                                              varpar, need)
+    if p < len(model.coef_names):  # columns lme4 dropped: NaN estimates
+        beta, se = _scatter(beta, model.kept, len(model.coef_names)), _scatter(se, model.kept, len(model.coef_names))
 
     failed = ~np.isfinite(D)
     if failed.any():  # e.g. a response fitted exactly by the fixed effects
@@ -293,6 +300,13 @@ def evaluate(model: Prepared, block: Block, phi, ok, options: FitOptions, need: 
         estimate=beta.T.copy(), se=se.T.copy(), sigma=sigma, deviance=D, converged=converged,
         singular=singular.astype(float), messages=messages, errors=errors,
     )
+
+
+def _scatter(values, kept, n_columns):
+    """(k, len(kept)) values placed at columns ``kept`` of (k, n_columns), NaN elsewhere."""
+    out = np.full((values.shape[0], n_columns), np.nan)
+    out[:, kept] = values
+    return out
 
 
 def _block_error(terms, coefs, k, message):

@@ -2,14 +2,15 @@
 
 The matrix itself comes from the model specification
 (:class:`clusterlmer.spec.FixedSpec`); here are the columns lme4's
-``check.rankX`` would drop and its ``check.scaleX`` message.
+``check.rankX = "message+drop.cols"`` drops (and its message), and its
+``check.scaleX`` message.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["rank_problem", "scale_message"]
+__all__ = ["rank_deficiency", "scale_message"]
 
 
 def _dropped_columns(X, tol=1e-7):
@@ -34,17 +35,15 @@ def _dropped_columns(X, tol=1e-7):
     return dropped
 
 
-def rank_problem(fixed, X):
-    """Why ``X`` is rank deficient, naming the columns lme4 would drop; None if it has full rank."""
+def rank_deficiency(X):
+    """lme4's treatment of a rank-deficient ``X``: (kept column indices, its message or None)."""
     dropped = _dropped_columns(X)
+    kept = np.setdiff1d(np.arange(X.shape[1]), dropped)
     if not dropped:
-        return None
-    p = X.shape[1]
-    names = [fixed.coef_names[j] for j in dropped]
-    shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
-    return (f"the fixed-effect design is rank deficient (rank {p - len(dropped)} < {p} columns: {shown} "
-            f"{'is a linear combination' if len(names) == 1 else 'are linear combinations'} of earlier "
-            "columns, e.g. empty cells of an interaction); lme4 drops such columns, the native engine does not")
+        return kept, None
+    n = len(dropped)
+    return kept, (f"fixed-effect model matrix is rank deficient so dropping {n} column{'s' if n > 1 else ''} / "
+                  f"coefficient{'s' if n > 1 else ''}")
 
 
 def scale_message(X):

@@ -54,6 +54,8 @@ def marginal_tests(assign, n_terms, beta, Vb, ddf, resid_df, varpar=None, need="
     for ti in range(nt):
         cols = np.flatnonzero(assign == ti)
         q = len(cols)
+        if q == 0:  # every column of the term was dropped (rank-deficient X): nothing to test
+            continue
         bL = beta[:, cols]
         VL = Vb[:, cols[:, None], cols[None, :]]
         if q == 1:

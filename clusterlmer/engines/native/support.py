@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from ...spec import as_spec
 from ..base import FitOptions
-from .fixed import rank_problem
 from .nesting import Nesting, random_problem
 
 __all__ = ["UnsupportedModel", "analyse", "describe", "require", "supports"]
@@ -71,14 +70,11 @@ def supports(model, options: FitOptions | None = None):
     Groupings that are nested in the whole design stay nested in any subset
     of its rows, but a subset can make two groupings identical (every
     subject left with one channel); ``fit_block`` reports that as an error
-    of the block. The rank of the fixed-effect design is checked here, on
-    the observed rows; a subset or a permutation that loses rank is an error
-    of that block too.
+    of the block. A rank-deficient fixed-effect design is fitted as lme4
+    fits it: the columns lme4 drops are dropped (their estimates NaN) and
+    terms are tested on the remaining coefficients.
     """
-    spec = as_spec(model)
-    _, why = analyse(spec, options)
-    if why is None:
-        why = rank_problem(spec.fixed, spec.X)
+    _, why = analyse(as_spec(model), options)
     return why is None, why or ""
 
 
