@@ -76,6 +76,35 @@ def test_same_seed_same_result_with_two_workers(small, reference):
     assert not np.array_equal(other.null["hit_miss"], reference.null["hit_miss"])
 
 
+def test_native_batches_resume_and_split_to_the_same_numbers(small, tmp_path):
+    """Native permutations are fitted in batches (16 at a time here): a run resumed twice with more
+    permutations, where the batches of the first runs end early, and indices asked one by one give
+    the numbers of one uninterrupted run, bit for bit."""
+    kw = dict(seed=7, progress=False, engine="native", cross_check=0)
+    whole = cl.permutation_cluster_lmer(small, FORMULA, n_permutations=40, **kw)
+    path = tmp_path / "native.h5"
+    for n in (5, 21, 40):
+        resumed = cl.permutation_cluster_lmer(small, FORMULA, n_permutations=n, checkpoint=path, **kw)
+    assert resumed.run["resumed"] == 21
+    for term in whole.terms:
+        np.testing.assert_array_equal(resumed.null[term], whole.null[term])
+    task = _task_of(small, 40)
+    assert task.batch_size == 16
+    alone = np.stack([task.statistics(k) for k in (3, 17, 39)])
+    np.testing.assert_array_equal(alone, task.statistics_of(range(40))[[3, 17, 39]])
+    np.testing.assert_array_equal(alone[:, 0], whole.null["hit_miss"][:, [3, 17, 39]].T)
+
+
+def _task_of(data, n_permutations):
+    from clusterlmer.analysis import check_analysis_arguments, PermutationTask
+
+    plan = check_analysis_arguments(data, FORMULA, n_permutations=n_permutations, seed=7, engine="native",
+                                    progress=False)
+    terms = ("hit_miss", "region", "hit_miss:region")
+    return PermutationTask(plan.fit.spec, data.values.reshape(data.n_obs, -1), plan.fit.options, "native",
+                           plan.permutations, terms, "F", data.sample_shape)
+
+
 def test_checkpoint_resume_equals_uninterrupted_run(small, reference, tmp_path):
     path = tmp_path / "run.h5"
     first = cl.permutation_cluster_lmer(small, FORMULA, n_permutations=5, seed=7, checkpoint=path, progress=False,
