@@ -22,11 +22,12 @@ from .checkpoint import Checkpoint, check_checkpoint_path, fingerprint
 from .cluster import CLUSTER_STATS, QUANTILE_METHODS, TAILS, cluster_test, smallest_cluster_p
 from .data import TimeseriesData, _preview
 from .engines import ENGINE_CHOICES, engine_properties, get_engine
-from .fit import FitPlan, check_fit_arguments, fit_plan, fit_sample_sets, response_exponents, sample_responses
+from .fit import FitPlan, check_fit_arguments, fit_plan
 from .formula import parse_formula
 from .permute import Permutations, make_permutations
 from .results import STATISTICS, PermutationClusterResult, cluster_table
 from .run import check_client, resolve_n_jobs, run_permutations
+from .samples import fit_sample_sets, response_exponents, sample_responses
 from .spec import ModelSpec
 
 __all__ = ["permutation_cluster_lmer"]

@@ -20,6 +20,7 @@ import numpy as np
 
 from ._checks import option_hint
 from .engines import REFERENCE_ENGINE
+from .samples import fit_samples
 
 __all__ = ["CROSS_CHECK_TOLERANCE", "CrossCheck", "start_cross_check"]
 
@@ -37,8 +38,6 @@ class _ReferenceFits:
     options: object
 
     def statistics_of(self, indices) -> np.ndarray:
-        from .fit import fit_samples
-
         fit, _ = fit_samples(self.spec, self.Y, self.options, REFERENCE_ENGINE)
         return np.stack([fit.F, fit.df2])[None]
 

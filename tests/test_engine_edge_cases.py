@@ -27,7 +27,7 @@ from clusterlmer import datasets
 from clusterlmer.design import build_design
 from clusterlmer.engines import get_engine, native
 from clusterlmer.engines.base import FitOptions
-from clusterlmer.fit import RESCALE_EXPONENTS, response_exponents
+from clusterlmer.samples import RESCALE_EXPONENTS, response_exponents
 from clusterlmer.formula import parse_formula
 
 pytest.importorskip("rpy2")

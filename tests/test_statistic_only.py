@@ -16,7 +16,7 @@ import clusterlmer as cl
 from clusterlmer.analysis import PermutationTask
 from clusterlmer.design import build_design
 from clusterlmer.engines.base import FitOptions
-from clusterlmer.fit import fit_sample_sets, fit_samples
+from clusterlmer.samples import fit_sample_sets, fit_samples
 from clusterlmer.formula import parse_formula
 from clusterlmer.permute import make_permutations
 from clusterlmer.spec import build_spec
