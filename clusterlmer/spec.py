@@ -308,11 +308,22 @@ class ModelSpec:
 
     Attributes
     ----------
+    formula : ModelFormula
+    coding : str
     fixed : FixedSpec
     random : tuple of RandomEffectsTerm
     values : dict
         Each model variable's values (level codes or numbers), rows of the design.
     n_obs : int
+    X : ndarray, shape (n_obs, p)
+        The fixed-effect matrix (built on first use).
+    design : ModelDesign
+        The coded table (built on first use for a permuted specification).
+    moved : tuple of str
+        The variables a permutation moved (empty for the observed design).
+    key : str
+        Names the rows of this specification among the subsets of one analysis
+        (the key of :meth:`shared`'s caches).
     """
 
     def __init__(self, design: ModelDesign | None, *, fixed=None, random=None, values=None, shared=None,
