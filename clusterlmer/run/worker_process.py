@@ -35,6 +35,9 @@ __all__ = ["WorkerDied", "WorkerProcess", "batches_of", "dumps", "serve", "stati
 
 # The directory holding the clusterlmer package: the child imports the same clusterlmer as its parent.
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# Workers are one process per core: BLAS threads inside each would oversubscribe the cores
+# (as joblib's workers, they get one thread unless the user set a number).
+_ONE_THREAD = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
 _CHILD = ("import sys\nif {root!r} not in sys.path: sys.path.insert(0, {root!r})\n"
           "from clusterlmer.run.worker_process import serve\nserve({idle_exit!r})")
 
@@ -174,7 +177,7 @@ class WorkerProcess:
     def __init__(self, idle_exit=None, label="worker process"):
         code = _CHILD.format(root=_ROOT, idle_exit=idle_exit)
         self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, bufsize=0)
+                                     stdout=subprocess.PIPE, bufsize=0, env={**_ONE_THREAD, **os.environ})
         self.label = label
         self.token = None  # the run whose task the child holds
         self._task_sent = False
