@@ -20,6 +20,7 @@ from ._checks import check_option, option_hint
 from ._memory import check_run_memory
 from .checkpoint import Checkpoint, check_checkpoint_path, fingerprint
 from .cluster import CLUSTER_STATS, QUANTILE_METHODS, TAILS, cluster_test, smallest_cluster_p
+from .crosscheck import ReferenceProcess
 from .data import TimeseriesData, _preview
 from .engines import ENGINE_CHOICES, engine_properties, get_engine
 from .fit import FitPlan, check_fit_arguments, fit_plan
@@ -286,15 +287,21 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
         optimizer_options=optimizer_options, levels=levels, engine=engine, cross_check=cross_check, n_jobs=n_jobs,
         checkpoint=checkpoint, progress=progress, client=client, stacklevel=3)
     start = time.perf_counter()
-    # The engine's cross-check (R starting, a few refits) runs in a worker process beside the permutations.
-    fit, check = fit_plan(plan.fit, data, plan.cross_check, alongside=True)
+    # The engine's cross-check (R starting, a few refits) runs in a worker process beside the
+    # observed fit and the permutations.
+    checked = not engine_properties(plan.fit.engine).reference and plan.cross_check > 0
+    reference = ReferenceProcess() if checked else None
+    check = None
     try:
+        fit, check = fit_plan(plan.fit, data, plan.cross_check, alongside=reference or True)
         result = _permute_and_cluster(data, plan, fit, start)
         if check is not None:
             fit.options["cross_check"] = check.result(stacklevel=2)
     finally:
         if check is not None:
             check.cancel()
+        if reference is not None:
+            reference.stop()
     return result
 
 

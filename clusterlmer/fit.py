@@ -202,8 +202,9 @@ def fit_plan(plan: FitPlan, data, cross_check=3, *, alongside=False, stacklevel=
     data : TimeseriesData
     cross_check : int
         Samples the reference engine refits when another engine fits (see :mod:`clusterlmer.crosscheck`).
-    alongside : bool
-        Run the cross-check in a worker process and return ``(fit, check)``:
+    alongside : bool or clusterlmer.crosscheck.ReferenceProcess
+        Run the cross-check in a worker process (new, or the one given,
+        already starting R) and return ``(fit, check)``:
         ``check.result()`` waits for it and is to be stored in
         ``fit.options["cross_check"]``. Otherwise the fit, checked.
     stacklevel : int

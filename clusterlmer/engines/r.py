@@ -21,7 +21,7 @@ from .._checks import check_option
 from ..spec import coded_design
 from .base import NEEDS, BlockFit, FitOptions
 
-__all__ = ["fit_block", "fit_blocks", "fit_method", "describe", "r_session", "supports", "R_INSTALL_HINT"]
+__all__ = ["fit_block", "fit_blocks", "fit_method", "describe", "r_session", "supports", "warm_up", "R_INSTALL_HINT"]
 
 # Engine properties, read through clusterlmer.engines.engine_properties.
 LABEL = "R"
@@ -169,6 +169,11 @@ def describe(model, options: FitOptions):
     if options.test != "marginal":
         terms = [t for t in terms if t != "(Intercept)"]
     return tuple(terms), tuple(_as_strings(res.rx2("coef_names")))
+
+
+def warm_up():
+    """Start R and load lme4/lmerTest now (seconds), before the first fit needs them."""
+    r_session()
 
 
 def supports(model, options=None):
