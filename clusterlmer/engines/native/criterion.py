@@ -264,7 +264,7 @@ class Block:
                 m = ia * kk
             else:
                 M = np.einsum("tu,cuN->ctN", self.comp[g], m)
-                a = J.plus(J.mul(ph[g], M), 1.0)
+                a = J.plus(J.mul_var(M, phi[g][None, :], g), 1.0)
                 ia = J.recip(a)
                 m = J.mul(ia, M)
             inva[g] = ia
@@ -274,7 +274,7 @@ class Block:
             lv = self.levels[g]
             if not len(lv.t):
                 continue
-            c = J.mul(ph[g], inva[g][:, lv.t])
+            c = J.mul_var(inva[g][:, lv.t], phi[g][None, :], g)
             if g < G - 1:
                 gam = None
                 for l in range(g + 1, G):
@@ -292,10 +292,10 @@ class Block:
         else:
             Q[:, 0].reshape(-1, N // self.R, self.R)[...] += self.ZZT[:, None, :]
         if self.node_mode:
-            Q -= self._node_corrections(J, ph, inva, ridx, N).transpose(1, 2, 0, 3).reshape(Q.shape)
+            Q -= self._node_corrections(J, phi, inva, ridx, N).transpose(1, 2, 0, 3).reshape(Q.shape)
         return Q, ldV, J
 
-    def _node_corrections(self, J, ph, inva, ridx, N):
+    def _node_corrections(self, J, phi, inva, ridx, N):
         """``sum_b phi_g / a_b T_b T_b'`` over the nodes of the levels above the
         leaves (node mode): (C, q, q, N)."""
         G, q = self.G, self.p + 1
@@ -311,7 +311,7 @@ class Block:
             if g < G - 2:
                 S = J.mul(inva[g + 1][:, self.types[g + 1]][:, :, None, :], T)
                 T = np.einsum("ab,cbiN->caiN", self.up[g], S)
-            coef = J.mul(ph[g], inva[g][:, self.types[g]])  # (C, nb, N)
+            coef = J.mul_var(inva[g][:, self.types[g]], phi[g][None, :], g)  # (C, nb, N)
             U = J.mul(coef[:, :, None, :], T)
             out += J.contract_nodes(U, T)
         return out

@@ -53,6 +53,21 @@ class Jets:
             out[h] += t
         return out
 
+    def mul_var(self, x, phi, g):
+        """``x`` times the variable ``phi_g`` (value ``phi``): ``mul(var(phi, g), x)`` without the
+        products by the variable's zero derivatives (the same values)."""
+        out = x * phi
+        if self.C == 1:
+            return out
+        d = 1 + g
+        out[d] += x[0]
+        for h, i, j in self.slots:
+            if i == j == d:
+                out[h] += 2.0 * x[d]
+            elif i == d or j == d:
+                out[h] += x[j if i == d else i]
+        return out
+
     def _unary(self, a, g0, g1, g2):
         v = a[0]
         if self.C == 1:
