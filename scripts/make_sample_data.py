@@ -3,7 +3,7 @@
 
 Writes, for each kind (``2way``, ``1way``):
 
-* ``lme_data_<kind>.mat``: a MATLAB v7.3 file in the seed layout
+* ``lme_data_<kind>.mat``: a MATLAB v7.3 file in the original MATLAB layout
   (``sid``, ``ch``, ``hit_miss``, ``region`` [2-way only], ``data``, ``times``),
   written with :func:`clusterlmer.io.write_mat73`;
 * ``lme_data_<kind>.json``: the ground truth (generator, seed, every
@@ -89,7 +89,7 @@ def simulate(kind: str):
 
 
 def mat_variables(data, kind: str) -> dict:
-    """Variables in the seed layout, in the seed's order (times last)."""
+    """Variables in the original MATLAB layout, in its order (times last)."""
     design = data.design
     variables = {
         "sid": [str(s) for s in design["sid"]],

@@ -155,7 +155,7 @@ def compare_with_reference(fit: cl.TimeseriesFit, ref: pd.DataFrame, label: str,
 
 
 def check_parity(csv: Path, formula: str, values, outdir: Path, label: str, *, levels=None, samples=None,
-                 **options) -> cl.TimeseriesFit:
+                 rtol=RTOL, **options) -> cl.TimeseriesFit:
     """Fit ``csv`` with clusterlmer and with the reference script under the same options and compare."""
     df = pd.read_csv(csv)
     assert_same_parse(csv, df)
@@ -164,7 +164,7 @@ def check_parity(csv: Path, formula: str, values, outdir: Path, label: str, *, l
     assert not fit.diagnostics["failed"].any(), fit.diagnostics["error"].tolist()
     ref = run_reference(csv, formula, outdir / "reference.csv",
                         values=None if isinstance(values, str) else values, levels=levels, **options)
-    compare_with_reference(fit, ref, label, samples=samples)
+    compare_with_reference(fit, ref, label, samples=samples, rtol=rtol)
     return fit
 
 
@@ -293,13 +293,20 @@ REAL_CASES = [
 ]
 
 
+# lme4 itself does not reproduce these to 1e-6: the same standalone lmerTest run on Penicillin,
+# repeated, ends at one of two optima of its flat criterion (F 807.17399 or 807.17369, DF2 5.487093
+# or 5.487090, p 3.619203e-7 or 3.619233e-7: 3.8e-7, 6.3e-7 and 8.2e-6 apart), with one BLAS thread
+# too. The tolerance covers lme4's own spread.
+LME4_SPREAD = {"Penicillin": 2e-5}
+
+
 @pytest.mark.parametrize(
     "dataset, formula, response, ddf, coding, reml, test",
     [pytest.param(*c, id=f"{c[0]}-{c[3]}-{c[4]}-{'REML' if c[5] else 'ML'}-{c[6]}") for c in REAL_CASES],
 )
 def test_r_dataset(r_datasets, tmp_path, dataset, formula, response, ddf, coding, reml, test):
     fit = check_parity(r_datasets[dataset], formula, response, tmp_path,
-                       f"{dataset} {ddf}/{coding}/reml={reml}/{test}",
+                       f"{dataset} {ddf}/{coding}/reml={reml}/{test}", rtol=LME4_SPREAD.get(dataset, RTOL),
                        ddf=ddf, coding=coding, reml=reml, test=test)
     assert fit.sample_shape == (1,)
 
