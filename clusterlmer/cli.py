@@ -83,8 +83,9 @@ def _demo(args) -> int:
     check_writable(os.path.join(args.out_dir, "demo_results.h5"), "--out-dir")
     print(f"Model: {datasets.FORMULA_2WAY}; REML, Satterthwaite DF; F tests, cluster 'sum', upper tail; "
           f"engine '{args.engine}'.")
-    print(f"Permutations: {args.nperm} (the demo's default, to finish quickly; the original uses 1000 - pass "
-          f"--nperm 1000 for a publication run), seed {args.seed}, {args.jobs} worker(s).")
+    why = (" (the demo's default, to finish quickly; the original uses 1000 - pass --nperm 1000 for a publication "
+           "run)" if args.nperm == DEMO_NPERM else "")
+    print(f"Permutations: {args.nperm}{why}, seed {args.seed}, {args.jobs} worker(s).")
     start = time.perf_counter()
     res = cl.permutation_cluster_lmer(data, datasets.FORMULA_2WAY, n_permutations=args.nperm, seed=args.seed,
                                       n_jobs=args.jobs, progress=not args.no_progress, engine=args.engine)
