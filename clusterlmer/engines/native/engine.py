@@ -162,12 +162,14 @@ def fit_blocks(specs, Y, options: FitOptions, need: str = "all", start_from=None
     # Specifications per chunk: as many whole response blocks as fit (node-by-node sums: one).
     per = 1 if structure.node_mode else max(1, chunk // k)
     cols = [slice(c, c + chunk) for c in range(0, k, chunk)] if per == 1 and k > chunk else [slice(0, k)]
-    digest = hashlib.sha1(np.ascontiguousarray(Y).tobytes()).hexdigest()
-    responses = specs[ok[0]].shared(("native-responses", digest),
+    # Kept per responses and column chunks: full fits and statistic-only fits of the same
+    # responses chunk them differently, and each must always be chunked the same way.
+    key = (hashlib.sha1(np.ascontiguousarray(Y).tobytes()).hexdigest(), tuple((c.start, c.stop) for c in cols))
+    responses = specs[ok[0]].shared(("native-responses", key),
                                     lambda: [Responses(structure, Y[:, c]) for c in cols])
     starts = [None] * len(cols)
     if start_from is not None:
-        starts = start_from.shared(("native-start", digest, options.reml),
+        starts = start_from.shared(("native-start", key, options.reml),
                                    lambda: _optima(prepare(start_from, options, n), responses, options))
     # Specifications whose X keeps the same columns (all, unless lme4 drops some) are fitted together.
     same_columns = {}
