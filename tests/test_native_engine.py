@@ -319,11 +319,21 @@ def _design(formula, seed=0):
     return build_design(simulate(seed=seed, n_times=1).design, parse_formula(formula))
 
 
+@pytest.mark.parametrize("formula", [
+    "data ~ hit_miss + (hit_miss|sid)",
+    "data ~ hit_miss + (0 + x|sid)",
+    "data ~ hit_miss + (x||sid)",
+    "data ~ hit_miss + (1|sid) + (1|item)",
+    "data ~ hit_miss + (1|sid) + (1|ch)",  # channel labels repeat across subjects: crossed
+])
+def test_supports_slopes_and_crossed(formula):
+    """Random slopes and crossed groupings take the general path (its numbers: test_native_general_parity)."""
+    assert native.supports(_design(formula)) == (True, "")
+    fit = cl.fit_timeseries(simulate(seed=0, n_times=2), formula, engine="native")
+    assert np.all(np.isfinite(fit.F))
+
+
 @pytest.mark.parametrize("formula, reason", [
-    ("data ~ hit_miss + (hit_miss|sid)", "random slope"),
-    ("data ~ hit_miss + (0 + x|sid)", "random slope"),
-    ("data ~ hit_miss + (1|sid) + (1|item)", "crossed"),
-    ("data ~ hit_miss + (1|sid) + (1|ch)", "crossed"),  # channel labels repeat across subjects
     ("data ~ hit_miss:region + (1|sid)", "not hierarchical"),
     ("data ~ hit_miss * region - region + (1|sid)", "not hierarchical"),
     ("data ~ 0 + hit_miss + (1|sid)", "no intercept"),
@@ -375,12 +385,12 @@ def test_auto_falls_back_once_per_permutation_run(r_engine):
     and says so once."""
     data = simulate(seed=0, n_times=2)
     with pytest.warns(UserWarning) as record:
-        res = cl.permutation_cluster_lmer(data, "data ~ hit_miss + (hit_miss|sid)", n_permutations=2, seed=1,
+        res = cl.permutation_cluster_lmer(data, "data ~ 0 + hit_miss + (1|sid)", n_permutations=2, seed=1,
                                           progress=False)
     ours = [str(w.message) for w in record if "engine='auto'" in str(w.message)]
-    assert len(ours) == 1 and "random slope" in ours[0], ours
+    assert len(ours) == 1 and "no intercept" in ours[0], ours
     assert res.fit.options["engine"] == "r"
-    expected = cl.permutation_cluster_lmer(data, "data ~ hit_miss + (hit_miss|sid)", n_permutations=2, seed=1,
+    expected = cl.permutation_cluster_lmer(data, "data ~ 0 + hit_miss + (1|sid)", n_permutations=2, seed=1,
                                            progress=False, engine="r")
     np.testing.assert_array_equal(res.null["hit_miss"], expected.null["hit_miss"])
 

@@ -62,10 +62,10 @@ squares; a building block of the general engine, not yet used to fit). The model
 the groupings) comes from :mod:`clusterlmer.spec`.
 """
 
-from .engine import CHUNK_STATISTIC, fit_block, fit_blocks
+from .engine import CHUNK_STATISTIC, evaluate_at, fit_block, fit_blocks
 from .support import UnsupportedModel, describe, supports
 
-__all__ = ["UnsupportedModel", "describe", "fit_block", "fit_blocks", "fit_method", "supports"]
+__all__ = ["UnsupportedModel", "describe", "evaluate_at", "fit_block", "fit_blocks", "fit_method", "supports"]
 
 # Engine properties, read through clusterlmer.engines.engine_properties.
 LABEL = "native"

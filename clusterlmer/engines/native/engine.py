@@ -25,15 +25,17 @@ import numpy as np
 from ..._checks import check_option
 from ...spec import as_spec
 from ..base import NEEDS, BlockFit, FitOptions
+from .blocked import GeneralStructure
 from .criterion import Block, Responses, Structure
+from .general_fit import GeneralFits, general_chunk
 from .fixed import rank_deficiency, scale_message
 from .marginal import marginal_tests
 from .nesting import Nesting, design_checks
 from .optimize import optimize
-from .satterthwaite import varpar_parts, vcov_varpar
+from .satterthwaite import nested_values, varpar_parts, vcov_varpar
 from .support import UnsupportedModel, require
 
-__all__ = ["CHUNK", "Prepared", "evaluate", "fit_block", "fit_blocks", "prepare"]
+__all__ = ["CHUNK", "Prepared", "evaluate", "evaluate_at", "fit_block", "fit_blocks", "prepare"]
 
 SINGULAR_MESSAGE = "boundary (singular) fit: see help('isSingular')"
 SINGULAR_TOL = 1e-4  # lme4::isSingular
@@ -60,9 +62,15 @@ class Prepared:
     nest: Nesting | None
     X: np.ndarray | None
     setup_messages: list
-    structure: Structure | None = None
+    structure: Structure | GeneralStructure | None = None
     error: str = ""
     kept: np.ndarray | None = None
+    zt: np.ndarray | None = None  # general path: dense Z' of this design (GeneralStructure.zt)
+
+    @property
+    def general(self) -> bool:
+        """Fitted by the general path (:mod:`.general_fit`) rather than the nested one."""
+        return isinstance(self.structure, GeneralStructure)
 
 
 def prepare(spec, options: FitOptions, n: int) -> Prepared:
@@ -83,18 +91,25 @@ def prepare(spec, options: FitOptions, n: int) -> Prepared:
         if "define the same groups" not in str(exc):
             raise
         return Prepared(terms, coefs, fixed.assign, None, None, [], error=str(exc))
-    err = design_checks(nest, n)
+    general = GeneralStructure.of(spec) if nest is None else None
+    err = design_checks(nest, n) if nest is not None else general.problem(n)
     if err:
         return Prepared(terms, coefs, fixed.assign, nest, None, [], error=err)
     kept, rank_message = rank_deficiency(spec.X)
     X = spec.X if rank_message is None else spec.X[:, kept]
-    structure = spec.shared("native-structure", lambda: Structure(nest, n))
     messages = [m for m in (rank_message, scale_message(X)) if m]
+    if general is not None:
+        slopes = {v for t in spec.random for v in t.variables}
+        # A permuted slope variable changes Z itself: such a design has its own Z'.
+        zt = (general.zt(spec) if slopes.intersection(spec.moved)
+              else spec.shared("native-general-zt", lambda: general.zt(spec)))
+        return Prepared(terms, coefs, fixed.assign[kept], None, X, messages, general, kept=kept, zt=zt)
+    structure = spec.shared("native-structure", lambda: Structure(nest, n))
     return Prepared(terms, coefs, fixed.assign[kept], nest, X, messages, structure, kept=kept)
 
 
 def fit_block(model, Y, options: FitOptions, need: str = "all") -> BlockFit:
-    """Fit every column of ``Y`` under one model (nested random intercepts only).
+    """Fit every column of ``Y`` under one model.
 
     Parameters
     ----------
@@ -157,6 +172,9 @@ def fit_blocks(specs, Y, options: FitOptions, need: str = "all", start_from=None
     ok = [i for i, m in enumerate(models) if not m.error]
     if not ok:
         return out
+    if models[ok[0]].general:
+        _fit_general(specs, models, ok, Y, options, need, start_from, out)
+        return out
     structure = models[ok[0]].structure
     chunk = CHUNK_STATISTIC if need == "statistic" else CHUNK
     # Specifications per chunk: as many whole response blocks as fit (node-by-node sums: one).
@@ -182,6 +200,76 @@ def fit_blocks(specs, Y, options: FitOptions, need: str = "all", start_from=None
             for j, i in enumerate(members[g:g + per]):
                 out[i] = _concatenate([p[j] for p in parts])
     return out
+
+
+def _fit_general(specs, models, ok, Y, options, need, start_from, out):
+    """The general path's part of :func:`fit_blocks`: fills ``out`` for the specifications ``ok``."""
+    n, k = Y.shape
+    first = models[ok[0]]
+    per_chunk = general_chunk(first.structure, first.X.shape[1], need)
+    cols = max(1, min(k, per_chunk))
+    col_chunks = [slice(c, c + cols) for c in range(0, k, cols)]
+    start = None
+    if start_from is not None:
+        key = (hashlib.sha1(np.ascontiguousarray(Y).tobytes()).hexdigest(), options.reml, cols)
+
+        def optima():
+            m = prepare(start_from, options, n)
+            if m.error or not m.general:
+                return None
+            return np.concatenate([GeneralFits([m], Y[:, c]).optimum(options.reml)[0] for c in col_chunks])
+
+        start = start_from.shared(("native-general-start", key), optima)
+    per = max(1, per_chunk // cols)
+    same_columns = {}
+    for i in ok:
+        same_columns.setdefault(tuple(models[i].kept), []).append(i)
+    for members in same_columns.values():
+        for g in range(0, len(members), per):
+            group = members[g:g + per]
+            parts = []
+            for c in col_chunks:
+                fits = GeneralFits([models[i] for i in group], Y[:, c])
+                st = None if start is None else np.tile(start[c], (len(group), 1))
+                theta, conv = fits.optimum(options.reml, st)
+                parts.append(fits.evaluate(theta, conv, options, need))
+            for j, i in enumerate(group):
+                out[i] = _concatenate([p[j] for p in parts])
+
+
+def evaluate_at(model, Y, options: FitOptions, theta, need: str = "all") -> BlockFit:
+    """What :func:`fit_block` reports, at a given theta instead of the native optimum.
+
+    Parameters
+    ----------
+    model : clusterlmer.spec.ModelSpec or clusterlmer.design.ModelDesign
+    Y : ndarray (n, k)
+    options : FitOptions
+    theta : ndarray (n_theta,) or (n_theta, k)
+        lme4's theta (its term order and layout, as ``getME(fit, "theta")``).
+    need : {"all", "statistic"}
+
+    Returns
+    -------
+    BlockFit
+        ``converged`` says only that the criterion is finite there.
+    """
+    spec = as_spec(model)
+    Y = np.asarray(Y, dtype=float)
+    Y = Y[:, None] if Y.ndim == 1 else Y
+    n, k = Y.shape
+    m = prepare(spec, options, n)
+    if m.error:
+        return _block_error(m.terms, m.coef_names, k, m.error)
+    theta = np.asarray(theta, dtype=float)
+    theta = np.tile(theta[:, None], (1, k)) if theta.ndim == 1 else theta
+    ok = np.ones(k, bool)
+    if m.general:
+        return GeneralFits([m], Y).evaluate(np.ascontiguousarray(theta.T), ok, options, need)[0]
+    responses = Responses(m.structure, Y)
+    block = Block(m.structure, responses, [m.X])
+    # lme4 orders nested intercepts finest first; the nested path works coarsest first in theta^2.
+    return evaluate(m, block, np.ascontiguousarray(theta.T[:, ::-1] ** 2), ok, options, need)
 
 
 def _optima(model, responses, options):
@@ -271,7 +359,7 @@ def evaluate(model: Prepared, block: Block, phi, ok, options: FitOptions, need: 
         per_msgs[r].append(SINGULAR_MESSAGE)
     varpar = None
     if options.ddf == "satterthwaite" and need == "all":
-        Hvp, Jac = varpar_parts(block, theta[:, ::-1], sigma, reml)
+        Hvp, Jac = varpar_parts(nested_values(block, reml), theta[:, ::-1], sigma, reml, n, p)
         Avp, vp_msgs = vcov_varpar(Hvp)
         varpar = (Jac, Avp)
         for r in range(k):

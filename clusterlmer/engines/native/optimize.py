@@ -1,18 +1,23 @@
-"""The native optimiser: lme4's profiled criterion minimised over ``theta >= 0``.
+"""The native optimiser: lme4's profiled criterion minimised within lme4's bounds.
 
-A batched projected Newton method in ``phi = theta^2`` with the exact
-gradient and Hessian of :meth:`.criterion.Block.criterion`, started at lme4's
-``theta = 1`` for every response. A component whose derivative at 0 is
-positive stays exactly at 0, as bobyqa ends on its lower bound. The optimum
-is exact to ~1e-12 in theta, where bobyqa (rhoend = 1e-9) stops at
-~1e-8..1e-7 because it sees only rounded values of a flat criterion.
+``minimize`` is a batched projected Newton method: every fit has its own
+point, gradient and Hessian, and a coordinate on its lower bound whose
+derivative there is not negative stays exactly on it, as bobyqa ends on its
+lower bound. The optimum is exact to ~1e-12 in theta, where bobyqa
+(rhoend = 1e-9) stops at ~1e-8..1e-7 because it sees only rounded values of
+a flat criterion. ``optimize`` runs it for nested random intercepts in
+``phi = theta^2`` (bounds 0) with the exact derivatives of
+:meth:`.criterion.Block.criterion`, started at lme4's ``theta = 1``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["crit1", "optimize"]
+__all__ = ["crit1", "minimize", "optimize"]
+
+# Step off a saddle on a bound (theta's scale: relative standard deviations of order 1).
+ESCAPE_STEP = 0.5
 
 
 def _newton_direction(g, H, free):
@@ -42,7 +47,34 @@ def optimize(block, reml, max_iter=200, start=None):
     """
     R, G = block.R, block.G
     phi = np.ones((R, G)) if start is None else np.array(start, dtype=float)
-    D, g, H, _ = crit1(block, phi, None, 2, reml)
+
+    def fun(x, idx):
+        D, g, H, _ = crit1(block, x, idx, 2, reml)
+        return D, g, H
+
+    return minimize(fun, phi, np.zeros(G), max_iter)
+
+
+def minimize(fun, x0, lower, max_iter=200):
+    """Minimise ``fun`` over ``x >= lower`` from ``x0`` (R, G), every row on its own.
+
+    Parameters
+    ----------
+    fun : callable
+        ``fun(x, idx) -> (D (R',), g (R', G), H (R', G, G))``: the criterion,
+        gradient and Hessian at points ``x`` (R', G) of rows ``idx`` (all when None).
+    x0 : ndarray (R, G)
+        Starting points, within the bounds.
+    lower : ndarray (G,)
+        Lower bounds (``-inf`` for none).
+
+    Returns
+    -------
+    x (R, G), converged (R,), iterations used.
+    """
+    phi = np.array(x0, dtype=float)
+    R, G = phi.shape
+    D, g, H = fun(phi, None)
     done = np.zeros(R, bool)
     ok = np.ones(R, bool)
     it = 0
@@ -51,11 +83,17 @@ def optimize(block, reml, max_iter=200, start=None):
         if act.size == 0:
             break
         ph, Da, ga, Ha = phi[act], D[act], g[act], H[act]
-        free = ~((ph <= 0.0) & (ga >= 0.0))
-        step = np.maximum(ph + _newton_direction(ga, Ha, free), 0.0) - ph
+        bound = ph <= lower
+        # On a bound where the derivative vanishes (a relative factor's column of zeros: the
+        # criterion is even in it) but the curvature is negative, the bound is a saddle, not
+        # an optimum: step into the interior, where the line search finds the decrease.
+        saddle = bound & (ga == 0.0) & (np.diagonal(Ha, axis1=1, axis2=2) < 0.0)
+        free = ~(bound & (ga >= 0.0))
+        step = np.maximum(ph + _newton_direction(ga, Ha, free), lower) - ph
+        step = np.where(saddle, ESCAPE_STEP, step)
         # Converged: the projected Newton step is negligible (quadratic
         # convergence: the error left after it is far smaller still).
-        tiny = np.all(np.abs(step) <= 1e-10 * np.maximum(ph, 1e-4), axis=1)
+        tiny = np.all(np.abs(step) <= 1e-10 * np.maximum(np.abs(ph), 1e-4), axis=1)
         phi[act[tiny]] += step[tiny]
         done[act[tiny]] = True
         keep = ~tiny
@@ -71,8 +109,8 @@ def optimize(block, reml, max_iter=200, start=None):
         for ls in range(60):
             if pending.size == 0:
                 break
-            trial = np.maximum(ph[pending] + alpha[pending, None] * step[pending], 0.0)
-            Dt, gt, Ht, _ = crit1(block, trial, act[pending], 2, reml)
+            trial = np.maximum(ph[pending] + alpha[pending, None] * step[pending], lower)
+            Dt, gt, Ht = fun(trial, act[pending])
             dec = np.einsum("ri,ri->r", ga[pending], trial - ph[pending])
             moved = np.any(trial != ph[pending], axis=1)
             good = np.isfinite(Dt) & moved & ((Dt <= Da[pending] + 1e-4 * np.minimum(dec, 0.0)) | near[pending])

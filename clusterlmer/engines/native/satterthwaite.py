@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["varpar_parts", "vcov_varpar"]
+__all__ = ["nested_values", "varpar_parts", "vcov_varpar"]
 
 _ZERO_TOL = np.sqrt(np.finfo(float).eps / 7e-07)  # numDeriv's zero.tol
 
@@ -39,12 +39,37 @@ def _numderiv_steps(x, d, eps=1e-4, r=4):
     return out
 
 
-def varpar_parts(block, theta_lme4, sigma, reml):
+def nested_values(block, reml):
+    """``values`` for :func:`varpar_parts` from a nested-intercept :class:`.criterion.Block`."""
+    def values(allth, jpts):
+        P, R, G = allth.shape
+        phi = np.ascontiguousarray((allth * allth)[:, :, ::-1].transpose(2, 0, 1).reshape(G, P * R))
+        cols = (np.array(jpts)[:, None] * R + np.arange(R)).ravel()
+        _, _, _, pc = block.criterion(phi, None, 0, reml, ainv=cols)
+        ldV, ldA, r2 = (pc[k].reshape(P, R) for k in ("ldV", "ldA", "r2"))
+        return ldV, ldA, r2, pc["Ainv"].reshape(block.p, block.p, len(jpts), R).transpose(2, 3, 0, 1)
+
+    return values
+
+
+def varpar_parts(values, theta_lme4, sigma, reml, n_obs, p):
     """Hessian of devfun_vp (R, n, n) and Jacobian of covbeta (R, n, p, p) as numDeriv.
 
-    ``theta_lme4`` is in lme4's order (finest grouping first).
+    Parameters
+    ----------
+    values : callable
+        ``values(theta (P, R, G), jpts) -> (ldL2, ldRX2, pwrss, RtRinv)``:
+        lme4's ``log|L|^2``, ``log|R_X|^2`` and ``pwrss`` (P, R) at every
+        point, and ``(R_X' R_X)^-1`` (len(jpts), R, p, p) at points ``jpts``.
+        Points may lie below lme4's bounds (numDeriv steps there).
+    theta_lme4 : ndarray (R, G)
+        lme4's theta at the optimum, in lme4's layout.
+    sigma : ndarray (R,)
+    reml : bool
+    n_obs, p : int
+        Observations and fixed-effect columns.
     """
-    R, G, p, n_obs = block.R, block.G, block.p, block.n
+    R, G = theta_lme4.shape
     nv = G + 1
     x = np.concatenate([theta_lme4, sigma[:, None]], axis=1)  # (R, nv)
     hH = _numderiv_steps(x, 0.1)  # hessian: d = 0.1
@@ -78,13 +103,10 @@ def varpar_parts(block, theta_lme4, sigma, reml):
                 add(("HH", i, j, k, "m"), th)
     P = len(pts)
     allth = np.stack(pts)  # (P, R, G) lme4 order
-    phi = np.ascontiguousarray((allth * allth)[:, :, ::-1].transpose(2, 0, 1).reshape(G, P * R))
     jpts = [0] + sorted(v for kk, v in key.items() if kk[0] == "J")  # covbeta needed here only
-    cols = (np.array(jpts)[:, None] * R + np.arange(R)).ravel()
-    _, _, _, pc = block.criterion(phi, None, 0, reml, ainv=cols)
-    ldV, ldA, r2 = (pc[k].reshape(P, R) for k in ("ldV", "ldA", "r2"))
+    ldV, ldA, r2, at_j = values(allth, jpts)
     Ainv = np.full((P, R, p, p), np.nan)
-    Ainv[jpts] = pc["Ainv"].reshape(p, p, len(jpts), R).transpose(2, 3, 0, 1)  # (P, R, p, p)
+    Ainv[jpts] = at_j  # (P, R, p, p)
 
     def devfun_vp(pt, sig):
         sigma2 = sig * sig

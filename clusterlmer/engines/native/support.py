@@ -2,9 +2,10 @@
 
 ``analyse`` combines the option checks (marginal tests, Satterthwaite /
 residual / no DF, bobyqa's optimum without lme4 optimizer settings) with
-those of the model specification's random part (random intercepts of nested
-groupings, :mod:`.nesting`) and fixed part (an intercept, hierarchical
-terms), and returns the nesting of a supported model or the reason it is
+those of the model specification's fixed part (an intercept, hierarchical
+terms) and random part: nested random intercepts (:mod:`.nesting`) take
+the closed-form path, every other random structure the general one. It
+returns the nesting (or None) of a supported model or the reason it is
 not; ``supports``, ``require`` and ``describe`` are its three uses.
 """
 
@@ -37,17 +38,43 @@ def _option_problem(options):
 
 
 def analyse(spec, options):
-    """(nesting, None) of a supported model, or (None, reason)."""
+    """(nesting, None) for nested random intercepts, (None, None) for any other supported model, or (None, reason).
+
+    Nested random intercepts take the closed-form path (faster there); every
+    other random part lme4 fits takes the general path
+    (:mod:`.general_fit`).
+    """
     why = _option_problem(options) if options is not None else None
-    why = why or random_problem(spec)
     if why:
         return None, why
-    nest = Nesting.of(spec)
-    if nest.problem:
-        return None, nest.problem
     if spec.fixed.problem:
         return None, f"{spec.fixed.problem}, which the native engine does not fit"
-    return nest, None
+    if random_problem(spec) is None:
+        nest = Nesting.of(spec)
+        if nest.problem is None:
+            return nest, None
+        if "define the same groups" in nest.problem:
+            return None, nest.problem
+    why = general_problem(spec)
+    return None, why
+
+
+def general_problem(spec):
+    """Why the general path cannot fit the random part, or None."""
+    for term in spec.formula.random:
+        parts = term.group.split("/")
+        if len(parts) > 1 and any(":" in part for part in parts):
+            return f"the grouping {term.group!r} mixes ':' and '/'; write each nested term out"
+    if not spec.random:
+        return "the model has no random-effects term"
+    seen = set()
+    for t in spec.random:
+        key = (frozenset(t.columns), t.coef_names)
+        if key in seen:
+            return (f"the term ({t.expr} | {':'.join(t.columns)}) appears twice in the random part; its two "
+                    "variances would not be identifiable")
+        seen.add(key)
+    return None
 
 
 def supports(model, options: FitOptions | None = None):
@@ -79,7 +106,7 @@ def supports(model, options: FitOptions | None = None):
 
 
 def require(spec, options):
-    """The nesting of a supported model; raises UnsupportedModel naming why not."""
+    """The nesting of a nested-intercept model, None for another supported one; raises UnsupportedModel."""
     nest, why = analyse(spec, options)
     if why is not None:
         raise UnsupportedModel(f"the native engine cannot fit this model: {why}.")

@@ -1,0 +1,324 @@
+"""lme4's profiled criterion and its exact gradient for any random part, batched over fits.
+
+The random effects are ordered as lme4 orders its terms (most levels first,
+:func:`.general.lme4_term_order`). As in MixedModels.jl, the first term is
+kept apart: every observation has one level of it, so its block of
+``A = Lambda' Z'Z Lambda + I`` is block diagonal (one ``k x k`` block per
+level) and is factored level by level. The other terms form a small dense
+part, eliminated through the Schur complement
+``S = A22 - L21 L21'``. The levels are further split into connected
+components (levels linked when they share an observation): ``A`` is block
+diagonal over components, so nested models (every component one subject)
+cost a few small blocks and fully crossed ones a single dense block of the
+other terms' levels. Components are padded to one size with empty levels,
+which contribute exactly nothing.
+
+For per-fit ``theta`` (lme4's layout), :meth:`GeneralBlock.evaluate`
+returns lme4's criterion (``mkLmerDevfun``: REML or ML), ``beta``,
+``pwrss``, ``log|L|^2``, ``log|R_X|^2``, ``R_X^-1`` and, when asked, the
+gradient in theta, exact (not a difference quotient):
+
+``d/dtheta_i = tr(G_i K) - dof * u' G_i u / pwrss``,
+``G_i = d(Lambda Lambda')/dtheta_i``, ``K = Z'PZ`` (REML, ``P`` the REML
+projection of ``V = I + Z Lambda Lambda' Z'``) or ``Z'V^-1 Z`` (ML),
+``u = Z'P y``, ``dof = n - p`` (REML) or ``n``. Only the level-diagonal
+blocks of ``K`` and the dense part's block are needed, so ``K`` is never
+formed whole.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from .general import lme4_term_order
+
+__all__ = ["GeneralBlock", "GeneralStructure"]
+
+_LOG_2PI = np.log(2 * np.pi)
+
+
+def _tril_index(k):
+    """(k, k) map from a relative factor's entries to their place in lme4's theta (-1 above the diagonal)."""
+    rows, cols = np.tril_indices(k)
+    order = np.lexsort((rows, cols))  # column-major lower triangle: lme4's Lind
+    out = np.full((k, k), -1)
+    out[rows[order], cols[order]] = np.arange(len(order))
+    return out
+
+
+class GeneralStructure:
+    """The random part's layout, which does not depend on theta or on the variables' values.
+
+    Attributes
+    ----------
+    terms : list of RandomEffectsTerm
+        In lme4's order; ``terms[0]`` is factored level by level.
+    q, n_theta, k1 : int
+        Random effects, theta entries, columns of the first term.
+    lower : ndarray (n_theta,)
+        lme4's lower bounds.
+    diagonal : ndarray of bool (n_theta,)
+        Entries on a relative factor's diagonal (lower bound 0): lme4's
+        ``isSingular`` looks at these.
+    idx1 : ndarray (C, m1, k1)
+        Rows of ``Z'`` of the first term's levels per component (``q``: padding).
+    idx2 : ndarray (C, m2)
+        Rows of ``Z'`` of the other terms' random effects per component.
+    tidx0 : ndarray (k1, k1)
+        Entry of theta at each place of the first term's factor (``n_theta``: zero).
+    tidx2 : ndarray (C, m2, m2)
+        Entry of theta at each place of the dense part's ``Lambda`` block.
+    """
+
+    def __init__(self, spec):
+        order = lme4_term_order(spec)
+        self.terms = [spec.random[i] for i in order]
+        ks = [len(t.coef_names) for t in self.terms]
+        starts = np.concatenate([[0], np.cumsum([t.n_levels * k for t, k in zip(self.terms, ks)])])
+        tstarts = np.concatenate([[0], np.cumsum([t.n_theta for t in self.terms])])
+        self.q, self.n_theta, self.k1 = int(starts[-1]), int(tstarts[-1]), ks[0]
+        self.lower = np.concatenate([t.theta_lower for t in self.terms])
+        self.diagonal = self.lower == 0.0
+        self.n_obs = len(self.terms[0].codes)
+        first = self.terms[0]
+        # Components: levels of all terms linked through the observations.
+        offsets = np.concatenate([[0], np.cumsum([t.n_levels for t in self.terms])])
+        n_nodes = int(offsets[-1])
+        if len(self.terms) > 1:
+            a = np.concatenate([first.codes] * (len(self.terms) - 1))
+            b = np.concatenate([t.codes + offsets[j] for j, t in enumerate(self.terms) if j > 0])
+            graph = coo_matrix((np.ones(a.size), (a, b)), shape=(n_nodes, n_nodes))
+            n_comp, label = connected_components(graph, directed=False)
+        else:  # one term: a single block, factored level by level
+            n_comp, label = 1, np.zeros(n_nodes, dtype=int)
+        levels1 = [np.flatnonzero(label[:first.n_levels] == c) for c in range(n_comp)]
+        dense = [[] for _ in range(n_comp)]
+        tdense = [[] for _ in range(n_comp)]  # (theta offset, tril map, level key, column) per dense row
+        for j, t in enumerate(self.terms[1:], start=1):
+            k, tril = ks[j], _tril_index(ks[j])
+            for lev in range(t.n_levels):
+                c = label[offsets[j] + lev]
+                for col in range(k):
+                    dense[c].append(starts[j] + lev * k + col)
+                    tdense[c].append((tstarts[j], j, lev, col, tril))
+        self.n_components = n_comp
+        m1 = max(len(x) for x in levels1)
+        m2 = max((len(x) for x in dense), default=0)
+        self.m1, self.m2 = m1, m2
+        self.idx1 = np.full((n_comp, m1, self.k1), self.q)
+        for c, lev in enumerate(levels1):
+            self.idx1[c, :len(lev)] = lev[:, None] * self.k1 + np.arange(self.k1)
+        self.idx2 = np.full((n_comp, m2), self.q)
+        self.tidx2 = np.full((n_comp, m2, m2), self.n_theta)
+        for c in range(n_comp):
+            self.idx2[c, :len(dense[c])] = dense[c]
+            for i, (off_i, j_i, lev_i, a, tril) in enumerate(tdense[c]):
+                for jj, (_, j_j, lev_j, b, _) in enumerate(tdense[c]):
+                    if j_i == j_j and lev_i == lev_j and tril[a, b] >= 0:
+                        self.tidx2[c, i, jj] = off_i + tril[a, b]
+        tril0 = _tril_index(self.k1)
+        self.tidx0 = np.where(tril0 >= 0, tril0, self.n_theta)
+        # Sums of the gradient's per-place terms into theta's entries.
+        self._pick2 = np.zeros((n_comp * m2 * m2, self.n_theta + 1))
+        self._pick2[np.arange(self._pick2.shape[0]), self.tidx2.ravel()] = 1.0
+        self._pick2 = self._pick2[:, :self.n_theta]
+        self._pick0 = np.zeros((self.k1 * self.k1, self.n_theta + 1))
+        self._pick0[np.arange(self.k1 * self.k1), self.tidx0.ravel()] = 1.0
+        self._pick0 = self._pick0[:, :self.n_theta]
+
+    @classmethod
+    def of(cls, spec) -> "GeneralStructure":
+        """The structure of ``spec``, computed once per analysis (it depends on the groupings only)."""
+        return spec.shared("native-general-structure", lambda: cls(spec))
+
+    def zt(self, spec) -> np.ndarray:
+        """Dense ``Z'`` (q + 1, n) in this layout, with a last row of zeros (the padding's)."""
+        out = np.zeros((self.q + 1, self.n_obs))
+        row = 0
+        for t in self.terms:
+            M = t.model_matrix(spec.values)
+            k = M.shape[1]
+            rows = row + t.codes[:, None] * k + np.arange(k)[None, :]
+            out[rows.ravel(), np.repeat(np.arange(self.n_obs), k)] = M.ravel()
+            row += t.n_levels * k
+        return out
+
+    def problem(self, n):
+        """lme4's errors about the grouping factors for ``n`` observations (``lFormula``), or None."""
+        if any(t.n_levels < 2 for t in self.terms):
+            return "grouping factors must have > 1 sampled level"
+        bad = [t.name for t in self.terms if t.n_levels >= n]
+        if bad:
+            return ("number of levels of each grouping factor must be < number of observations "
+                    f"(problems: {', '.join(bad)})")
+        for t in self.terms:
+            n_re = t.n_levels * len(t.coef_names)
+            if n_re >= n:
+                return (f"number of observations (={n}) <= number of random effects (={n_re}) for term "
+                        f"({t.expr} | {t.name}); the random-effects parameters and the residual variance "
+                        "(or scale parameter) are probably unidentifiable")
+        return None
+
+
+class DesignParts:
+    """The cross products of one design (``Z``, ``X``) that every response's fit uses.
+
+    ``W11`` (C, m1, k1, k1), ``W21`` (C, m2, m1, k1), ``W22`` (C, m2, m2):
+    blocks of ``Z'Z``; ``ZX1`` (C, m1, k1, p), ``ZX2`` (C, m2, p): of
+    ``Z'X``; ``XtX`` (p, p). ``zt`` (q + 1, n) and ``X`` give the responses'
+    parts (:meth:`responses`).
+    """
+
+    def __init__(self, structure: GeneralStructure, zt, X):
+        s = structure
+        W = zt @ zt.T
+        i1, i2 = s.idx1, s.idx2
+        self.W11 = W[i1[:, :, :, None], i1[:, :, None, :]]
+        self.W21 = W[i2[:, :, None, None], i1[:, None, :, :]]
+        self.W22 = W[i2[:, :, None], i2[:, None, :]]
+        ZX = zt @ X
+        self.ZX1, self.ZX2 = ZX[i1], ZX[i2]
+        self.XtX = X.T @ X
+        self.zt, self.X = zt, X
+
+    def responses(self, structure, Y):
+        """``(Zy1 (k, C, m1, k1), Zy2 (k, C, m2), Xy (k, p), yy (k,))`` of responses ``Y`` (n, k)."""
+        Zy = (self.zt @ Y).T
+        return Zy[:, structure.idx1], Zy[:, structure.idx2], (self.X.T @ Y).T, np.einsum("ij,ij->j", Y, Y)
+
+
+def _inv_lower(L):
+    """Inverses of stacked lower-triangular matrices (well conditioned here: ``A >= I``)."""
+    return np.linalg.inv(L)
+
+
+class GeneralBlock:
+    """Fits sharing one structure: fit ``f`` is design ``design[f]`` with its own response.
+
+    Parameters
+    ----------
+    structure : GeneralStructure
+    designs : list of DesignParts
+    design : ndarray of int (F,)
+        Each fit's design.
+    Zy1, Zy2, Xy, yy : ndarray
+        Each fit's response parts (leading axis F), from :meth:`DesignParts.responses`.
+    n : int
+        Observations.
+    """
+
+    def __init__(self, structure, designs, design, Zy1, Zy2, Xy, yy, n):
+        self.s, self.n = structure, n
+        self.F = len(design)
+        self.p = designs[0].XtX.shape[0]
+        one = len(designs) == 1
+
+        def per_fit(name):
+            arrays = [getattr(d, name) for d in designs]
+            return arrays[0][None] if one else np.stack(arrays)[design]
+
+        self.W11, self.W21, self.W22 = per_fit("W11"), per_fit("W21"), per_fit("W22")
+        self.ZX1, self.ZX2, self.XtX = per_fit("ZX1"), per_fit("ZX2"), per_fit("XtX")
+        self.Zy1, self.Zy2, self.Xy, self.yy = Zy1, Zy2, Xy, yy
+
+    def _take(self, arr, idx):
+        return arr if idx is None or arr.shape[0] == 1 else arr[idx]
+
+    def evaluate(self, theta, idx=None, reml=True, gradient=False):
+        """Everything at ``theta`` (F', n_theta) for fits ``idx`` (all when None).
+
+        Returns a dict: ``criterion``, ``ldL2``, ``ldRX2``, ``pwrss`` (F',),
+        ``beta`` (F', p), ``RXinv`` (F', p, p) with ``RXinv RXinv'`` lme4's
+        unscaled ``vcov``, and ``gradient`` (F', n_theta) when asked.
+        Any theta is accepted, also below lme4's bounds (numDeriv steps there).
+        """
+        s, p, n = self.s, self.p, self.n
+        tk = lambda a: self._take(a, idx)  # noqa: E731
+        W11, W21, W22 = tk(self.W11), tk(self.W21), tk(self.W22)
+        ZX1, ZX2, XtX = tk(self.ZX1), tk(self.ZX2), tk(self.XtX)
+        Zy1, Zy2, Xy, yy = tk(self.Zy1), tk(self.Zy2), tk(self.Xy), tk(self.yy)
+        F = theta.shape[0]
+        C, m1, m2, k1 = s.n_components, s.m1, s.m2, s.k1
+        th = np.concatenate([theta, np.zeros((F, 1))], axis=1)
+        T0 = th[:, s.tidx0]  # (F, k1, k1)
+        Lam2 = th[:, s.tidx2]  # (F, C, m2, m2)
+        T0e = T0[:, None, None]
+        # First term, level by level: A11 = T0' W11 T0 + I = L11 L11'; P1 = L11^-1 T0'.
+        A11 = np.swapaxes(T0e, -1, -2) @ W11 @ T0e
+        A11 = A11 + np.eye(k1)
+        L11 = np.linalg.cholesky(A11)
+        P1 = _inv_lower(L11) @ np.swapaxes(T0e, -1, -2)  # (F, C, m1, k1, k1)
+        ldL2 = 2.0 * np.log(np.diagonal(L11, axis1=-2, axis2=-1)).sum(axis=(1, 2, 3))
+        # Dense part: L21 = Lam2' W21 P1', S = Lam2' W22 Lam2 + I - L21 L21' = L22 L22'.
+        Lam2t = np.swapaxes(Lam2, -1, -2)
+        E21 = np.einsum("fcmlj,fclij->fcmli", np.broadcast_to(W21, (F,) + W21.shape[1:]), P1)
+        L21 = (Lam2t @ E21.reshape(F, C, m2, m1 * k1))  # (F, C, m2, m1 k1)
+        S = Lam2t @ W22 @ Lam2 - L21 @ np.swapaxes(L21, -1, -2) + np.eye(m2)
+        L22 = np.linalg.cholesky(S)
+        L22i = _inv_lower(L22)
+        ldL2 = ldL2 + 2.0 * np.log(np.diagonal(L22, axis1=-2, axis2=-1)).sum(axis=(1, 2))
+        # L c = Lambda' [Z'X Z'y]: c1 = P1 b1, c2 = L22^-1 (Lam2' b2 - L21 c1).
+        b1 = np.concatenate([np.broadcast_to(ZX1, (F,) + ZX1.shape[1:]), Zy1[..., None]], axis=-1)
+        b2 = np.concatenate([np.broadcast_to(ZX2, (F,) + ZX2.shape[1:]), Zy2[..., None]], axis=-1)
+        c1 = P1 @ b1  # (F, C, m1, k1, p + 1)
+        c2 = L22i @ (Lam2t @ b2 - L21 @ c1.reshape(F, C, m1 * k1, p + 1))  # (F, C, m2, p + 1)
+        RZX1, RZX2, cu1, cu2 = c1[..., :p], c2[..., :p], c1[..., p], c2[..., p]
+        RtR = (np.einsum("fclai,fclaj->fij", RZX1, RZX1) + np.einsum("fcmi,fcmj->fij", RZX2, RZX2))
+        RtR = XtX - RtR
+        RX = np.linalg.cholesky(0.5 * (RtR + np.swapaxes(RtR, -1, -2)))  # lower: R_X' in lme4's terms
+        ldRX2 = 2.0 * np.log(np.diagonal(RX, axis1=-2, axis2=-1)).sum(axis=1)
+        RXinv_t = _inv_lower(RX)  # (R_X')^-1
+        rhs = Xy - np.einsum("fclai,fcla->fi", RZX1, cu1) - np.einsum("fcmi,fcm->fi", RZX2, cu2)
+        cb = np.einsum("fij,fj->fi", RXinv_t, rhs)
+        RXinv = np.swapaxes(RXinv_t, -1, -2)  # R_X^-1 (upper)
+        beta = np.einsum("fij,fj->fi", RXinv, cb)
+        pwrss = yy - np.einsum("fcla,fcla->f", cu1, cu1) - np.einsum("fcm,fcm->f", cu2, cu2) - (cb * cb).sum(1)
+        dof = n - p if reml else n
+        with np.errstate(invalid="ignore", divide="ignore"):
+            crit = ldL2 + (ldRX2 if reml else 0.0) + dof * (1.0 + _LOG_2PI + np.log(pwrss / dof))
+        out = {"criterion": crit, "ldL2": ldL2, "ldRX2": ldRX2, "pwrss": pwrss, "beta": beta, "RXinv": RXinv}
+        if not gradient:
+            return out
+        # B = L^-1 Lambda' Z'Z by blocks: B11 (level-diagonal), B21, B12, B22.
+        W11f = np.broadcast_to(W11, (F,) + W11.shape[1:])
+        B11 = P1 @ W11f  # (F, C, m1, k1, k1)
+        W21f = np.broadcast_to(W21, (F,) + W21.shape[1:])  # (F, C, m2, m1, k1)
+        L21l = L21.reshape(F, C, m2, m1, k1)
+        B21 = L22i @ (Lam2t @ W21f.reshape(F, C, m2, m1 * k1)
+                      - np.einsum("fcmli,fclij->fcmlj", L21l, B11).reshape(F, C, m2, m1 * k1))
+        B12 = np.einsum("fclij,fcmlj->fclim", P1, W21f)  # P1 (W21 block)' per level: (F, C, m1, k1, m2)
+        B22 = L22i @ (Lam2t @ W22 - L21 @ B12.reshape(F, C, m1 * k1, m2))
+        B21l = B21.reshape(F, C, m2, m1, k1)
+        # Level-diagonal blocks of M = Z'V^-1 Z = W - B'B, and its dense block.
+        M11 = W11f - np.swapaxes(B11, -1, -2) @ B11 - np.einsum("fcmli,fcmlj->fclij", B21l, B21l)
+        B12f = B12.reshape(F, C, m1 * k1, m2)
+        M22 = W22 - np.swapaxes(B12f, -1, -2) @ B12f - np.swapaxes(B22, -1, -2) @ B22
+
+        def bt(v1, v2):
+            """B' v for v = (v1 (F, C, m1, k1, r), v2 (F, C, m2, r))."""
+            w1 = np.swapaxes(B11, -1, -2) @ v1 + np.einsum("fcmli,fcmr->fclir", B21l, v2)
+            w2 = np.swapaxes(B12f, -1, -2) @ v1.reshape(F, C, m1 * k1, -1) + np.swapaxes(B22, -1, -2) @ v2
+            return w1, w2
+
+        # u = Z'P y = Z'(y - X beta) - B' L^-1 Lambda' Z'(y - X beta).
+        r1 = Zy1 - np.einsum("fclai,fi->fcla", np.broadcast_to(ZX1, (F,) + ZX1.shape[1:]), beta)
+        r2 = Zy2 - np.einsum("fcmi,fi->fcm", np.broadcast_to(ZX2, (F,) + ZX2.shape[1:]), beta)
+        cr1 = cu1 - np.einsum("fclai,fi->fcla", RZX1, beta)
+        cr2 = cu2 - np.einsum("fcmi,fi->fcm", RZX2, beta)
+        w1, w2 = bt(cr1[..., None], cr2[..., None])
+        u1, u2 = r1 - w1[..., 0], r2 - w2[..., 0]
+        if reml:  # K = M - N N', N = (Z'X - B' R_ZX) R_X^-1
+            w1, w2 = bt(RZX1, RZX2)
+            N1 = (b1[..., :p] - w1) @ RXinv[:, None, None]
+            N2 = (b2[..., :p] - w2) @ RXinv[:, None]
+            M11 = M11 - N1 @ np.swapaxes(N1, -1, -2)
+            M22 = M22 - N2 @ np.swapaxes(N2, -1, -2)
+        scale = (dof / pwrss)
+        G0 = (M11 @ T0e).sum(axis=(1, 2)) - scale[:, None, None] * np.einsum(
+            "fcla,fclb->fab", u1, np.einsum("fcla,fab->fclb", u1, T0))
+        lu2 = np.einsum("fcji,fcj->fci", Lam2, u2)  # Lam2' u2
+        G2 = M22 @ Lam2 - scale[:, None, None, None] * u2[..., :, None] * lu2[..., None, :]
+        out["gradient"] = 2.0 * (G0.reshape(F, -1) @ s._pick0 + G2.reshape(F, -1) @ s._pick2)
+        return out

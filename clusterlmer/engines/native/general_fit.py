@@ -1,0 +1,193 @@
+"""The native engine's general path: any random part lme4 fits, batched over fits.
+
+Random slopes (numeric and factor, correlated and ``||``), crossed,
+partially crossed and nested groupings: lme4's penalized least squares
+(:mod:`.blocked`), minimised per fit by the projected Newton method of
+:mod:`.optimize` in lme4's own theta (diagonal entries >= 0) with the exact
+gradient and a Hessian from differences of exact gradients, started at
+lme4's start (diagonal 1, off-diagonal 0) or at the observed fit's optimum.
+At the optimum, ``evaluate`` reports what the nested path reports: sigma,
+beta, ``vcov(beta)``, marginal tests with lmerTest's Satterthwaite DF
+(numDeriv's steps, replicated), lme4's and lmerTest's messages.
+
+The nested-intercept path (:mod:`.engine`, :mod:`.criterion`) stays for the
+models it fits: its closed form is faster there.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..base import BlockFit, FitOptions
+from .blocked import DesignParts, GeneralBlock, GeneralStructure
+from .marginal import marginal_tests
+from .optimize import minimize
+from .satterthwaite import varpar_parts, vcov_varpar
+
+__all__ = ["GeneralFits", "design_parts", "general_chunk", "start_point"]
+
+SINGULAR_MESSAGE = "boundary (singular) fit: see help('isSingular')"
+SINGULAR_TOL = 1e-4  # lme4::isSingular
+# A warm start on a diagonal entry at (or near) its bound 0 would begin on a
+# saddle when the permuted response's optimum is interior: start a little inside.
+WARM_START_FLOOR = 0.05
+
+
+# Doubles one evaluation may hold per batch (~300 MB): bounds the fits evaluated together.
+_WORK_BUDGET = 4e7
+
+
+def _doubles_per_fit(structure, p):
+    """Doubles the evaluation with gradient holds per fit (the largest arrays, a few of each)."""
+    s = structure
+    q1 = s.m1 * s.k1
+    per_component = s.m2 * q1 + s.m2 * s.m2 + q1 * s.k1 + q1 * (p + 1) + s.m2 * (p + 1)
+    return 12 * s.n_components * per_component + 4 * p * p
+
+
+def general_chunk(structure, p, need="all") -> int:
+    """Fits optimised together: as many as the memory budget allows, at most the nested path's chunk."""
+    from .engine import CHUNK, CHUNK_STATISTIC
+
+    most = CHUNK_STATISTIC if need == "statistic" else CHUNK
+    return int(np.clip(_WORK_BUDGET // _doubles_per_fit(structure, p), 1, most))
+
+
+def start_point(structure: GeneralStructure, k: int) -> np.ndarray:
+    """lme4's starting theta (diagonal entries 1, the others 0) for ``k`` fits."""
+    return np.tile(np.where(structure.diagonal, 1.0, 0.0), (k, 1))
+
+
+def design_parts(model) -> DesignParts:
+    """The cross products of a prepared model's design (``Z'Z`` shared while ``Z`` is)."""
+    return DesignParts(model.structure, model.zt, model.X)
+
+
+class GeneralFits:
+    """The fits of responses ``Y`` under designs that share one random structure.
+
+    Fit ``d * k + r`` is response ``r`` under design ``d``. Responses are
+    centred when every design has an intercept column (the criterion and
+    beta but the intercept are unchanged; ``pwrss`` loses fewer digits).
+    """
+
+    def __init__(self, models, Y):
+        self.models = models
+        self.structure = models[0].structure
+        parts = [design_parts(m) for m in models]
+        n, k = Y.shape
+        self.n, self.k = n, k
+        self.centre = all(m.X.shape[1] and np.all(m.X[:, 0] == 1.0) for m in models)
+        self.shift = Y.mean(axis=0) if self.centre else np.zeros(k)
+        Yc = Y - self.shift
+        pieces = [d.responses(self.structure, Yc) for d in parts]
+        Zy1, Zy2, Xy, yy = (np.concatenate([pc[i] for pc in pieces]) for i in range(4))
+        design = np.repeat(np.arange(len(models)), k)
+        self.block = GeneralBlock(self.structure, parts, design, Zy1, Zy2, Xy, yy, n)
+        self.F = len(design)
+
+    def _objective(self, reml):
+        s = self.structure
+
+        def fun(x, idx):
+            out = self.block.evaluate(x, idx, reml, gradient=True)
+            g = out["gradient"]
+            H = np.empty(g.shape + (g.shape[1],))
+            # Differences of exact gradients: Newton needs the Hessian only roughly (the
+            # optimum is where the exact gradient vanishes).
+            for j in range(s.n_theta):
+                h = 1e-6 * np.maximum(np.abs(x[:, j]), 0.1)
+                xp = x.copy()
+                xp[:, j] += h
+                H[:, :, j] = (self.block.evaluate(xp, idx, reml, gradient=True)["gradient"] - g) / h[:, None]
+            H = 0.5 * (H + np.swapaxes(H, 1, 2))
+            D = np.where(np.isfinite(out["criterion"]), out["criterion"], np.inf)
+            return D, g, H
+
+        return fun
+
+    def optimum(self, reml, start=None):
+        """theta (F, n_theta) at the optimum of every fit, converged (F,)."""
+        s = self.structure
+        x0 = start_point(s, self.F) if start is None else np.maximum(start, np.where(s.diagonal, WARM_START_FLOOR,
+                                                                                        -np.inf))
+        theta, ok, _ = minimize(self._objective(reml), x0, s.lower)
+        return theta, ok
+
+    def evaluate(self, theta, ok, options: FitOptions, need="all") -> list:
+        """One BlockFit per design at ``theta`` (F, n_theta), lme4's layout."""
+        reml, s, blk = options.reml, self.structure, self.block
+        out = blk.evaluate(theta, None, reml)
+        n, p = self.n, blk.p
+        dof = n - p if reml else n
+        with np.errstate(invalid="ignore"):
+            sigma = np.sqrt(out["pwrss"] / dof)
+        beta = out["beta"].copy()
+        if self.centre:
+            beta[:, 0] += np.tile(self.shift, len(self.models))
+        Vb = (sigma * sigma)[:, None, None] * (out["RXinv"] @ np.swapaxes(out["RXinv"], 1, 2))
+        se = np.sqrt(np.diagonal(Vb, axis1=1, axis2=2))
+        singular = np.any(theta[:, s.diagonal] < SINGULAR_TOL, axis=1)
+        msgs = [[SINGULAR_MESSAGE] if sg else [] for sg in singular]
+        varpar = None
+        if options.ddf == "satterthwaite" and need == "all":
+            Hvp, Jac = varpar_parts(self._values(reml), theta, sigma, reml, n, p)
+            Avp, vp_msgs = vcov_varpar(Hvp)
+            varpar = (Jac, Avp)
+            for f in range(self.F):
+                msgs[f] += vp_msgs[f]
+        model = self.models[0]
+        F_, df1, df2, pval, cest = marginal_tests(model.assign, len(model.terms), beta, Vb, options.ddf, n - p,
+                                                  varpar, need)
+        D = out["criterion"]
+        failed = ~np.isfinite(D)
+        for arr in (F_, df1, df2, pval, cest):
+            arr[:, failed] = np.nan
+        beta[failed], se[failed], sigma[failed], D[failed] = np.nan, np.nan, np.nan, np.nan
+        k, fits = self.k, []
+        for d, m in enumerate(self.models):
+            cols = slice(d * k, (d + 1) * k)
+            fits.append(_block_fit(m, F_[:, cols], df1[:, cols], df2[:, cols], pval[:, cols], cest[:, cols],
+                                   beta[cols], se[cols], sigma[cols], D[cols], ok[cols], failed[cols],
+                                   singular[cols], msgs[cols]))
+        return fits
+
+    def _values(self, reml):
+        blk = self.block
+
+        def values(allth, jpts):
+            P, F, G = allth.shape
+            flat = allth.reshape(P * F, G)
+            idx = np.tile(np.arange(F), P)
+            # numDeriv visits ~100 points per fit: evaluate them in batches the memory budget allows.
+            step = max(1, int(_WORK_BUDGET // _doubles_per_fit(blk.s, blk.p)))
+            parts = [blk.evaluate(flat[a:a + step], idx[a:a + step], reml) for a in range(0, P * F, step)]
+            cat = {key: np.concatenate([o[key] for o in parts]) for key in ("ldL2", "ldRX2", "pwrss", "RXinv")}
+            ri = cat["RXinv"].reshape(P, F, blk.p, blk.p)[jpts]
+            shape = (P, F)
+            return (cat["ldL2"].reshape(shape), cat["ldRX2"].reshape(shape), cat["pwrss"].reshape(shape),
+                    ri @ np.swapaxes(ri, -1, -2))
+
+        return values
+
+
+def _block_fit(model, F, df1, df2, p, cest, beta, se, sigma, D, ok, failed, singular, per_msgs):
+    """A BlockFit of one design's fits (columns lme4 dropped get NaN estimates)."""
+    n_coef = len(model.coef_names)
+    if beta.shape[1] < n_coef:
+        full_b, full_s = np.full((beta.shape[0], n_coef), np.nan), np.full((beta.shape[0], n_coef), np.nan)
+        full_b[:, model.kept], full_s[:, model.kept] = beta, se
+        beta, se = full_b, full_s
+    k = len(sigma)
+    messages, converged = [""] * k, ok & ~failed
+    for r in range(k):
+        texts = list(dict.fromkeys(list(model.setup_messages) + per_msgs[r]))
+        if not ok[r]:
+            texts.append("native optimizer did not converge")
+        if texts:
+            messages[r] = "; ".join(texts)
+            converged[r] = converged[r] and not any("converge" in t.lower() for t in texts)
+    errors = ["the native engine's criterion is not finite at the optimum" if f else "" for f in failed]
+    return BlockFit(terms=model.terms, coef_names=model.coef_names, F=F, df1=df1, df2=df2, p=p,
+                    contrast_estimate=cest, estimate=beta.T.copy(), se=se.T.copy(), sigma=sigma, deviance=D,
+                    converged=converged, singular=singular.astype(float), messages=messages, errors=errors)
