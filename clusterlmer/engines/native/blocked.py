@@ -194,6 +194,53 @@ def _inv_lower(L):
     return np.linalg.inv(L)
 
 
+# The first term's blocks are k1 x k1 with k1 small (1 for an intercept), one per level of every
+# fit: numpy's matmul and linalg loop over such tiny matrices one by one, so these helpers work
+# on whole arrays instead, looping over the k1 columns in Python.
+
+def _smm(a, b):
+    """``a @ b`` for stacked small matrices a (..., r, k), b (..., k, s)."""
+    out = a[..., :, 0, None] * b[..., None, 0, :]
+    for j in range(1, a.shape[-1]):
+        out = out + a[..., :, j, None] * b[..., None, j, :]
+    return out
+
+
+def _smm_t(a, b):
+    """``a' @ b`` for stacked small matrices a (..., k, r), b (..., k, s)."""
+    out = a[..., 0, :, None] * b[..., 0, None, :]
+    for j in range(1, a.shape[-2]):
+        out = out + a[..., j, :, None] * b[..., j, None, :]
+    return out
+
+
+def _small_cholesky(A):
+    """Lower Cholesky factors of stacked small positive definite matrices."""
+    k = A.shape[-1]
+    if k == 1:
+        return np.sqrt(A)
+    L = np.zeros_like(A)
+    for j in range(k):
+        d = A[..., j, j] - (L[..., j, :j] ** 2).sum(-1)
+        L[..., j, j] = np.sqrt(d)
+        for i in range(j + 1, k):
+            L[..., i, j] = (A[..., i, j] - (L[..., i, :j] * L[..., j, :j]).sum(-1)) / L[..., j, j]
+    return L
+
+
+def _small_inv_lower(L):
+    """Inverses of stacked small lower-triangular matrices."""
+    k = L.shape[-1]
+    if k == 1:
+        return 1.0 / L
+    out = np.zeros_like(L)
+    for i in range(k):
+        out[..., i, i] = 1.0 / L[..., i, i]
+        for j in range(i):
+            out[..., i, j] = -(L[..., i, j:i] * out[..., j:i, j]).sum(-1) / L[..., i, i]
+    return out
+
+
 class GeneralBlock:
     """Fits sharing one structure: fit ``f`` is design ``design[f]`` with its own response.
 
@@ -241,20 +288,21 @@ class GeneralBlock:
         Zy1, Zy2, Xy, yy = tk(self.Zy1), tk(self.Zy2), tk(self.Xy), tk(self.yy)
         F = theta.shape[0]
         C, m1, m2, k1 = s.n_components, s.m1, s.m2, s.k1
+        q1 = m1 * k1
         th = np.concatenate([theta, np.zeros((F, 1))], axis=1)
         T0 = th[:, s.tidx0]  # (F, k1, k1)
         Lam2 = th[:, s.tidx2]  # (F, C, m2, m2)
         T0e = T0[:, None, None]
+        T0t = np.swapaxes(T0e, -1, -2)
         # First term, level by level: A11 = T0' W11 T0 + I = L11 L11'; P1 = L11^-1 T0'.
-        A11 = np.swapaxes(T0e, -1, -2) @ W11 @ T0e
-        A11 = A11 + np.eye(k1)
-        L11 = np.linalg.cholesky(A11)
-        P1 = _inv_lower(L11) @ np.swapaxes(T0e, -1, -2)  # (F, C, m1, k1, k1)
+        A11 = _smm_t(T0e, _smm(W11, T0e)) + np.eye(k1)
+        L11 = _small_cholesky(A11)
+        P1 = _smm(_small_inv_lower(L11), T0t)  # (F, C, m1, k1, k1)
         ldL2 = 2.0 * np.log(np.diagonal(L11, axis1=-2, axis2=-1)).sum(axis=(1, 2, 3))
         # Dense part: L21 = Lam2' W21 P1', S = Lam2' W22 Lam2 + I - L21 L21' = L22 L22'.
         Lam2t = np.swapaxes(Lam2, -1, -2)
-        E21 = np.einsum("fcmlj,fclij->fcmli", np.broadcast_to(W21, (F,) + W21.shape[1:]), P1)
-        L21 = (Lam2t @ E21.reshape(F, C, m2, m1 * k1))  # (F, C, m2, m1 k1)
+        E21 = sum(W21[..., j, None] * P1[:, :, None, :, :, j] for j in range(k1))  # W21 P1' per level
+        L21 = Lam2t @ E21.reshape(F, C, m2, q1)  # (F, C, m2, m1 k1)
         S = Lam2t @ W22 @ Lam2 - L21 @ np.swapaxes(L21, -1, -2) + np.eye(m2)
         L22 = np.linalg.cholesky(S)
         L22i = _inv_lower(L22)
@@ -262,19 +310,18 @@ class GeneralBlock:
         # L c = Lambda' [Z'X Z'y]: c1 = P1 b1, c2 = L22^-1 (Lam2' b2 - L21 c1).
         b1 = np.concatenate([np.broadcast_to(ZX1, (F,) + ZX1.shape[1:]), Zy1[..., None]], axis=-1)
         b2 = np.concatenate([np.broadcast_to(ZX2, (F,) + ZX2.shape[1:]), Zy2[..., None]], axis=-1)
-        c1 = P1 @ b1  # (F, C, m1, k1, p + 1)
-        c2 = L22i @ (Lam2t @ b2 - L21 @ c1.reshape(F, C, m1 * k1, p + 1))  # (F, C, m2, p + 1)
-        RZX1, RZX2, cu1, cu2 = c1[..., :p], c2[..., :p], c1[..., p], c2[..., p]
-        RtR = (np.einsum("fclai,fclaj->fij", RZX1, RZX1) + np.einsum("fcmi,fcmj->fij", RZX2, RZX2))
-        RtR = XtX - RtR
+        c1 = _smm(P1, b1)  # (F, C, m1, k1, p + 1)
+        c2 = L22i @ (Lam2t @ b2 - L21 @ c1.reshape(F, C, q1, p + 1))  # (F, C, m2, p + 1)
+        c_all = np.concatenate([c1.reshape(F, -1, p + 1), c2.reshape(F, -1, p + 1)], axis=1)
+        RZX, cu = c_all[..., :p], c_all[..., p]  # (F, N, p), (F, N): both parts' rows
+        RtR = XtX - np.swapaxes(RZX, 1, 2) @ RZX
         RX = np.linalg.cholesky(0.5 * (RtR + np.swapaxes(RtR, -1, -2)))  # lower: R_X' in lme4's terms
         ldRX2 = 2.0 * np.log(np.diagonal(RX, axis1=-2, axis2=-1)).sum(axis=1)
         RXinv_t = _inv_lower(RX)  # (R_X')^-1
-        rhs = Xy - np.einsum("fclai,fcla->fi", RZX1, cu1) - np.einsum("fcmi,fcm->fi", RZX2, cu2)
-        cb = np.einsum("fij,fj->fi", RXinv_t, rhs)
+        cb = (RXinv_t @ (Xy - (np.swapaxes(RZX, 1, 2) @ cu[..., None])[..., 0])[..., None])[..., 0]
         RXinv = np.swapaxes(RXinv_t, -1, -2)  # R_X^-1 (upper)
-        beta = np.einsum("fij,fj->fi", RXinv, cb)
-        pwrss = yy - np.einsum("fcla,fcla->f", cu1, cu1) - np.einsum("fcm,fcm->f", cu2, cu2) - (cb * cb).sum(1)
+        beta = (RXinv @ cb[..., None])[..., 0]
+        pwrss = yy - (cu * cu).sum(1) - (cb * cb).sum(1)
         dof = n - p if reml else n
         with np.errstate(invalid="ignore", divide="ignore"):
             crit = ldL2 + (ldRX2 if reml else 0.0) + dof * (1.0 + _LOG_2PI + np.log(pwrss / dof))
@@ -282,43 +329,43 @@ class GeneralBlock:
         if not gradient:
             return out
         # B = L^-1 Lambda' Z'Z by blocks: B11 (level-diagonal), B21, B12, B22.
-        W11f = np.broadcast_to(W11, (F,) + W11.shape[1:])
-        B11 = P1 @ W11f  # (F, C, m1, k1, k1)
-        W21f = np.broadcast_to(W21, (F,) + W21.shape[1:])  # (F, C, m2, m1, k1)
+        B11 = _smm(P1, W11)  # (F, C, m1, k1, k1)
         L21l = L21.reshape(F, C, m2, m1, k1)
-        B21 = L22i @ (Lam2t @ W21f.reshape(F, C, m2, m1 * k1)
-                      - np.einsum("fcmli,fclij->fcmlj", L21l, B11).reshape(F, C, m2, m1 * k1))
-        B12 = np.einsum("fclij,fcmlj->fclim", P1, W21f)  # P1 (W21 block)' per level: (F, C, m1, k1, m2)
-        B22 = L22i @ (Lam2t @ W22 - L21 @ B12.reshape(F, C, m1 * k1, m2))
-        B21l = B21.reshape(F, C, m2, m1, k1)
-        # Level-diagonal blocks of M = Z'V^-1 Z = W - B'B, and its dense block.
-        M11 = W11f - np.swapaxes(B11, -1, -2) @ B11 - np.einsum("fcmli,fcmlj->fclij", B21l, B21l)
-        B12f = B12.reshape(F, C, m1 * k1, m2)
-        M22 = W22 - np.swapaxes(B12f, -1, -2) @ B12f - np.swapaxes(B22, -1, -2) @ B22
+        L21B11 = sum(L21l[..., i, None] * B11[:, :, None, :, i, :] for i in range(k1))
+        B21 = L22i @ (Lam2t @ W21.reshape(W21.shape[:3] + (q1,)) - L21B11.reshape(F, C, m2, q1))
+        # B12 = P1 W12 per level, W12 = W21' (rows: the first term's level l, column j).
+        B12 = sum(P1[..., j, None] * np.swapaxes(W21[..., j], -1, -2)[:, :, :, None, :] for j in range(k1))
+        B12f = B12.reshape(F, C, q1, m2)
+        B22 = L22i @ (Lam2t @ W22 - L21 @ B12f)
+        B21t, B12t, B22t = (np.swapaxes(b, -1, -2) for b in (B21, B12f, B22))
+        # Level sums of M = Z'V^-1 Z = W - B'B over the first term; M's dense block.
+        B21r = np.swapaxes(B21.reshape(F, C, m2, m1, k1), 2, 3).reshape(F, -1, k1)  # rows (c, l, m)
+        M11 = (W11.sum(axis=(1, 2)) - _smm_t(B11, B11).sum(axis=(1, 2)) - np.swapaxes(B21r, 1, 2) @ B21r)
+        M22 = W22 - B12t @ B12f - B22t @ B22
 
         def bt(v1, v2):
             """B' v for v = (v1 (F, C, m1, k1, r), v2 (F, C, m2, r))."""
-            w1 = np.swapaxes(B11, -1, -2) @ v1 + np.einsum("fcmli,fcmr->fclir", B21l, v2)
-            w2 = np.swapaxes(B12f, -1, -2) @ v1.reshape(F, C, m1 * k1, -1) + np.swapaxes(B22, -1, -2) @ v2
+            w1 = _smm_t(B11, v1) + (B21t @ v2).reshape(v1.shape)
+            w2 = B12t @ v1.reshape(F, C, q1, -1) + B22t @ v2
             return w1, w2
 
         # u = Z'P y = Z'(y - X beta) - B' L^-1 Lambda' Z'(y - X beta).
-        r1 = Zy1 - np.einsum("fclai,fi->fcla", np.broadcast_to(ZX1, (F,) + ZX1.shape[1:]), beta)
-        r2 = Zy2 - np.einsum("fcmi,fi->fcm", np.broadcast_to(ZX2, (F,) + ZX2.shape[1:]), beta)
-        cr1 = cu1 - np.einsum("fclai,fi->fcla", RZX1, beta)
-        cr2 = cu2 - np.einsum("fcmi,fi->fcm", RZX2, beta)
-        w1, w2 = bt(cr1[..., None], cr2[..., None])
-        u1, u2 = r1 - w1[..., 0], r2 - w2[..., 0]
+        cr = cu - (RZX @ beta[..., None])[..., 0]
+        n1 = C * q1
+        w1, w2 = bt(cr[:, :n1].reshape(F, C, m1, k1, 1), cr[:, n1:].reshape(F, C, m2, 1))
+        u1 = Zy1 - (ZX1 @ beta[:, None, None, :, None])[..., 0] - w1[..., 0]
+        u2 = Zy2 - (ZX2 @ beta[:, None, :, None])[..., 0] - w2[..., 0]
         if reml:  # K = M - N N', N = (Z'X - B' R_ZX) R_X^-1
-            w1, w2 = bt(RZX1, RZX2)
-            N1 = (b1[..., :p] - w1) @ RXinv[:, None, None]
+            w1, w2 = bt(c1[..., :p], c2[..., :p])
+            N1 = (b1[..., :p] - w1).reshape(F, -1, p) @ RXinv
             N2 = (b2[..., :p] - w2) @ RXinv[:, None]
-            M11 = M11 - N1 @ np.swapaxes(N1, -1, -2)
+            N1k = np.swapaxes(N1.reshape(F, C * m1, k1, p), 1, 2).reshape(F, k1, -1)
+            M11 = M11 - N1k @ np.swapaxes(N1k, 1, 2)
             M22 = M22 - N2 @ np.swapaxes(N2, -1, -2)
-        scale = (dof / pwrss)
-        G0 = (M11 @ T0e).sum(axis=(1, 2)) - scale[:, None, None] * np.einsum(
-            "fcla,fclb->fab", u1, np.einsum("fcla,fab->fclb", u1, T0))
-        lu2 = np.einsum("fcji,fcj->fci", Lam2, u2)  # Lam2' u2
+        scale = dof / pwrss
+        u1r = u1.reshape(F, -1, k1)
+        G0 = (M11 - scale[:, None, None] * (np.swapaxes(u1r, 1, 2) @ u1r)) @ T0
+        lu2 = (Lam2t @ u2[..., None])[..., 0]  # Lam2' u2
         G2 = M22 @ Lam2 - scale[:, None, None, None] * u2[..., :, None] * lu2[..., None, :]
         out["gradient"] = 2.0 * (G0.reshape(F, -1) @ s._pick0 + G2.reshape(F, -1) @ s._pick2)
         return out

@@ -86,33 +86,56 @@ class GeneralFits:
         self.block = GeneralBlock(self.structure, parts, design, Zy1, Zy2, Xy, yy, n)
         self.F = len(design)
 
-    def _objective(self, reml):
-        s = self.structure
-
+    def _gradient(self, reml):
+        """``fun`` for :func:`.optimize.minimize` without Hessians (quasi-Newton)."""
         def fun(x, idx):
             out = self.block.evaluate(x, idx, reml, gradient=True)
-            g = out["gradient"]
-            H = np.empty(g.shape + (g.shape[1],))
-            # Differences of exact gradients: Newton needs the Hessian only roughly (the
-            # optimum is where the exact gradient vanishes).
-            for j in range(s.n_theta):
-                h = 1e-6 * np.maximum(np.abs(x[:, j]), 0.1)
-                xp = x.copy()
-                xp[:, j] += h
-                H[:, :, j] = (self.block.evaluate(xp, idx, reml, gradient=True)["gradient"] - g) / h[:, None]
-            H = 0.5 * (H + np.swapaxes(H, 1, 2))
-            D = np.where(np.isfinite(out["criterion"]), out["criterion"], np.inf)
-            return D, g, H
+            return np.where(np.isfinite(out["criterion"]), out["criterion"], np.inf), out["gradient"], None
 
         return fun
 
-    def optimum(self, reml, start=None):
-        """theta (F, n_theta) at the optimum of every fit, converged (F,)."""
+    def _newton(self, reml):
+        """``fun`` for :func:`.optimize.minimize` with Hessians from differences of exact gradients."""
+        grad = self._gradient(reml)
+
+        def fun(x, idx):
+            D, g, _ = grad(x, idx)
+            return D, g, self._hessian(x, idx, g, reml)
+
+        return fun
+
+    def _hessian(self, x, idx, g, reml):
+        """Forward differences of the exact gradient (Newton needs the Hessian only roughly)."""
+        H = np.empty(g.shape + (g.shape[1],))
+        for j in range(self.structure.n_theta):
+            h = 1e-6 * np.maximum(np.abs(x[:, j]), 0.1)
+            xp = x.copy()
+            xp[:, j] += h
+            H[:, :, j] = (self.block.evaluate(xp, idx, reml, gradient=True)["gradient"] - g) / h[:, None]
+        return 0.5 * (H + np.swapaxes(H, 1, 2))
+
+    def optimum(self, reml, start=None, hessian=None):
+        """theta (F, n_theta) at the optimum of every fit, converged (F,), Hessians there (F, n, n).
+
+        Quasi-Newton (BFGS from ``hessian`` at ``start``, or the Hessian at
+        the start point), then Newton with difference Hessians from there:
+        one step confirms the optimum (or moves it to where the exact
+        gradient vanishes) and finds saddles on a bound, which BFGS cannot see.
+        """
         s = self.structure
-        x0 = start_point(s, self.F) if start is None else np.maximum(start, np.where(s.diagonal, WARM_START_FLOOR,
-                                                                                        -np.inf))
-        theta, ok, _ = minimize(self._objective(reml), x0, s.lower)
-        return theta, ok
+        if start is None:
+            x0 = start_point(s, self.F)
+        else:
+            x0 = np.maximum(start, np.where(s.diagonal, WARM_START_FLOOR, -np.inf))
+            if hessian is not None:
+                hessian = np.where((start < x0)[:, :, None] | (start < x0)[:, None, :], np.nan, hessian)
+        if hessian is None or not np.all(np.isfinite(hessian)):
+            D, g, _ = self._gradient(reml)(x0, None)
+            fresh = self._hessian(x0, None, g, reml)
+            hessian = fresh if hessian is None else np.where(np.isfinite(hessian), hessian, fresh)
+        x, _, _ = minimize(self._gradient(reml), x0, s.lower, hessian=hessian)
+        x, ok2, _, H = minimize(self._newton(reml), x, s.lower, return_hessian=True)
+        return x, ok2, H  # the Newton stage certifies the optimum, wherever BFGS stopped
 
     def evaluate(self, theta, ok, options: FitOptions, need="all") -> list:
         """One BlockFit per design at ``theta`` (F, n_theta), lme4's layout."""
