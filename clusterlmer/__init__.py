@@ -19,7 +19,7 @@ from .io import MatFileError, load_mat
 from .loading import ResultFileError, load_result
 from .permute import Permutations, make_permutations
 from .results import PermutationClusterResult, TimeseriesFit
-from .simulate import simulate_ieeg
+from .simulate import simulate_ieeg, simulate_subject_item
 
 __version__ = "0.1.0"
 
@@ -38,6 +38,7 @@ __all__ = [
     "cluster_test",
     "parse_formula",
     "simulate_ieeg",
+    "simulate_subject_item",
     "FormulaError",
     "DesignError",
     "MatFileError",
