@@ -35,7 +35,11 @@ data <- list(
                     temp = lme4::cake$temp, angle = lme4::cake$angle),
   TVbo = data.frame(Assessor = paste0("A", lmerTest::TVbo$Assessor), TVset = as.character(lmerTest::TVbo$TVset),
                     Picture = paste0("P", lmerTest::TVbo$Picture),
-                    Coloursaturation = lmerTest::TVbo$Coloursaturation))
+                    Coloursaturation = lmerTest::TVbo$Coloursaturation),
+  carrots = data.frame(Consumer = paste0("C", lmerTest::carrots$Consumer),
+                       Product = as.character(lmerTest::carrots$Product),
+                       Homesize = paste0("H", lmerTest::carrots$Homesize), sens2 = lmerTest::carrots$sens2,
+                       Preference = lmerTest::carrots$Preference))
 """
 SMALL = dict(kind="2way", n_subjects=6, n_channels=24, n_times=12, seed=3)
 SMALL_N_PERM, SMALL_SEED = 8, 7
