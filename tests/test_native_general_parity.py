@@ -60,6 +60,11 @@ pytestmark = pytest.mark.skipif(RSCRIPT is None, reason="Rscript is not on PATH"
 
 RTOL = 1e-6  # the native optimum against lme4's, where lme4's is tight
 RTOL_AT_THETA = 1e-8  # both evaluated at lme4's theta
+# lmerTest's DF2 (and so p) come from numDeriv's Richardson-extrapolated differences of the
+# criterion, which amplify its last-digit rounding: on Penicillin, moving theta by 1e-13 relative
+# moves DF2 by 1.7e-8 (measured with the native evaluate_at). Two exact implementations evaluated at
+# the same theta can differ that much, so DF2 and p at lme4's theta are held to 1e-7.
+RTOL_AT_THETA_DF = 1e-7
 CRITERION_RTOL = 1e-7  # the native criterion at its optimum may exceed lme4's by this much
 # lme4's optimum is tight when refining it moves nothing by more than half the tolerance (the other
 # half covers the refined point's own error).
@@ -408,7 +413,7 @@ def _differences(fit, r, ref, options, rtol, label):
         ours = {"F": fit.F[i, r], "DF2": fit.df2[i, r], "p": fit.p[i, r]}
         for stat, d in _stat_moves(ours, table, term).items():
             worst[stat] = max(worst.get(stat, 0.0), d)
-            if not d <= rtol:
+            if not d <= (max(rtol, RTOL_AT_THETA_DF) if stat in ("DF2", "p") else rtol):
                 what = "rel" if stat != "p" else "rel / p's condition"
                 problems.append(f"{label} {term}: {stat} {ours[stat]!r} vs lme4's {table.loc[term, stat]!r} "
                                 f"({what} {d:.2e})")

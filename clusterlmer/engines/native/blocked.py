@@ -118,6 +118,12 @@ class GeneralStructure:
                 for jj, (_, j_j, lev_j, b, _) in enumerate(tdense[c]):
                     if j_i == j_j and lev_i == lev_j and tril[a, b] >= 0:
                         self.tidx2[c, i, jj] = off_i + tril[a, b]
+        # Per diagonal entry of theta, the entries below it in its column (their sign is free).
+        self.columns_below = []
+        for j, t in enumerate(self.terms):
+            tril = _tril_index(ks[j])
+            for c in range(ks[j] - 1):
+                self.columns_below.append((tstarts[j] + tril[c, c], tstarts[j] + tril[c + 1:, c]))
         tril0 = _tril_index(self.k1)
         self.tidx0 = np.where(tril0 >= 0, tril0, self.n_theta)
         # Sums of the gradient's per-place terms into theta's entries.
@@ -260,7 +266,7 @@ class GeneralBlock:
         self.s, self.n = structure, n
         self.F = len(design)
         self.p = designs[0].XtX.shape[0]
-        one = len(designs) == 1
+        one = self.one_design = len(designs) == 1  # design arrays then have a leading axis of 1
 
         def per_fit(name):
             arrays = [getattr(d, name) for d in designs]
@@ -270,8 +276,17 @@ class GeneralBlock:
         self.ZX1, self.ZX2, self.XtX = per_fit("ZX1"), per_fit("ZX2"), per_fit("XtX")
         self.Zy1, self.Zy2, self.Xy, self.yy = Zy1, Zy2, Xy, yy
 
-    def _take(self, arr, idx):
-        return arr if idx is None or arr.shape[0] == 1 else arr[idx]
+    def subset(self, rows) -> "GeneralBlock":
+        """The fits ``rows`` only."""
+        out = object.__new__(GeneralBlock)
+        out.__dict__.update(self.__dict__)
+        out.F = len(rows)
+        if not self.one_design:
+            for name in ("W11", "W21", "W22", "ZX1", "ZX2", "XtX"):
+                setattr(out, name, getattr(self, name)[rows])
+        for name in ("Zy1", "Zy2", "Xy", "yy"):
+            setattr(out, name, getattr(self, name)[rows])
+        return out
 
     def evaluate(self, theta, idx=None, reml=True, gradient=False):
         """Everything at ``theta`` (F', n_theta) for fits ``idx`` (all when None).
@@ -282,10 +297,11 @@ class GeneralBlock:
         Any theta is accepted, also below lme4's bounds (numDeriv steps there).
         """
         s, p, n = self.s, self.p, self.n
-        tk = lambda a: self._take(a, idx)  # noqa: E731
-        W11, W21, W22 = tk(self.W11), tk(self.W21), tk(self.W22)
-        ZX1, ZX2, XtX = tk(self.ZX1), tk(self.ZX2), tk(self.XtX)
-        Zy1, Zy2, Xy, yy = tk(self.Zy1), tk(self.Zy2), tk(self.Xy), tk(self.yy)
+        per_design = lambda a: a if idx is None or self.one_design else a[idx]  # noqa: E731
+        per_fit = lambda a: a if idx is None else a[idx]  # noqa: E731
+        W11, W21, W22 = per_design(self.W11), per_design(self.W21), per_design(self.W22)
+        ZX1, ZX2, XtX = per_design(self.ZX1), per_design(self.ZX2), per_design(self.XtX)
+        Zy1, Zy2, Xy, yy = per_fit(self.Zy1), per_fit(self.Zy2), per_fit(self.Xy), per_fit(self.yy)
         F = theta.shape[0]
         C, m1, m2, k1 = s.n_components, s.m1, s.m2, s.k1
         q1 = m1 * k1

@@ -134,8 +134,41 @@ class GeneralFits:
             fresh = self._hessian(x0, None, g, reml)
             hessian = fresh if hessian is None else np.where(np.isfinite(hessian), hessian, fresh)
         x, _, _ = minimize(self._gradient(reml), x0, s.lower, hessian=hessian)
-        x, ok2, _, H = minimize(self._newton(reml), x, s.lower, return_hessian=True)
-        return x, ok2, H  # the Newton stage certifies the optimum, wherever BFGS stopped
+        # The Newton stage certifies the optimum, wherever BFGS stopped.
+        x, ok, _, H = minimize(self._newton(reml), x, s.lower, return_hessian=True)
+        for _ in range(3):
+            flip = self._reflections(x, reml)
+            rows = np.flatnonzero(flip.any(axis=1))
+            if not rows.size:
+                break
+            x[rows] = np.where(flip[rows], -x[rows], x[rows])
+            sub = GeneralFits._subset(self, rows)
+            x[rows], ok[rows], _, H[rows] = minimize(sub._newton(reml), x[rows], s.lower, return_hessian=True)
+        return x, ok, H
+
+    def _reflections(self, x, reml):
+        """Entries to negate where a diagonal entry sits on its bound 0 only because of its column's sign.
+
+        Lambda Lambda' is unchanged when a column of a relative factor changes
+        sign. With the diagonal entry at 0 and a positive derivative there,
+        the criterion decreases towards negative values, i.e. into the
+        interior after negating the entries below it: the bound is no optimum.
+        """
+        s = self.structure
+        g = self.block.evaluate(x, None, reml, gradient=True)["gradient"]
+        flip = np.zeros(x.shape, bool)
+        for d, below in s.columns_below:
+            stuck = (x[:, d] <= 0.0) & (g[:, d] > 0.0) & np.any(x[:, below] != 0.0, axis=1)
+            flip[np.ix_(stuck, below)] = True
+        return flip
+
+    def _subset(self, rows):
+        """The same fits restricted to ``rows`` (a view for re-optimising a few)."""
+        sub = object.__new__(GeneralFits)
+        sub.__dict__.update(self.__dict__)
+        sub.block = self.block.subset(rows)
+        sub.F = len(rows)
+        return sub
 
     def evaluate(self, theta, ok, options: FitOptions, need="all") -> list:
         """One BlockFit per design at ``theta`` (F, n_theta), lme4's layout."""

@@ -130,7 +130,8 @@ def minimize(fun, x0, lower, max_iter=200, hessian=None, return_hessian=False):
         # brings is below the criterion's rounding: take it without a line
         # search (which could not see the decrease).
         decrement = -np.einsum("ri,ri->r", ga, step)
-        near = decrement <= 1e-12 * np.maximum(np.abs(Da), 1e3)
+        # (A step off a saddle has no first-order decrease either, but must show a real one.)
+        near = (decrement <= 1e-12 * np.maximum(np.abs(Da), 1e3)) & ~np.any(saddle[keep], axis=1)
         alpha = np.ones(act.size)
         pending = np.arange(act.size)
         accepted = np.zeros(act.size, bool)
