@@ -133,9 +133,7 @@ class GeneralFits:
             D, g, _ = self._gradient(reml)(x0, None)
             fresh = self._hessian(x0, None, g, reml)
             hessian = fresh if hessian is None else np.where(np.isfinite(hessian), hessian, fresh)
-        x, _, _ = minimize(self._gradient(reml), x0, s.lower, hessian=hessian)
-        # The Newton stage certifies the optimum, wherever BFGS stopped.
-        x, ok, _, H = minimize(self._newton(reml), x, s.lower, return_hessian=True)
+        x, ok, _, H = minimize(self._newton(reml), x0, s.lower, return_hessian=True)
         for _ in range(3):
             flip = self._reflections(x, reml)
             rows = np.flatnonzero(flip.any(axis=1))
