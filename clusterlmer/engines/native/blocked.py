@@ -32,7 +32,9 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from .blocked_hessian import exact_hessian
 from .general import lme4_term_order
+from .small import inv_lower, small_cholesky, small_inv_lower, smm, smm_t
 
 __all__ = ["GeneralBlock", "GeneralStructure"]
 
@@ -124,6 +126,13 @@ class GeneralStructure:
             tril = _tril_index(ks[j])
             for c in range(ks[j] - 1):
                 self.columns_below.append((tstarts[j] + tril[c, c], tstarts[j] + tril[c + 1:, c]))
+        # dLambda/dtheta_i as 0/1 patterns: in the first term's k1 x k1 factor, or per component
+        # in the dense part's Lambda block (exact_hessian).
+        self.n_first = self.terms[0].n_theta
+        self.first_patterns = np.stack([(_tril_index(self.k1) == i).astype(float) for i in range(self.n_first)])
+        self.dense_patterns = np.stack([(self.tidx2 == i).astype(float)
+                                        for i in range(self.n_first, self.n_theta)]) if self.n_theta > self.n_first \
+            else np.zeros((0, n_comp, m2, m2))
         tril0 = _tril_index(self.k1)
         self.tidx0 = np.where(tril0 >= 0, tril0, self.n_theta)
         # Sums of the gradient's per-place terms into theta's entries.
@@ -133,6 +142,16 @@ class GeneralStructure:
         self._pick0 = np.zeros((self.k1 * self.k1, self.n_theta + 1))
         self._pick0[np.arange(self.k1 * self.k1), self.tidx0.ravel()] = 1.0
         self._pick0 = self._pick0[:, :self.n_theta]
+
+    def first_pair(self, i, j) -> np.ndarray:
+        """``E_i E_j' + E_j E_i'`` in the first term's factor (theta entries i, j of it)."""
+        Ei, Ej = self.first_patterns[i], self.first_patterns[j]
+        return Ei @ Ej.T + Ej @ Ei.T
+
+    def dense_pair(self, i, j) -> np.ndarray:
+        """``E_i E_j' + E_j E_i'`` per component of the dense part (its theta entries i, j)."""
+        Ei, Ej = self.dense_patterns[i], self.dense_patterns[j]
+        return Ei @ np.swapaxes(Ej, -1, -2) + Ej @ np.swapaxes(Ei, -1, -2)
 
     @classmethod
     def of(cls, spec) -> "GeneralStructure":
@@ -195,58 +214,6 @@ class DesignParts:
         return Zy[:, structure.idx1], Zy[:, structure.idx2], (self.X.T @ Y).T, np.einsum("ij,ij->j", Y, Y)
 
 
-def _inv_lower(L):
-    """Inverses of stacked lower-triangular matrices (well conditioned here: ``A >= I``)."""
-    return np.linalg.inv(L)
-
-
-# The first term's blocks are k1 x k1 with k1 small (1 for an intercept), one per level of every
-# fit: numpy's matmul and linalg loop over such tiny matrices one by one, so these helpers work
-# on whole arrays instead, looping over the k1 columns in Python.
-
-def _smm(a, b):
-    """``a @ b`` for stacked small matrices a (..., r, k), b (..., k, s)."""
-    out = a[..., :, 0, None] * b[..., None, 0, :]
-    for j in range(1, a.shape[-1]):
-        out = out + a[..., :, j, None] * b[..., None, j, :]
-    return out
-
-
-def _smm_t(a, b):
-    """``a' @ b`` for stacked small matrices a (..., k, r), b (..., k, s)."""
-    out = a[..., 0, :, None] * b[..., 0, None, :]
-    for j in range(1, a.shape[-2]):
-        out = out + a[..., j, :, None] * b[..., j, None, :]
-    return out
-
-
-def _small_cholesky(A):
-    """Lower Cholesky factors of stacked small positive definite matrices."""
-    k = A.shape[-1]
-    if k == 1:
-        return np.sqrt(A)
-    L = np.zeros_like(A)
-    for j in range(k):
-        d = A[..., j, j] - (L[..., j, :j] ** 2).sum(-1)
-        L[..., j, j] = np.sqrt(d)
-        for i in range(j + 1, k):
-            L[..., i, j] = (A[..., i, j] - (L[..., i, :j] * L[..., j, :j]).sum(-1)) / L[..., j, j]
-    return L
-
-
-def _small_inv_lower(L):
-    """Inverses of stacked small lower-triangular matrices."""
-    k = L.shape[-1]
-    if k == 1:
-        return 1.0 / L
-    out = np.zeros_like(L)
-    for i in range(k):
-        out[..., i, i] = 1.0 / L[..., i, i]
-        for j in range(i):
-            out[..., i, j] = -(L[..., i, j:i] * out[..., j:i, j]).sum(-1) / L[..., i, i]
-    return out
-
-
 class GeneralBlock:
     """Fits sharing one structure: fit ``f`` is design ``design[f]`` with its own response.
 
@@ -288,12 +255,14 @@ class GeneralBlock:
             setattr(out, name, getattr(self, name)[rows])
         return out
 
-    def evaluate(self, theta, idx=None, reml=True, gradient=False):
+    def evaluate(self, theta, idx=None, reml=True, gradient=False, hessian=False):
         """Everything at ``theta`` (F', n_theta) for fits ``idx`` (all when None).
 
         Returns a dict: ``criterion``, ``ldL2``, ``ldRX2``, ``pwrss`` (F',),
         ``beta`` (F', p), ``RXinv`` (F', p, p) with ``RXinv RXinv'`` lme4's
-        unscaled ``vcov``, and ``gradient`` (F', n_theta) when asked.
+        unscaled ``vcov``, ``gradient`` (F', n_theta) when asked, and the
+        exact ``hessian`` (F', n_theta, n_theta) with it
+        (:func:`.blocked_hessian.exact_hessian`).
         Any theta is accepted, also below lme4's bounds (numDeriv steps there).
         """
         s, p, n = self.s, self.p, self.n
@@ -311,9 +280,9 @@ class GeneralBlock:
         T0e = T0[:, None, None]
         T0t = np.swapaxes(T0e, -1, -2)
         # First term, level by level: A11 = T0' W11 T0 + I = L11 L11'; P1 = L11^-1 T0'.
-        A11 = _smm_t(T0e, _smm(W11, T0e)) + np.eye(k1)
-        L11 = _small_cholesky(A11)
-        P1 = _smm(_small_inv_lower(L11), T0t)  # (F, C, m1, k1, k1)
+        A11 = smm_t(T0e, smm(W11, T0e)) + np.eye(k1)
+        L11 = small_cholesky(A11)
+        P1 = smm(small_inv_lower(L11), T0t)  # (F, C, m1, k1, k1)
         ldL2 = 2.0 * np.log(np.diagonal(L11, axis1=-2, axis2=-1)).sum(axis=(1, 2, 3))
         # Dense part: L21 = Lam2' W21 P1', S = Lam2' W22 Lam2 + I - L21 L21' = L22 L22'.
         Lam2t = np.swapaxes(Lam2, -1, -2)
@@ -321,19 +290,19 @@ class GeneralBlock:
         L21 = Lam2t @ E21.reshape(F, C, m2, q1)  # (F, C, m2, m1 k1)
         S = Lam2t @ W22 @ Lam2 - L21 @ np.swapaxes(L21, -1, -2) + np.eye(m2)
         L22 = np.linalg.cholesky(S)
-        L22i = _inv_lower(L22)
+        L22i = inv_lower(L22)
         ldL2 = ldL2 + 2.0 * np.log(np.diagonal(L22, axis1=-2, axis2=-1)).sum(axis=(1, 2))
         # L c = Lambda' [Z'X Z'y]: c1 = P1 b1, c2 = L22^-1 (Lam2' b2 - L21 c1).
         b1 = np.concatenate([np.broadcast_to(ZX1, (F,) + ZX1.shape[1:]), Zy1[..., None]], axis=-1)
         b2 = np.concatenate([np.broadcast_to(ZX2, (F,) + ZX2.shape[1:]), Zy2[..., None]], axis=-1)
-        c1 = _smm(P1, b1)  # (F, C, m1, k1, p + 1)
+        c1 = smm(P1, b1)  # (F, C, m1, k1, p + 1)
         c2 = L22i @ (Lam2t @ b2 - L21 @ c1.reshape(F, C, q1, p + 1))  # (F, C, m2, p + 1)
         c_all = np.concatenate([c1.reshape(F, -1, p + 1), c2.reshape(F, -1, p + 1)], axis=1)
         RZX, cu = c_all[..., :p], c_all[..., p]  # (F, N, p), (F, N): both parts' rows
         RtR = XtX - np.swapaxes(RZX, 1, 2) @ RZX
         RX = np.linalg.cholesky(0.5 * (RtR + np.swapaxes(RtR, -1, -2)))  # lower: R_X' in lme4's terms
         ldRX2 = 2.0 * np.log(np.diagonal(RX, axis1=-2, axis2=-1)).sum(axis=1)
-        RXinv_t = _inv_lower(RX)  # (R_X')^-1
+        RXinv_t = inv_lower(RX)  # (R_X')^-1
         cb = (RXinv_t @ (Xy - (np.swapaxes(RZX, 1, 2) @ cu[..., None])[..., 0])[..., None])[..., 0]
         RXinv = np.swapaxes(RXinv_t, -1, -2)  # R_X^-1 (upper)
         beta = (RXinv @ cb[..., None])[..., 0]
@@ -342,10 +311,10 @@ class GeneralBlock:
         with np.errstate(invalid="ignore", divide="ignore"):
             crit = ldL2 + (ldRX2 if reml else 0.0) + dof * (1.0 + _LOG_2PI + np.log(pwrss / dof))
         out = {"criterion": crit, "ldL2": ldL2, "ldRX2": ldRX2, "pwrss": pwrss, "beta": beta, "RXinv": RXinv}
-        if not gradient:
+        if not (gradient or hessian):
             return out
         # B = L^-1 Lambda' Z'Z by blocks: B11 (level-diagonal), B21, B12, B22.
-        B11 = _smm(P1, W11)  # (F, C, m1, k1, k1)
+        B11 = smm(P1, W11)  # (F, C, m1, k1, k1)
         L21l = L21.reshape(F, C, m2, m1, k1)
         L21B11 = sum(L21l[..., i, None] * B11[:, :, None, :, i, :] for i in range(k1))
         B21 = L22i @ (Lam2t @ W21.reshape(W21.shape[:3] + (q1,)) - L21B11.reshape(F, C, m2, q1))
@@ -356,12 +325,12 @@ class GeneralBlock:
         B21t, B12t, B22t = (np.swapaxes(b, -1, -2) for b in (B21, B12f, B22))
         # Level sums of M = Z'V^-1 Z = W - B'B over the first term; M's dense block.
         B21r = np.swapaxes(B21.reshape(F, C, m2, m1, k1), 2, 3).reshape(F, -1, k1)  # rows (c, l, m)
-        M11 = (W11.sum(axis=(1, 2)) - _smm_t(B11, B11).sum(axis=(1, 2)) - np.swapaxes(B21r, 1, 2) @ B21r)
+        M11 = (W11.sum(axis=(1, 2)) - smm_t(B11, B11).sum(axis=(1, 2)) - np.swapaxes(B21r, 1, 2) @ B21r)
         M22 = W22 - B12t @ B12f - B22t @ B22
 
         def bt(v1, v2):
             """B' v for v = (v1 (F, C, m1, k1, r), v2 (F, C, m2, r))."""
-            w1 = _smm_t(B11, v1) + (B21t @ v2).reshape(v1.shape)
+            w1 = smm_t(B11, v1) + (B21t @ v2).reshape(v1.shape)
             w2 = B12t @ v1.reshape(F, C, q1, -1) + B22t @ v2
             return w1, w2
 
@@ -371,10 +340,12 @@ class GeneralBlock:
         w1, w2 = bt(cr[:, :n1].reshape(F, C, m1, k1, 1), cr[:, n1:].reshape(F, C, m2, 1))
         u1 = Zy1 - (ZX1 @ beta[:, None, None, :, None])[..., 0] - w1[..., 0]
         u2 = Zy2 - (ZX2 @ beta[:, None, :, None])[..., 0] - w2[..., 0]
-        if reml:  # K = M - N N', N = (Z'X - B' R_ZX) R_X^-1
+        M22_ml = M22
+        if reml or hessian:  # K = M - N N', N = Z'V^-1 X R_X^-1 = (Z'X - B' R_ZX) R_X^-1
             w1, w2 = bt(c1[..., :p], c2[..., :p])
-            N1 = (b1[..., :p] - w1).reshape(F, -1, p) @ RXinv
+            N1 = ((b1[..., :p] - w1).reshape(F, -1, p) @ RXinv).reshape(F, C, m1, k1, p)
             N2 = (b2[..., :p] - w2) @ RXinv[:, None]
+        if reml:
             N1k = np.swapaxes(N1.reshape(F, C * m1, k1, p), 1, 2).reshape(F, k1, -1)
             M11 = M11 - N1k @ np.swapaxes(N1k, 1, 2)
             M22 = M22 - N2 @ np.swapaxes(N2, -1, -2)
@@ -384,4 +355,9 @@ class GeneralBlock:
         lu2 = (Lam2t @ u2[..., None])[..., 0]  # Lam2' u2
         G2 = M22 @ Lam2 - scale[:, None, None, None] * u2[..., :, None] * lu2[..., None, :]
         out["gradient"] = 2.0 * (G0.reshape(F, -1) @ s._pick0 + G2.reshape(F, -1) @ s._pick2)
+        if hessian:
+            parts = dict(T0=T0, Lam2=Lam2, Lam2t=Lam2t, W11=W11, W21=W21, B11=B11, B21=B21, B12f=B12f, B22=B22,
+                         M22=M22_ml, N1=N1, N2=N2, u1=u1, u2=u2, pwrss=pwrss, K11sum=M11, K22=M22,
+                         U11sum=np.swapaxes(u1r, 1, 2) @ u1r)
+            out["hessian"] = exact_hessian(s, parts, reml, dof)
         return out

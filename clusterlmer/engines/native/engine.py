@@ -217,8 +217,7 @@ def _fit_general(specs, models, ok, Y, options, need, start_from, out):
             m = prepare(start_from, options, n)
             if m.error or not m.general:
                 return None
-            found = [GeneralFits([m], Y[:, c]).optimum(options.reml) for c in col_chunks]
-            return np.concatenate([f[0] for f in found]), np.concatenate([f[2] for f in found])
+            return np.concatenate([GeneralFits([m], Y[:, c]).optimum(options.reml)[0] for c in col_chunks])
 
         start = start_from.shared(("native-general-start", key), optima)
     per = max(1, per_chunk // cols)
@@ -231,10 +230,8 @@ def _fit_general(specs, models, ok, Y, options, need, start_from, out):
             parts = []
             for c in col_chunks:
                 fits = GeneralFits([models[i] for i in group], Y[:, c])
-                st = hs = None
-                if start is not None:
-                    st, hs = np.tile(start[0][c], (len(group), 1)), np.tile(start[1][c], (len(group), 1, 1))
-                theta, conv, _ = fits.optimum(options.reml, st, hs)
+                st = None if start is None else np.tile(start[c], (len(group), 1))
+                theta, conv, _ = fits.optimum(options.reml, st)
                 parts.append(fits.evaluate(theta, conv, options, need))
             for j, i in enumerate(group):
                 out[i] = _concatenate([p[j] for p in parts])

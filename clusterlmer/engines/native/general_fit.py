@@ -4,8 +4,8 @@ Random slopes (numeric and factor, correlated and ``||``), crossed,
 partially crossed and nested groupings: lme4's penalized least squares
 (:mod:`.blocked`), minimised per fit by the projected Newton method of
 :mod:`.optimize` in lme4's own theta (diagonal entries >= 0) with the exact
-gradient and a Hessian from differences of exact gradients, started at
-lme4's start (diagonal 1, off-diagonal 0) or at the observed fit's optimum.
+gradient and Hessian (:mod:`.blocked_hessian`), started at lme4's start
+(diagonal 1, off-diagonal 0) or at the observed fit's optimum.
 At the optimum, ``evaluate`` reports what the nested path reports: sigma,
 beta, ``vcov(beta)``, marginal tests with lmerTest's Satterthwaite DF
 (numDeriv's steps, replicated), lme4's and lmerTest's messages.
@@ -86,53 +86,26 @@ class GeneralFits:
         self.block = GeneralBlock(self.structure, parts, design, Zy1, Zy2, Xy, yy, n)
         self.F = len(design)
 
-    def _gradient(self, reml):
-        """``fun`` for :func:`.optimize.minimize` without Hessians (quasi-Newton)."""
-        def fun(x, idx):
-            out = self.block.evaluate(x, idx, reml, gradient=True)
-            return np.where(np.isfinite(out["criterion"]), out["criterion"], np.inf), out["gradient"], None
-
-        return fun
-
     def _newton(self, reml):
-        """``fun`` for :func:`.optimize.minimize` with Hessians from differences of exact gradients."""
-        grad = self._gradient(reml)
-
+        """``fun`` for :func:`.optimize.minimize`: criterion, exact gradient and exact Hessian."""
         def fun(x, idx):
-            D, g, _ = grad(x, idx)
-            return D, g, self._hessian(x, idx, g, reml)
+            out = self.block.evaluate(x, idx, reml, hessian=True)
+            D = np.where(np.isfinite(out["criterion"]), out["criterion"], np.inf)
+            return D, out["gradient"], out["hessian"]
 
         return fun
 
-    def _hessian(self, x, idx, g, reml):
-        """Forward differences of the exact gradient (Newton needs the Hessian only roughly)."""
-        H = np.empty(g.shape + (g.shape[1],))
-        for j in range(self.structure.n_theta):
-            h = 1e-6 * np.maximum(np.abs(x[:, j]), 0.1)
-            xp = x.copy()
-            xp[:, j] += h
-            H[:, :, j] = (self.block.evaluate(xp, idx, reml, gradient=True)["gradient"] - g) / h[:, None]
-        return 0.5 * (H + np.swapaxes(H, 1, 2))
-
-    def optimum(self, reml, start=None, hessian=None):
+    def optimum(self, reml, start=None):
         """theta (F, n_theta) at the optimum of every fit, converged (F,), Hessians there (F, n, n).
 
-        Quasi-Newton (BFGS from ``hessian`` at ``start``, or the Hessian at
-        the start point), then Newton with difference Hessians from there:
-        one step confirms the optimum (or moves it to where the exact
-        gradient vanishes) and finds saddles on a bound, which BFGS cannot see.
+        Newton from lme4's start or ``start`` (F, n_theta); a diagonal entry
+        held at 0 only by its column's sign is reflected and re-optimised.
         """
         s = self.structure
         if start is None:
             x0 = start_point(s, self.F)
         else:
             x0 = np.maximum(start, np.where(s.diagonal, WARM_START_FLOOR, -np.inf))
-            if hessian is not None:
-                hessian = np.where((start < x0)[:, :, None] | (start < x0)[:, None, :], np.nan, hessian)
-        if hessian is None or not np.all(np.isfinite(hessian)):
-            D, g, _ = self._gradient(reml)(x0, None)
-            fresh = self._hessian(x0, None, g, reml)
-            hessian = fresh if hessian is None else np.where(np.isfinite(hessian), hessian, fresh)
         x, ok, _, H = minimize(self._newton(reml), x0, s.lower, return_hessian=True)
         for _ in range(3):
             flip = self._reflections(x, reml)

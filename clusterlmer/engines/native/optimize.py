@@ -55,41 +55,18 @@ def optimize(block, reml, max_iter=200, start=None):
     return minimize(fun, phi, np.zeros(G), max_iter)
 
 
-def _bfgs_update(H, s, y):
-    """BFGS updates of Hessian approximations H (R, G, G) for steps s and gradient changes y (R, G).
-
-    Powell's damping keeps each H positive definite when the curvature seen along s is not.
-    """
-    Hs = np.einsum("rij,rj->ri", H, s)
-    sHs = np.einsum("ri,ri->r", s, Hs)
-    sy = np.einsum("ri,ri->r", s, y)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        w = np.where(sy >= 0.2 * sHs, 1.0, 0.8 * sHs / (sHs - sy))
-        r = w[:, None] * y + (1.0 - w)[:, None] * Hs
-        sr = np.einsum("ri,ri->r", s, r)
-        new = H - Hs[:, :, None] * Hs[:, None, :] / sHs[:, None, None] + r[:, :, None] * r[:, None, :] / sr[:, None, None]
-    usable = (sHs > 0) & (sr > 0) & np.all(np.isfinite(new), axis=(1, 2))
-    return np.where(usable[:, None, None], new, H)
-
-
-def minimize(fun, x0, lower, max_iter=200, hessian=None, return_hessian=False):
+def minimize(fun, x0, lower, max_iter=200, return_hessian=False):
     """Minimise ``fun`` over ``x >= lower`` from ``x0`` (R, G), every row on its own.
 
     Parameters
     ----------
     fun : callable
-        ``fun(x, idx) -> (D (R',), g (R', G), H (R', G, G) or None)``: the
-        criterion, gradient and Hessian at points ``x`` (R', G) of rows
-        ``idx`` (all when None).
+        ``fun(x, idx) -> (D (R',), g (R', G), H (R', G, G))``: the criterion,
+        gradient and Hessian at points ``x`` (R', G) of rows ``idx`` (all when None).
     x0 : ndarray (R, G)
         Starting points, within the bounds.
     lower : ndarray (G,)
         Lower bounds (``-inf`` for none).
-    hessian : ndarray (R, G, G), optional
-        The Hessian at ``x0`` (or an approximation): then ``fun`` need not
-        return Hessians, which BFGS updates from the gradients step by step
-        (quasi-Newton; the optimum is still where the exact gradient vanishes).
-
     return_hessian : bool
         Also return the last Hessian (or approximation) of every row.
 
@@ -100,9 +77,6 @@ def minimize(fun, x0, lower, max_iter=200, hessian=None, return_hessian=False):
     phi = np.array(x0, dtype=float)
     R, G = phi.shape
     D, g, H = fun(phi, None)
-    quasi = hessian is not None
-    if quasi:
-        H = np.array(hessian, dtype=float)
     done = np.zeros(R, bool)
     ok = np.ones(R, bool)
     it = 0
@@ -146,14 +120,9 @@ def minimize(fun, x0, lower, max_iter=200, hessian=None, return_hessian=False):
             if ls > 0:
                 stop = ~good & ~moved  # no decrease found down to rounding
                 pending, good = pending[~stop], good[~stop]
-                Dt, gt, trial = Dt[~stop], gt[~stop], trial[~stop]
-                Ht = None if quasi else Ht[~stop]
+                Dt, gt, Ht, trial = Dt[~stop], gt[~stop], Ht[~stop], trial[~stop]
             idx = act[pending[good]]
-            if quasi:
-                H[idx] = _bfgs_update(H[idx], trial[good] - ph[pending[good]], gt[good] - ga[pending[good]])
-            else:
-                H[idx] = Ht[good]
-            D[idx], g[idx], phi[idx] = Dt[good], gt[good], trial[good]
+            D[idx], g[idx], H[idx], phi[idx] = Dt[good], gt[good], Ht[good], trial[good]
             accepted[pending[good]] = True
             pending = pending[~good]
             alpha[pending] *= 0.5

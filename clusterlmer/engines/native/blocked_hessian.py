@@ -1,0 +1,153 @@
+"""The exact Hessian in theta of lme4's profiled criterion, from :mod:`.blocked`'s factorisation.
+
+With ``V = I + Z Lambda Lambda' Z'``, ``G_i = d(Lambda Lambda')/dtheta_i``
+(``E_i Lambda' + Lambda E_i'``, ``E_i = dLambda/dtheta_i``) and
+``G_ij = E_i E_j' + E_j E_i'``, the REML criterion's second derivatives are
+
+``H_ij = tr(K G_ij) - tr(K G_i K G_j)
+         - dof [(u' G_ij u - 2 v_i' K v_j) / pwrss + s_i s_j / pwrss^2]``
+
+with ``K = Z'PZ``, ``u = Z'P y``, ``v_i = G_i u``, ``s_i = u' v_i`` and
+``dof = n - p``. For ML the two trace terms take ``M = Z'V^-1 Z`` instead
+of ``K`` and ``dof = n``; the ``v`` term keeps ``K`` (``pwrss`` is ``y'Py``
+in both). ``M`` is block diagonal over components; ``K = M - N N'`` with
+``N = Z'V^-1 X R_X^-1`` couples them only through ``p`` columns, so
+
+``tr(K G_i K G_j) = tr(M G_i M G_j) - 2 tr(N' G_i M G_j N) + tr(N'G_i N N'G_j N)``.
+
+``G_i`` touches one term: on the first term it is ``C_i = E_i T' + T E_i'``
+in every level's block, on the dense part a matrix ``G2_i`` per component.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .small import smm
+
+__all__ = ["exact_hessian"]
+
+
+def _act(g, x1, x2):
+    """``G_i`` times (x1 (F, C, m1, k1, r), x2 (F, C, m2, r)): ``g`` is ("first", C_i) or ("dense", G2_i).
+
+    The part ``G_i`` does not touch is returned as None (zero).
+    """
+    kind, mat = g
+    if kind == "first":
+        return smm(mat[:, None, None], x1), None
+    return None, mat @ x2
+
+
+def exact_hessian(s, c, reml, dof):
+    """Second derivatives (F, n_theta, n_theta) of the criterion at the point ``c`` describes.
+
+    ``c`` holds :meth:`.blocked.GeneralBlock.evaluate`'s intermediate arrays
+    (see there); ``s`` is the :class:`.blocked.GeneralStructure`.
+    """
+    T0, Lam2, Lam2t = c["T0"], c["Lam2"], c["Lam2t"]
+    F = T0.shape[0]
+    C, m1, m2, k1, q1 = s.n_components, s.m1, s.m2, s.k1, s.m1 * s.k1
+    B11, B21, B12f, B22 = c["B11"], c["B21"], c["B12f"], c["B22"]
+    # M = Z'V^-1 Z per component: M11 = D - U U' (D level-diagonal, U = B21' of q1 x m2: never
+    # formed whole), M21 (m2 x q1), M22 (m2 x m2).
+    U = np.swapaxes(B21, -1, -2)  # (F, C, q1, m2)
+    Ur = U.reshape(F, C, m1, k1, m2)
+    D = c["W11"] - sum(B11[..., i, :, None] * B11[..., i, None, :] for i in range(k1))  # (., C, m1, k1, k1)
+    B12r = B12f.reshape(F, C, m1, k1, m2)
+    B12tB11 = sum(np.swapaxes(B12r[:, :, :, i, :], 2, 3)[..., None] * B11[:, :, None, :, i, :] for i in range(k1))
+    M21 = (c["W21"].reshape(c["W21"].shape[:3] + (q1,)) - B12tB11.reshape(F, C, m2, q1)
+           - np.swapaxes(B22, -1, -2) @ B21)
+    M12 = np.swapaxes(M21, -1, -2)
+    M22 = c["M22"]
+
+    def times_m(x1, x2):
+        """M (x1, x2) per component; a part that is None is zero."""
+        if x1 is not None:
+            r = x1.shape[-1]
+            f1 = x1.reshape(F, C, q1, r)
+            y1 = smm(D, x1).reshape(F, C, q1, r) - U @ (B21 @ f1)
+            y2 = M21 @ f1
+            if x2 is not None:
+                y1, y2 = y1 + M12 @ x2, y2 + M22 @ x2
+            return y1.reshape(x1.shape), y2
+        return (M12 @ x2).reshape(F, C, m1, k1, -1), M22 @ x2
+
+    def dot(a, b):
+        """Sum over components, rows and columns of a * b, both given as (part 1, part 2), None for zero."""
+        out = 0.0
+        if a[0] is not None and b[0] is not None:
+            out = out + (a[0] * b[0]).sum(axis=(1, 2, 3, 4))
+        if a[1] is not None and b[1] is not None:
+            out = out + (a[1] * b[1]).sum(axis=(1, 2, 3))
+        return out
+
+    def t_dot(n, y):
+        """N' y (F, p, r) summed over components, for y = (part 1, part 2) with None for zero."""
+        out = 0.0
+        if y[0] is not None:
+            out = out + np.swapaxes(n[0].reshape(F, -1, n[0].shape[-1]), 1, 2) @ y[0].reshape(F, -1, y[0].shape[-1])
+        if y[1] is not None:
+            out = out + np.swapaxes(n[1].reshape(F, -1, n[1].shape[-1]), 1, 2) @ y[1].reshape(F, -1, y[1].shape[-1])
+        return out
+
+    n0 = s.n_first
+    gs = []
+    for i in range(s.n_theta):
+        if i < n0:
+            E = s.first_patterns[i]
+            gs.append(("first", E @ np.swapaxes(T0, 1, 2) + T0 @ E.T))
+        else:
+            E = s.dense_patterns[i - n0]
+            gs.append(("dense", E @ Lam2t + Lam2 @ np.swapaxes(E, -1, -2)))
+    N = (c["N1"], c["N2"])
+    u = (c["u1"][..., None], c["u2"][..., None])
+    Y = [_act(g, *N) for g in gs]  # G_i N
+    V = [_act(g, *u) for g in gs]  # G_i u
+    MV = [times_m(*v) for v in V]
+    NtV = [t_dot(N, v)[..., 0] for v in V]
+    s_u = np.stack([dot(u, v) for v in V], axis=1)  # s_i = u' G_i u
+    if reml:
+        MY = [times_m(*y) for y in Y]
+        A = [t_dot(N, y) for y in Y]
+    # The trace of M G_i M G_j, by the terms' parts. First term with first term:
+    # tr(D Gi D Gj) - 2 tr(U' Gi D Gj U) + tr((U' Gi U)(U' Gj U)).
+    if n0:
+        TD = np.einsum("fglbc,fglad->fbcda", D, D) if k1 > 1 else (D * D).sum(axis=(1, 2))[:, :, :, None, None]
+        GU = {i: smm(gs[i][1][:, None, None], Ur) for i in range(n0)}  # G_i U per level
+        DGU = {i: smm(D, GU[i]) for i in range(n0)}
+        UGU = {i: np.einsum("fclam,fclan->fcmn", Ur, GU[i]) for i in range(n0)}
+    Z = {}
+    H = np.empty((F, s.n_theta, s.n_theta))
+    scale = dof / c["pwrss"]
+    for i in range(s.n_theta):
+        for j in range(i + 1):
+            (ki, gi), (kj, gj) = gs[i], gs[j]
+            if ki == "first" and kj == "first":
+                tr = (np.einsum("fab,fcd,fbcda->f", gi, gj, TD) - 2.0 * (GU[j] * DGU[i]).sum(axis=(1, 2, 3, 4))
+                      + (UGU[i] * np.swapaxes(UGU[j], -1, -2)).sum(axis=(1, 2, 3)))
+            elif ki == "dense" and kj == "dense":
+                tr = ((M22 @ gi) * np.swapaxes(M22 @ gj, -1, -2)).sum(axis=(1, 2, 3))
+            else:
+                first, dense = (gi, gj) if ki == "first" else (gj, gi)
+                key = i if ki == "first" else j
+                if key not in Z:
+                    Z[key] = smm(M21.reshape(F, C, m2, m1, k1), first[:, None, None]).reshape(F, C, m2, q1) @ M12
+                tr = (Z[key] * dense).sum(axis=(1, 2, 3))
+            if reml:
+                tr = tr - 2.0 * dot(Y[i], MY[j]) + (A[i] * A[j]).sum(axis=(1, 2))
+            same = i < n0 and j < n0
+            both_dense = i >= n0 and j >= n0
+            tKij = uGu = 0.0
+            if same:
+                P = s.first_pair(i, j)
+                tKij = (c["K11sum"] * P).sum(axis=(1, 2))
+                uGu = (c["U11sum"] * P).sum(axis=(1, 2))
+            elif both_dense:
+                P = s.dense_pair(i - n0, j - n0)
+                tKij = (c["K22"] * P).sum(axis=(1, 2, 3))
+                uGu = ((u[1] * np.swapaxes(u[1], -1, -2)) * P).sum(axis=(1, 2, 3))
+            vKv = dot(V[i], MV[j]) - (NtV[i] * NtV[j]).sum(axis=1)
+            H[:, i, j] = H[:, j, i] = (tKij - tr - scale * (uGu - 2.0 * vKv)
+                                       - scale / c["pwrss"] * s_u[:, i] * s_u[:, j])
+    return H
