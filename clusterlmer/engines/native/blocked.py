@@ -133,6 +133,8 @@ class GeneralStructure:
         self.dense_patterns = np.stack([(self.tidx2 == i).astype(float)
                                         for i in range(self.n_first, self.n_theta)]) if self.n_theta > self.n_first \
             else np.zeros((0, n_comp, m2, m2))
+        self.dense_diagonal = all(k == 1 for k in ks[1:])
+        self.diag2 = self.tidx2[:, np.arange(m2), np.arange(m2)]  # (C, m2): theta entry on the diagonal
         tril0 = _tril_index(self.k1)
         self.tidx0 = np.where(tril0 >= 0, tril0, self.n_theta)
         # Sums of the gradient's per-place terms into theta's entries.
@@ -286,9 +288,23 @@ class GeneralBlock:
         ldL2 = 2.0 * np.log(np.diagonal(L11, axis1=-2, axis2=-1)).sum(axis=(1, 2, 3))
         # Dense part: L21 = Lam2' W21 P1', S = Lam2' W22 Lam2 + I - L21 L21' = L22 L22'.
         Lam2t = np.swapaxes(Lam2, -1, -2)
+        if s.dense_diagonal:  # intercepts only beyond the first term: Lambda's dense block is diagonal
+            lam = th[:, s.diag2]
+
+            def lt(X):  # Lam2' X
+                return lam[..., :, None] * X
+
+            def xl(X):  # X Lam2
+                return X * lam[..., None, :]
+        else:
+            def lt(X):
+                return Lam2t @ X
+
+            def xl(X):
+                return X @ Lam2
         E21 = sum(W21[..., j, None] * P1[:, :, None, :, :, j] for j in range(k1))  # W21 P1' per level
-        L21 = Lam2t @ E21.reshape(F, C, m2, q1)  # (F, C, m2, m1 k1)
-        S = Lam2t @ W22 @ Lam2 - L21 @ np.swapaxes(L21, -1, -2) + np.eye(m2)
+        L21 = lt(E21.reshape(F, C, m2, q1))  # (F, C, m2, m1 k1)
+        S = xl(lt(W22)) - L21 @ np.swapaxes(L21, -1, -2) + np.eye(m2)
         L22 = np.linalg.cholesky(S)
         L22i = inv_lower(L22)
         ldL2 = ldL2 + 2.0 * np.log(np.diagonal(L22, axis1=-2, axis2=-1)).sum(axis=(1, 2))
@@ -296,7 +312,7 @@ class GeneralBlock:
         b1 = np.concatenate([np.broadcast_to(ZX1, (F,) + ZX1.shape[1:]), Zy1[..., None]], axis=-1)
         b2 = np.concatenate([np.broadcast_to(ZX2, (F,) + ZX2.shape[1:]), Zy2[..., None]], axis=-1)
         c1 = smm(P1, b1)  # (F, C, m1, k1, p + 1)
-        c2 = L22i @ (Lam2t @ b2 - L21 @ c1.reshape(F, C, q1, p + 1))  # (F, C, m2, p + 1)
+        c2 = L22i @ (lt(b2) - L21 @ c1.reshape(F, C, q1, p + 1))  # (F, C, m2, p + 1)
         c_all = np.concatenate([c1.reshape(F, -1, p + 1), c2.reshape(F, -1, p + 1)], axis=1)
         RZX, cu = c_all[..., :p], c_all[..., p]  # (F, N, p), (F, N): both parts' rows
         RtR = XtX - np.swapaxes(RZX, 1, 2) @ RZX
@@ -317,11 +333,11 @@ class GeneralBlock:
         B11 = smm(P1, W11)  # (F, C, m1, k1, k1)
         L21l = L21.reshape(F, C, m2, m1, k1)
         L21B11 = sum(L21l[..., i, None] * B11[:, :, None, :, i, :] for i in range(k1))
-        B21 = L22i @ (Lam2t @ W21.reshape(W21.shape[:3] + (q1,)) - L21B11.reshape(F, C, m2, q1))
+        B21 = L22i @ (lt(W21.reshape(W21.shape[:3] + (q1,))) - L21B11.reshape(F, C, m2, q1))
         # B12 = P1 W12 per level, W12 = W21' (rows: the first term's level l, column j).
         B12 = sum(P1[..., j, None] * np.swapaxes(W21[..., j], -1, -2)[:, :, :, None, :] for j in range(k1))
         B12f = B12.reshape(F, C, q1, m2)
-        B22 = L22i @ (Lam2t @ W22 - L21 @ B12f)
+        B22 = L22i @ (lt(W22) - L21 @ B12f)
         B21t, B12t, B22t = (np.swapaxes(b, -1, -2) for b in (B21, B12f, B22))
         # Level sums of M = Z'V^-1 Z = W - B'B over the first term; M's dense block.
         B21r = np.swapaxes(B21.reshape(F, C, m2, m1, k1), 2, 3).reshape(F, -1, k1)  # rows (c, l, m)
@@ -352,8 +368,8 @@ class GeneralBlock:
         scale = dof / pwrss
         u1r = u1.reshape(F, -1, k1)
         G0 = (M11 - scale[:, None, None] * (np.swapaxes(u1r, 1, 2) @ u1r)) @ T0
-        lu2 = (Lam2t @ u2[..., None])[..., 0]  # Lam2' u2
-        G2 = M22 @ Lam2 - scale[:, None, None, None] * u2[..., :, None] * lu2[..., None, :]
+        lu2 = lt(u2[..., None])[..., 0]  # Lam2' u2
+        G2 = xl(M22) - scale[:, None, None, None] * u2[..., :, None] * lu2[..., None, :]
         out["gradient"] = 2.0 * (G0.reshape(F, -1) @ s._pick0 + G2.reshape(F, -1) @ s._pick2)
         if hessian:
             parts = dict(T0=T0, Lam2=Lam2, Lam2t=Lam2t, W11=W11, W21=W21, B11=B11, B21=B21, B12f=B12f, B22=B22,

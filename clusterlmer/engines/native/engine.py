@@ -209,17 +209,17 @@ def _fit_general(specs, models, ok, Y, options, need, start_from, out):
     per_chunk = general_chunk(first.structure, first.X.shape[1], need)
     cols = max(1, min(k, per_chunk))
     col_chunks = [slice(c, c + cols) for c in range(0, k, cols)]
+    # Each response's optimum under a specification is kept: its permutations start there.
+    key = ("native-general-start", hashlib.sha1(np.ascontiguousarray(Y).tobytes()).hexdigest(), options.reml)
     start = None
     if start_from is not None:
-        key = (hashlib.sha1(np.ascontiguousarray(Y).tobytes()).hexdigest(), options.reml, cols)
-
         def optima():
             m = prepare(start_from, options, n)
             if m.error or not m.general:
                 return None
             return np.concatenate([GeneralFits([m], Y[:, c]).optimum(options.reml)[0] for c in col_chunks])
 
-        start = start_from.shared(("native-general-start", key), optima)
+        start = start_from.shared(key, optima)
     per = max(1, per_chunk // cols)
     same_columns = {}
     for i in ok:
@@ -227,14 +227,17 @@ def _fit_general(specs, models, ok, Y, options, need, start_from, out):
     for members in same_columns.values():
         for g in range(0, len(members), per):
             group = members[g:g + per]
-            parts = []
+            parts, optimum = [], []
             for c in col_chunks:
                 fits = GeneralFits([models[i] for i in group], Y[:, c])
                 st = None if start is None else np.tile(start[c], (len(group), 1))
                 theta, conv, _ = fits.optimum(options.reml, st)
                 parts.append(fits.evaluate(theta, conv, options, need))
+                optimum.append(theta)
             for j, i in enumerate(group):
                 out[i] = _concatenate([p[j] for p in parts])
+            if start_from is None and len(group) == 1:  # an observed fit: its permutations will start here
+                specs[group[0]].shared(key, lambda: np.concatenate(optimum))
 
 
 def evaluate_at(model, Y, options: FitOptions, theta, need: str = "all") -> BlockFit:

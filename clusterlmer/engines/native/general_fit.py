@@ -31,6 +31,9 @@ SINGULAR_TOL = 1e-4  # lme4::isSingular
 # A warm start on a diagonal entry at (or near) its bound 0 would begin on a
 # saddle when the permuted response's optimum is interior: start a little inside.
 WARM_START_FLOOR = 0.05
+# The last Newton step, once this small (relative), is taken without evaluating where it ends:
+# the error left is of the order of its square, ~1e-12.
+FINISH = 1e-6
 
 
 # Doubles one evaluation may hold per batch (~300 MB): bounds the fits evaluated together.
@@ -106,7 +109,7 @@ class GeneralFits:
             x0 = start_point(s, self.F)
         else:
             x0 = np.maximum(start, np.where(s.diagonal, WARM_START_FLOOR, -np.inf))
-        x, ok, _, H = minimize(self._newton(reml), x0, s.lower, return_hessian=True)
+        x, ok, _, H = minimize(self._newton(reml), x0, s.lower, return_hessian=True, finish=FINISH)
         for _ in range(3):
             flip = self._reflections(x, reml)
             rows = np.flatnonzero(flip.any(axis=1))
@@ -114,7 +117,8 @@ class GeneralFits:
                 break
             x[rows] = np.where(flip[rows], -x[rows], x[rows])
             sub = GeneralFits._subset(self, rows)
-            x[rows], ok[rows], _, H[rows] = minimize(sub._newton(reml), x[rows], s.lower, return_hessian=True)
+            x[rows], ok[rows], _, H[rows] = minimize(sub._newton(reml), x[rows], s.lower, return_hessian=True,
+                                                      finish=FINISH)
         return x, ok, H
 
     def _reflections(self, x, reml):

@@ -55,7 +55,7 @@ def optimize(block, reml, max_iter=200, start=None):
     return minimize(fun, phi, np.zeros(G), max_iter)
 
 
-def minimize(fun, x0, lower, max_iter=200, return_hessian=False):
+def minimize(fun, x0, lower, max_iter=200, return_hessian=False, finish=None):
     """Minimise ``fun`` over ``x >= lower`` from ``x0`` (R, G), every row on its own.
 
     Parameters
@@ -67,6 +67,11 @@ def minimize(fun, x0, lower, max_iter=200, return_hessian=False):
         Starting points, within the bounds.
     lower : ndarray (G,)
         Lower bounds (``-inf`` for none).
+    finish : float, optional
+        Take a Newton step no larger than ``finish`` times the coordinates
+        (at least 1e-2) as the last one without evaluating its end point:
+        in the region of quadratic convergence the error left after it is of
+        the order of its square. Steps onto a bound are always evaluated.
     return_hessian : bool
         Also return the last Hessian (or approximation) of every row.
 
@@ -96,6 +101,9 @@ def minimize(fun, x0, lower, max_iter=200, return_hessian=False):
         # Converged: the projected Newton step is negligible (quadratic
         # convergence: the error left after it is far smaller still).
         tiny = np.all(np.abs(step) <= 1e-10 * np.maximum(np.abs(ph), 1e-4), axis=1)
+        if finish is not None:
+            onto_bound = np.any((ph + step <= lower) & (step != 0.0), axis=1)
+            tiny |= ~onto_bound & np.all(np.abs(step) <= finish * np.maximum(np.abs(ph), 1e-2), axis=1)
         phi[act[tiny]] += step[tiny]
         done[act[tiny]] = True
         keep = ~tiny
