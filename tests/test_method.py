@@ -362,10 +362,11 @@ def test_engine_auto_picks_native_for_nested_intercepts_and_cross_checks_with_r(
     assert "cross-checked with lme4/lmerTest" not in fit.summary()  # the fit summary has its own line
     assert "Cross-check: R engine refit at samples" in fit.summary()
     slope = "data ~ hit_miss + (hit_miss|sid)"
-    with pytest.warns(UserWarning, match="engine='auto' uses the R engine: the random term"):
-        assert cl.fit_timeseries(small, slope, engine="auto").options["engine"] == "r"
-    with pytest.raises(ValueError, match="the native engine cannot fit this model: the random term"):
-        cl.fit_timeseries(small, slope, engine="native")
+    assert cl.fit_timeseries(small, slope, engine="auto").options["engine"] == "native"
+    with pytest.warns(UserWarning, match="engine='auto' uses the R engine: ddf='kenward-roger'"):
+        assert cl.fit_timeseries(small, FORMULA, engine="auto", ddf="kenward-roger").options["engine"] == "r"
+    with pytest.raises(ValueError, match="the native engine cannot fit this model: ddf='kenward-roger'"):
+        cl.fit_timeseries(small, FORMULA, engine="native", ddf="kenward-roger")
     with pytest.raises(ValueError, match="Invalid value for the 'engine' parameter"):
         cl.fit_timeseries(small, FORMULA, engine="python")
 

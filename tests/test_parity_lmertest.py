@@ -283,7 +283,8 @@ REAL_CASES = [
     ("sleepstudy", "Reaction ~ Days + (Days|Subject)", "Reaction",
      "kenward-roger", "effects", True, "marginal"),
     # Crossed, partially crossed (three terms) and a random slope of a numeric covariate beside a
-    # crossed intercept: the models the native engine does not fit yet, which R fits for now.
+    # crossed intercept, through the R engine (the native engine's parity on them:
+    # test_native_general_parity.py).
     ("Penicillin", "diameter ~ 1 + (1|plate) + (1|sample)", "diameter",
      "satterthwaite", "reference", True, "marginal"),
     ("TVbo", "Coloursaturation ~ TVset * Picture + (1|Assessor) + (1|Assessor:TVset) + (1|Assessor:Picture)",

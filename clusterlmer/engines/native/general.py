@@ -24,14 +24,12 @@ variable a random slope uses), ``Z'X`` and ``X'X`` once per ``X``, and only
 ``Z'y``, ``X'y``, ``y'y`` per response, so a block of responses costs one
 matrix product with the data.
 
-The factorisation is dense numpy/scipy: meant for up to a few hundred random
-effects (``q``), where a dense ``q x q`` Cholesky costs milliseconds; the
-sparse, blocked factorisation of large crossed designs is left for later.
-These small factorisations want one BLAS thread per process: on a busy
-2-core machine multi-threaded OpenBLAS made a 199 x 199 Cholesky 50 times
+The factorisation here is dense numpy/scipy, one theta at a time: the plain
+statement of lme4's criterion, which the fitting path (:mod:`.blocked`, blocked
+and batched) is tested against, and :func:`lme4_term_order`, which lays out
+theta for both. Small factorisations want one BLAS thread per process: on a
+busy 2-core machine multi-threaded OpenBLAS made a 199 x 199 Cholesky 50 times
 slower (10 ms against 0.2 ms with ``OPENBLAS_NUM_THREADS=1``).
-This module is a building block of the general native engine and is not yet
-used by engine selection.
 """
 
 from __future__ import annotations
