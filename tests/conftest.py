@@ -39,7 +39,11 @@ data <- list(
   carrots = data.frame(Consumer = paste0("C", lmerTest::carrots$Consumer),
                        Product = as.character(lmerTest::carrots$Product),
                        Homesize = paste0("H", lmerTest::carrots$Homesize), sens2 = lmerTest::carrots$sens2,
-                       Preference = lmerTest::carrots$Preference))
+                       Preference = lmerTest::carrots$Preference),
+  ham = data.frame(Consumer = paste0("C", lmerTest::ham$Consumer), Product = paste0("P", lmerTest::ham$Product),
+                   Information = paste0("I", lmerTest::ham$Information),
+                   Gender = paste0("G", lmerTest::ham$Gender),
+                   Informed.liking = as.numeric(lmerTest::ham$Informed.liking)))
 """
 SMALL = dict(kind="2way", n_subjects=6, n_channels=24, n_times=12, seed=3)
 SMALL_N_PERM, SMALL_SEED = 8, 7

@@ -1,10 +1,13 @@
-"""The marginal test of each fixed term: F, its degrees of freedom and p.
+"""The test of each fixed term: F, its degrees of freedom and p.
 
-Each term is tested on its own coefficients (identity rows of ``beta``,
-intercept included), as MATLAB's ``anova`` does. With Satterthwaite DF the
-formulas are lmerTest's ``contest1D`` (one coefficient: ``F = t^2``) and
-``contestMD`` (several: F over the positive eigenvalues of the term's
-covariance, DF combined by ``get_Fstat_ddf``), fed the derivatives of
+A term is tested on a contrast matrix ``L`` of the coefficients: for the
+marginal test (:func:`marginal_tests`) the identity rows of the term's own
+coefficients (intercept included), as MATLAB's ``anova`` does; for
+lmerTest's type III test (:func:`contrast_tests`) the matrices of
+:func:`clusterlmer.type3.type3_contrasts`. With Satterthwaite DF the
+formulas are lmerTest's ``contest1D`` (one row: ``F = t^2``) and
+``contestMD`` (several: F over the positive eigenvalues of ``L vcov L'``,
+DF combined by ``get_Fstat_ddf``), fed the derivatives of
 :mod:`.satterthwaite`; otherwise a Wald F with ``n - p`` (``"residual"``)
 or infinite (``"none"``) denominator DF. Asked for the statistic only, the
 same F (computed by the same arithmetic) comes without DF2 or p.
@@ -15,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import special  # scipy.stats' f.sf and chi2.sf call these; importing stats takes ~1 s
 
-__all__ = ["f_sf", "marginal_tests", "satterthwaite_md"]
+__all__ = ["contrast_tests", "f_sf", "marginal_tests", "satterthwaite_md"]
 
 _SQRT_EPS = np.sqrt(np.finfo(float).eps)
 
@@ -48,20 +51,65 @@ def marginal_tests(assign, n_terms, beta, Vb, ddf, resid_df, varpar=None, need="
         ``contrast_estimate`` is the coefficient of one-coefficient terms
         (the sign of their t), NaN for the others.
     """
-    nt, k = n_terms, beta.shape[0]
+    columns = [np.flatnonzero(assign == ti) for ti in range(n_terms)]
+    return _term_tests(columns, beta, Vb, ddf, resid_df, varpar, need)
+
+
+def contrast_tests(contrasts, beta, Vb, ddf, resid_df, varpar=None, need="all"):
+    """F, DF1, DF2, p and the contrast estimate of the test ``L beta = 0`` of each ``L`` in ``contrasts``.
+
+    Parameters
+    ----------
+    contrasts : list of ndarray, each shape (q_t, p)
+        One contrast matrix per term (e.g. lmerTest's type III hypotheses,
+        :func:`clusterlmer.type3.type3_contrasts`); a matrix without rows
+        gives NaN. A matrix of identity rows is tested exactly as
+        :func:`marginal_tests` tests those coefficients.
+    beta, Vb, ddf, resid_df, varpar, need
+        As for :func:`marginal_tests`.
+
+    Returns
+    -------
+    F, df1, df2, p, contrast_estimate : ndarray, shape (len(contrasts), k)
+        DF1 is the rank of ``L vcov(beta) L'`` (lmerTest's NumDF);
+        ``contrast_estimate`` is ``L beta`` for one-row contrasts (the sign
+        of their t), NaN for the others.
+    """
+    return _term_tests([_identity_columns(L) for L in contrasts], beta, Vb, ddf, resid_df, varpar, need)
+
+
+def _identity_columns(L):
+    """The column of each row's single 1 when ``L`` is made of identity rows, else ``L`` itself."""
+    L = np.asarray(L, dtype=float)
+    if L.shape[0] and np.all((L == 0) | (L == 1)) and np.all(L.sum(axis=1) == 1):
+        return np.argmax(L, axis=1)
+    return L
+
+
+def _project(item, beta, Vb, Jac):
+    """``L beta``, ``L Vb L'`` and ``L Jac L'`` for a contrast ``item``: column indices or a matrix ``L``."""
+    if item.ndim == 1:  # identity rows: select, which is exact and cheap
+        cols = item
+        JL = None if Jac is None else Jac[:, :, cols[:, None], cols[None, :]]
+        return beta[:, cols], Vb[:, cols[:, None], cols[None, :]], JL
+    L = item
+    JL = None if Jac is None else L @ Jac @ L.T
+    return beta @ L.T, L @ Vb @ L.T, JL
+
+
+def _term_tests(items, beta, Vb, ddf, resid_df, varpar, need):
+    nt, k = len(items), beta.shape[0]
     F, df1, df2, pval, cest = (np.full((nt, k), np.nan) for _ in range(5))
     full = need == "all"
-    for ti in range(nt):
-        cols = np.flatnonzero(assign == ti)
-        q = len(cols)
+    Jac = varpar[0] if (ddf == "satterthwaite" and full) else None
+    for ti, item in enumerate(items):
+        q = item.shape[0]
         if q == 0:  # every column of the term was dropped (rank-deficient X): nothing to test
             continue
-        bL = beta[:, cols]
-        VL = Vb[:, cols[:, None], cols[None, :]]
+        bL, VL, JL = _project(item, beta, Vb, Jac)
         if q == 1:
             cest[ti] = bL[:, 0]
         if ddf == "satterthwaite":
-            JL = varpar[0][:, :, cols[:, None], cols[None, :]] if full else None  # (k, nv, q, q)
             A = varpar[1] if full else None
             if q == 1:
                 var_con = VL[:, 0, 0]
