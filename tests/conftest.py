@@ -45,6 +45,29 @@ data <- list(
                    Gender = paste0("G", lmerTest::ham$Gender),
                    Informed.liking = as.numeric(lmerTest::ham$Informed.liking)))
 """
+
+
+def run_rscript(code, *args, timeout=600):
+    """Run R ``code`` with Rscript and ``args``, from a file.
+
+    ``Rscript -e`` skips an expression longer than 10,000 bytes with only a
+    warning and exits 0, so long scripts (those that define R_DATA_SETS) go
+    through a file.
+    """
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".R", delete=False) as f:
+        f.write(code)
+    try:
+        return subprocess.run([shutil.which("Rscript"), f.name, *map(str, args)], capture_output=True, text=True,
+                              timeout=timeout)
+    finally:
+        os.unlink(f.name)
+
+
 SMALL = dict(kind="2way", n_subjects=6, n_channels=24, n_times=12, seed=3)
 SMALL_N_PERM, SMALL_SEED = 8, 7
 

@@ -21,7 +21,6 @@ intercepts the criterion equals the closed-form native engine's.
 from __future__ import annotations
 
 import shutil
-import subprocess
 
 import numpy as np
 import pandas as pd
@@ -35,7 +34,7 @@ from clusterlmer.engines.native.general import (CrossProducts, RandomLayout, lme
 from clusterlmer.engines.native.nesting import Nesting
 from clusterlmer.formula import parse_formula
 from clusterlmer.spec import build_spec
-from conftest import R_DATA_SETS
+from conftest import R_DATA_SETS, run_rscript
 
 RSCRIPT = shutil.which("Rscript")
 pytestmark = pytest.mark.skipif(RSCRIPT is None, reason="Rscript is not on PATH")
@@ -124,7 +123,7 @@ def lme4_runs(tmp_path_factory):
             hexed[col] = [float(v).hex() for v in hexed[col]]
     hexed.to_csv(root / "sample2way.csv", index=False)
     args = [x for cid, (data, formula, resp) in CASES.items() for x in (cid, data, formula, ",".join(resp))]
-    proc = subprocess.run([RSCRIPT, "-e", _R, str(root), *args], capture_output=True, text=True, timeout=600)
+    proc = run_rscript(_R, str(root), *args, timeout=600)
     assert proc.returncode == 0, proc.stderr
     return root
 

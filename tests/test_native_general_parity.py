@@ -39,7 +39,6 @@ the largest differences per case.
 from __future__ import annotations
 
 import shutil
-import subprocess
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,7 +52,7 @@ from clusterlmer.engines import native, resolve_engine
 from clusterlmer.engines.base import FitOptions
 from clusterlmer.formula import parse_formula
 from clusterlmer.spec import build_spec
-from conftest import R_DATA_SETS
+from conftest import R_DATA_SETS, run_rscript
 
 RSCRIPT = shutil.which("Rscript")
 pytestmark = pytest.mark.skipif(RSCRIPT is None, reason="Rscript is not on PATH")
@@ -207,7 +206,7 @@ for (i in seq_len(nrow(cases))) {
       refined <- if (isSingular(m)) NULL else refine(f, d, reml, m)
       if (!is.null(refined)) {
         put_fit(refined, "refined_")
-        put_tests(refined, "marginal", "refined_")
+        put_tests(refined, c("marginal", "type3"), "refined_")
       }
     }
   }
@@ -349,8 +348,12 @@ def _spread(fit, refined):
     """Largest relative move, when lme4's optimum is refined, of the numbers the comparison uses."""
     if refined is None:
         return np.inf
-    a, b = refined.stats.loc["marginal"], fit.stats.loc["marginal"]
-    moves = [list(_stat_moves(a.loc[key], b, key).values()) for key in b.index]
+    moves = []
+    for test in ("marginal", "type3"):  # both tables: type III's DF2 can move more than the marginal one's
+        if test not in fit.stats.index.get_level_values(0) or test not in refined.stats.index.get_level_values(0):
+            continue
+        a, b = refined.stats.loc[test], fit.stats.loc[test]
+        moves += [list(_stat_moves(a.loc[key], b, key).values()) for key in b.index]
     moves += [_rel(refined.beta, fit.beta, fit.se), _rel(refined.se, fit.se), _rel(refined.sigma, fit.sigma)]
     return float(max(np.max(m, initial=0.0) for m in moves))
 
@@ -363,7 +366,7 @@ def lme4_run(tmp_path_factory):
     _hexed(_subject_item_frame()).to_csv(root / "subject_item.csv", index=False)
     args = [x for cid, c in CASES.items()
             for x in (cid, c.data, c.formula, ",".join(c.responses), c.coding, str(c.ml).upper())]
-    proc = subprocess.run([RSCRIPT, "-e", _R, str(root), *args], capture_output=True, text=True, timeout=300)
+    proc = run_rscript(_R, str(root), *args, timeout=300)
     assert proc.returncode == 0, proc.stderr
     table = pd.read_csv(root / "reference.csv", dtype=str, keep_default_na=False)
     fits = {}

@@ -33,6 +33,7 @@ import pandas as pd
 import pytest
 
 import clusterlmer as cl
+from conftest import run_rscript
 
 pytest.importorskip("rpy2")
 RSCRIPT = shutil.which("Rscript")
@@ -80,7 +81,7 @@ _R_PARSE = (
 
 def assert_same_parse(csv: Path, df: pd.DataFrame):
     """R's read.csv gives bit-identical numbers (NaN for NA) to pandas' read_csv."""
-    proc = subprocess.run([RSCRIPT, "-e", _R_PARSE, str(csv)], capture_output=True, text=True, timeout=120)
+    proc = run_rscript(_R_PARSE, str(csv), timeout=120)
     assert proc.returncode == 0, proc.stderr
     r_cols = {}
     for line in proc.stdout.strip().splitlines():
@@ -221,7 +222,7 @@ def r_datasets(tmp_path_factory):
     """lme4's cake, Pastes, sleepstudy, Penicillin and lmerTest's TVbo, carrots exported to CSV by
     Rscript; labels as text."""
     root = tmp_path_factory.mktemp("r_datasets")
-    proc = subprocess.run([RSCRIPT, "-e", _EXPORT_R, str(root)], capture_output=True, text=True, timeout=120)
+    proc = run_rscript(_EXPORT_R, str(root), timeout=120)
     assert proc.returncode == 0, proc.stderr
     return {name: root / f"{name}.csv" for name in ("cake", "Pastes", "sleepstudy", "Penicillin", "TVbo", "carrots")}
 

@@ -8,13 +8,13 @@ drawn with; responses cross to R as C99 hex floats (``%a``).
 from __future__ import annotations
 
 import shutil
-import subprocess
 
 import numpy as np
 import pandas as pd
 import pytest
 
 import clusterlmer as cl
+from conftest import run_rscript
 
 RSCRIPT = shutil.which("Rscript")
 
@@ -124,8 +124,7 @@ def test_lme4_recovers_the_simulated_standard_deviations(tmp_path):
     out <- data.frame(name = paste(vc$grp, vc$var1, vc$var2, sep = "/"), value = sprintf("%a", vc$sdcor))
     utils::write.csv(out, args[2], row.names = FALSE)
     """
-    proc = subprocess.run([RSCRIPT, "-e", script, str(tmp_path / "data.csv"), str(tmp_path / "vc.csv")],
-                          capture_output=True, text=True, timeout=300)
+    proc = run_rscript(script, str(tmp_path / "data.csv"), str(tmp_path / "vc.csv"), timeout=300)
     assert proc.returncode == 0, proc.stderr
     vc = pd.read_csv(tmp_path / "vc.csv", keep_default_na=False)
     sd = dict(zip(vc["name"], vc["value"].map(float.fromhex)))

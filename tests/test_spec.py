@@ -18,14 +18,13 @@ permuted or subset table.
 from __future__ import annotations
 
 import shutil
-import subprocess
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from clusterlmer.design import build_design
-from conftest import R_DATA_SETS
+from conftest import R_DATA_SETS, run_rscript
 from clusterlmer.formula import parse_formula
 from clusterlmer.permute import make_permutations
 from clusterlmer.spec import build_spec
@@ -94,7 +93,7 @@ def lme4_terms(tmp_path_factory):
         pytest.skip("Rscript is not on PATH")
     root = tmp_path_factory.mktemp("lformula")
     args = [x for cid, (data, formula, coding) in CASES.items() for x in (cid, data, formula, coding)]
-    proc = subprocess.run([RSCRIPT, "-e", _R, str(root), *args], capture_output=True, text=True, timeout=300)
+    proc = run_rscript(_R, str(root), *args, timeout=300)
     assert proc.returncode == 0, proc.stderr
     return root
 

@@ -21,9 +21,7 @@ Checked here:
 * with every column fitted the matrices do not change when the rows are
   permuted;
 * the native engine evaluated at lme4's theta (``evaluate_at``) with
-  ``test="type3"`` gives ``anova(type = 3)``: expected to fail with
-  ``UnsupportedModel`` until the engine accepts ``test="type3"`` (strict
-  xfail, so it reports once it passes).
+  ``test="type3"`` gives ``anova(type = 3)``.
 
 Cases (both codings): lmerTest's ham (three-way factorial), TVbo (3 x 4
 factorial; one term alone, where lmerTest takes its type I rows), cake
@@ -37,7 +35,6 @@ random slope on sleepstudy.
 from __future__ import annotations
 
 import shutil
-import subprocess
 import warnings
 
 import numpy as np
@@ -46,13 +43,13 @@ import pytest
 
 from clusterlmer.design import build_design
 from clusterlmer.engines.base import FitOptions
-from clusterlmer.engines.native import UnsupportedModel, evaluate_at
+from clusterlmer.engines.native import evaluate_at
 from clusterlmer.engines.native.fixed import rank_deficiency
 from clusterlmer.engines.native.marginal import contrast_tests, marginal_tests
 from clusterlmer.formula import parse_formula
 from clusterlmer.spec import build_spec
 from clusterlmer.type3 import type3_contrasts
-from conftest import R_DATA_SETS
+from conftest import R_DATA_SETS, run_rscript
 
 RSCRIPT = shutil.which("Rscript")
 needs_r = pytest.mark.skipif(RSCRIPT is None, reason="Rscript is not on PATH")
@@ -132,7 +129,7 @@ def lmertest_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("type3")
     args = [x for cid, (data, formula) in CASES.items() for coding in CODINGS
             for x in (f"{cid}_{coding}", data, formula, coding)]
-    proc = subprocess.run([RSCRIPT, "-e", _R, str(root), *args], capture_output=True, text=True, timeout=600)
+    proc = run_rscript(_R, str(root), *args, timeout=600)
     assert proc.returncode == 0, proc.stderr
     return root
 
@@ -228,8 +225,6 @@ def test_contrast_tests_give_anova_type3(lmertest_runs, case, coding):
 
 
 @needs_r
-@pytest.mark.xfail(raises=UnsupportedModel, strict=True,
-                   reason="the native engine does not accept test='type3' yet")
 @pytest.mark.parametrize("coding", CODINGS)
 @pytest.mark.parametrize("case", list(CASES))
 def test_native_engine_gives_anova_type3_at_lme4s_theta(lmertest_runs, case, coding):

@@ -24,16 +24,17 @@ import numpy as np
 
 from ..._checks import check_option
 from ...spec import as_spec
+from ...type3 import type3_contrasts
 from ..base import NEEDS, BlockFit, FitOptions
 from .blocked import GeneralStructure
 from .criterion import Block, Responses, Structure
 from .general_fit import GeneralFits, general_chunk
 from .fixed import rank_deficiency, scale_message
-from .marginal import marginal_tests
+from .marginal import term_tests
 from .nesting import Nesting, design_checks
 from .optimize import optimize
 from .satterthwaite import nested_values, varpar_parts, vcov_varpar
-from .support import UnsupportedModel, require
+from .support import UnsupportedModel, require, tested_terms
 
 __all__ = ["CHUNK", "Prepared", "evaluate", "evaluate_at", "fit_block", "fit_blocks", "prepare"]
 
@@ -65,6 +66,7 @@ class Prepared:
     structure: Structure | GeneralStructure | None = None
     error: str = ""
     kept: np.ndarray | None = None
+    contrasts: list | None = None  # type III: lmerTest's contrast per term in ``terms`` (None: marginal)
     zt: np.ndarray | None = None  # general path: dense Z' of this design (GeneralStructure.zt)
 
     @property
@@ -84,7 +86,7 @@ def prepare(spec, options: FitOptions, n: int) -> Prepared:
         an error of the block instead (``Prepared.error``).
     """
     fixed = spec.fixed
-    terms, coefs = fixed.terms, fixed.coef_names
+    terms, coefs = tested_terms(spec, options), fixed.coef_names
     try:
         nest = require(spec, options)
     except UnsupportedModel as exc:
@@ -98,14 +100,29 @@ def prepare(spec, options: FitOptions, n: int) -> Prepared:
     kept, rank_message = rank_deficiency(spec.X)
     X = spec.X if rank_message is None else spec.X[:, kept]
     messages = [m for m in (rank_message, scale_message(X)) if m]
+    contrasts = _type3(spec, kept) if options.test == "type3" else None
     if general is not None:
         slopes = {v for t in spec.random for v in t.variables}
         # A permuted slope variable changes Z itself: such a design has its own Z'.
         zt = (general.zt(spec) if slopes.intersection(spec.moved)
               else spec.shared("native-general-zt", lambda: general.zt(spec)))
-        return Prepared(terms, coefs, fixed.assign[kept], None, X, messages, general, kept=kept, zt=zt)
+        return Prepared(terms, coefs, fixed.assign[kept], None, X, messages, general, kept=kept, zt=zt,
+                        contrasts=contrasts)
     structure = spec.shared("native-structure", lambda: Structure(nest, n))
-    return Prepared(terms, coefs, fixed.assign[kept], nest, X, messages, structure, kept=kept)
+    return Prepared(terms, coefs, fixed.assign[kept], nest, X, messages, structure, kept=kept, contrasts=contrasts)
+
+
+def _type3(spec, kept):
+    """lmerTest's type III contrasts of ``spec`` on the columns ``kept`` (its terms, no intercept).
+
+    With every column kept they depend only on the codings, not on the
+    rows: computed once per analysis. Dropped columns depend on which cells
+    are empty, which a permutation can change: computed per specification.
+    """
+    def make():
+        return type3_contrasts(spec.fixed, spec.values, spec.n_obs, kept)[1:]
+
+    return spec.shared("native-type3", make) if len(kept) == spec.X.shape[1] else make()
 
 
 def fit_block(model, Y, options: FitOptions, need: str = "all") -> BlockFit:
@@ -367,8 +384,7 @@ def evaluate(model: Prepared, block: Block, phi, ok, options: FitOptions, need: 
         varpar = (Jac, Avp)
         for r in range(k):
             per_msgs[r] += vp_msgs[r]
-    F, df1, df2, pval, cest = marginal_tests(model.assign, len(model.terms), beta, Vb, options.ddf, n - p,
-                                             varpar, need)
+    F, df1, df2, pval, cest = term_tests(model, beta, Vb, options.ddf, n - p, varpar, need)
     if p < len(model.coef_names):  # columns lme4 dropped: NaN estimates
         beta, se = _scatter(beta, model.kept, len(model.coef_names)), _scatter(se, model.kept, len(model.coef_names))
 

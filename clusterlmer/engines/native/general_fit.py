@@ -20,7 +20,7 @@ import numpy as np
 
 from ..base import BlockFit, FitOptions
 from .blocked import DesignParts, GeneralBlock, GeneralStructure
-from .marginal import marginal_tests
+from .marginal import term_tests
 from .optimize import minimize
 from .satterthwaite import varpar_parts, vcov_varpar
 
@@ -168,8 +168,7 @@ class GeneralFits:
             for f in range(self.F):
                 msgs[f] += vp_msgs[f]
         model = self.models[0]
-        F_, df1, df2, pval, cest = marginal_tests(model.assign, len(model.terms), beta, Vb, options.ddf, n - p,
-                                                  varpar, need)
+        F_, df1, df2, pval, cest = term_tests(model, beta, Vb, options.ddf, n - p, varpar, need)
         D = out["criterion"]
         failed = ~np.isfinite(D)
         for arr in (F_, df1, df2, pval, cest):

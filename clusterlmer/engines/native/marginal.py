@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import special  # scipy.stats' f.sf and chi2.sf call these; importing stats takes ~1 s
 
-__all__ = ["contrast_tests", "f_sf", "marginal_tests", "satterthwaite_md"]
+__all__ = ["contrast_tests", "f_sf", "marginal_tests", "satterthwaite_md", "term_tests"]
 
 _SQRT_EPS = np.sqrt(np.finfo(float).eps)
 
@@ -192,3 +192,14 @@ def f_sf(F, df1, df2):
     out[inf] = special.chdtrc(df1[inf], F[inf] * df1[inf])
     out[fin] = special.fdtrc(df1[fin], df2[fin], F[fin])
     return out
+
+
+def term_tests(model, beta, Vb, ddf, resid_df, varpar=None, need="all"):
+    """F, DF1, DF2, p and contrast estimates of a prepared model's terms: marginal, or type III.
+
+    ``model`` has ``assign`` and ``terms`` (marginal tests) and ``contrasts``:
+    None, or lmerTest's type III contrast per term.
+    """
+    if model.contrasts is None:
+        return marginal_tests(model.assign, len(model.terms), beta, Vb, ddf, resid_df, varpar, need)
+    return contrast_tests(model.contrasts, beta, Vb, ddf, resid_df, varpar, need)

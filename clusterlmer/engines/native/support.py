@@ -15,7 +15,7 @@ from ...spec import as_spec
 from ..base import FitOptions
 from .nesting import Nesting, random_problem
 
-__all__ = ["UnsupportedModel", "analyse", "describe", "require", "supports"]
+__all__ = ["UnsupportedModel", "analyse", "describe", "require", "supports", "tested_terms"]
 
 
 class UnsupportedModel(ValueError):
@@ -25,8 +25,8 @@ class UnsupportedModel(ValueError):
 def _option_problem(options):
     if options.ddf == "kenward-roger":
         return "ddf='kenward-roger' (pbkrtest) is not available in the native engine"
-    if options.test != "marginal":
-        return f"test={options.test!r} is not available in the native engine, which computes marginal tests only"
+    if options.test not in ("marginal", "type3"):
+        return f"test={options.test!r} is not available in the native engine (marginal and type3 are)"
     # The native optimum is exact; silently ignoring a requested lme4 optimizer would misreport the run.
     if options.optimizer != "bobyqa":
         return (f"optimizer={options.optimizer!r} selects an lme4 optimizer, which the native engine does not use "
@@ -123,4 +123,10 @@ def describe(model, options: FitOptions):
     """
     spec = as_spec(model)
     require(spec, options)
-    return spec.fixed.terms, spec.fixed.coef_names
+    return tested_terms(spec, options), spec.fixed.coef_names
+
+
+def tested_terms(spec, options):
+    """The terms the tests report: lmerTest's type III table has no intercept row."""
+    terms = spec.fixed.terms
+    return tuple(t for t in terms if t != "(Intercept)") if options.test == "type3" else terms
