@@ -150,12 +150,6 @@ class FixedSpec:
         """lmerTest's marginal test of term ``i``: the identity rows of its coefficients."""
         return np.eye(len(self.coef_names))[self.term_columns(i)]
 
-    def type3_contrasts(self, values, n_obs, kept=None) -> list:
-        """lmerTest's type III contrast matrix of each term (see :func:`clusterlmer.type3.type3_contrasts`)."""
-        from .type3 import type3_contrasts  # imports this module
-
-        return type3_contrasts(self, values, n_obs, kept)
-
 
 def _fixed_spec(design) -> FixedSpec:
     expanded = design.formula.fixed_terms

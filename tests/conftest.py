@@ -20,6 +20,19 @@ except ImportError:
 # uses the R engine explicitly: those back ends exist to run R in their workers.
 SMALL_FORMULA = "data ~ hit_miss * region + (1|sid) + (1|sid:ch)"
 
+# R code every Rscript-run test starts with: lme4 and lmerTest loaded, `out` (the first argument, a
+# directory), and numbers written as C99 hex floats (`%a`) so both sides hold identical doubles.
+R_HEX_PREAMBLE = r"""
+suppressPackageStartupMessages({library(lme4); library(lmerTest)})
+args <- commandArgs(trailingOnly = TRUE)
+out <- args[1]
+hex <- function(x) sprintf("%a", as.numeric(x))
+unhex <- function(d) { for (nm in names(d)) if (is.character(d[[nm]]) && all(grepl("^-?0x", d[[nm]])))
+  d[[nm]] <- as.numeric(d[[nm]]); d }
+write_hex <- function(d, path) { for (nm in names(d)) if (is.numeric(d[[nm]])) d[[nm]] <- hex(d[[nm]])
+  utils::write.csv(d, path, row.names = FALSE) }
+"""
+
 # R code defining `data`: the data sets lme4 and lmerTest ship, as plain data frames whose
 # labels cannot be read back as numbers (for tests that run lme4 through Rscript).
 R_DATA_SETS = r"""

@@ -34,7 +34,7 @@ from clusterlmer.engines.native.general import (CrossProducts, RandomLayout, lme
 from clusterlmer.engines.native.nesting import Nesting
 from clusterlmer.formula import parse_formula
 from clusterlmer.spec import build_spec
-from conftest import R_DATA_SETS, run_rscript
+from conftest import R_DATA_SETS, R_HEX_PREAMBLE, run_rscript
 
 RSCRIPT = shutil.which("Rscript")
 pytestmark = pytest.mark.skipif(RSCRIPT is None, reason="Rscript is not on PATH")
@@ -52,16 +52,7 @@ CASES = {
                           [f"t{i}" for i in range(N_TIMES)]),
 }
 
-_R = r"""
-suppressPackageStartupMessages({library(lme4); library(lmerTest)})
-args <- commandArgs(trailingOnly = TRUE)
-out <- args[1]
-hex <- function(x) sprintf("%a", as.numeric(x))
-unhex <- function(d) { for (nm in names(d)) if (is.character(d[[nm]]) && all(grepl("^-?0x", d[[nm]])))
-  d[[nm]] <- as.numeric(d[[nm]]); d }
-write_hex <- function(d, path) { for (nm in names(d)) if (is.numeric(d[[nm]])) d[[nm]] <- hex(d[[nm]])
-  utils::write.csv(d, path, row.names = FALSE) }
-""" + R_DATA_SETS + r"""
+_R = R_HEX_PREAMBLE + R_DATA_SETS + r"""
 for (name in names(data)) write_hex(data[[name]], file.path(out, paste0(name, ".csv")))
 data$sample2way <- unhex(utils::read.csv(file.path(out, "sample2way.csv"), colClasses = "character"))
 # clusterlmer makes a numeric fixed-effect column a factor, levels sorted (0, 1), as factor() does.

@@ -52,7 +52,7 @@ from clusterlmer.engines import native, resolve_engine
 from clusterlmer.engines.base import FitOptions
 from clusterlmer.formula import parse_formula
 from clusterlmer.spec import build_spec
-from conftest import R_DATA_SETS, run_rscript
+from conftest import R_DATA_SETS, R_HEX_PREAMBLE, run_rscript
 
 RSCRIPT = shutil.which("Rscript")
 pytestmark = pytest.mark.skipif(RSCRIPT is None, reason="Rscript is not on PATH")
@@ -104,16 +104,7 @@ CASES = {
 }
 CROSSED_OR_SLOPES = [c for c in CASES if c not in ("pastes_nested", "cake_rank_deficient")]
 
-_R = r"""
-suppressPackageStartupMessages({library(lme4); library(lmerTest)})
-args <- commandArgs(trailingOnly = TRUE)
-out <- args[1]
-hex <- function(x) sprintf("%a", as.numeric(x))
-unhex <- function(d) { for (nm in names(d)) if (is.character(d[[nm]]) && all(grepl("^-?0x", d[[nm]])))
-  d[[nm]] <- as.numeric(d[[nm]]); d }
-write_hex <- function(d, path) { for (nm in names(d)) if (is.numeric(d[[nm]])) d[[nm]] <- hex(d[[nm]])
-  utils::write.csv(d, path, row.names = FALSE) }
-""" + R_DATA_SETS + r"""
+_R = R_HEX_PREAMBLE + R_DATA_SETS + r"""
 data$carrots <- data$carrots[!is.na(data$carrots$Preference), ]
 # cake with temperature as a factor and two recipe x temperature cells left out: X is rank deficient.
 cake <- data$cake

@@ -223,7 +223,7 @@ def _fit_general(specs, models, ok, Y, options, need, start_from, out):
     """The general path's part of :func:`fit_blocks`: fills ``out`` for the specifications ``ok``."""
     n, k = Y.shape
     first = models[ok[0]]
-    per_chunk = general_chunk(first.structure, first.X.shape[1], need)
+    per_chunk = general_chunk(first.structure, first.X.shape[1], CHUNK_STATISTIC if need == "statistic" else CHUNK)
     cols = max(1, min(k, per_chunk))
     col_chunks = [slice(c, c + cols) for c in range(0, k, cols)]
     # Each response's optimum under a specification is kept: its permutations start there.

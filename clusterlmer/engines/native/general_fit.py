@@ -48,11 +48,8 @@ def _doubles_per_fit(structure, p):
     return 12 * s.n_components * per_component + 4 * p * p
 
 
-def general_chunk(structure, p, need="all") -> int:
-    """Fits optimised together: as many as the memory budget allows, at most the nested path's chunk."""
-    from .engine import CHUNK, CHUNK_STATISTIC
-
-    most = CHUNK_STATISTIC if need == "statistic" else CHUNK
+def general_chunk(structure, p, most) -> int:
+    """Fits optimised together: as many as the memory budget allows, at most ``most``."""
     return int(np.clip(_WORK_BUDGET // _doubles_per_fit(structure, p), 1, most))
 
 
