@@ -116,8 +116,11 @@ def exact_hessian(s, c, reml, dof):
         TD = np.einsum("fglbc,fglad->fbcda", D, D) if k1 > 1 else (D * D).sum(axis=(1, 2))[:, :, :, None, None]
         GU = {i: smm(gs[i][1][:, None, None], Ur) for i in range(n0)}  # G_i U per level
         DGU = {i: smm(D, GU[i]) for i in range(n0)}
-        UGU = {i: np.einsum("fclam,fclan->fcmn", Ur, GU[i]) for i in range(n0)}
+        UGU = {i: np.swapaxes(U, -1, -2) @ GU[i].reshape(F, C, q1, m2) for i in range(n0)}  # U' G_i U
     Z = {}
+    if 0 < n0 < s.n_theta:  # products of M21's and M12's columns of each coefficient of the first term
+        M21r = M21.reshape(F, C, m2, m1, k1)
+        cross = [[M21r[..., a] @ np.swapaxes(M21r[..., b], -1, -2) for b in range(k1)] for a in range(k1)]
     H = np.empty((F, s.n_theta, s.n_theta))
     scale = dof / c["pwrss"]
     for i in range(s.n_theta):
@@ -131,8 +134,9 @@ def exact_hessian(s, c, reml, dof):
             else:
                 first, dense = (gi, gj) if ki == "first" else (gj, gi)
                 key = i if ki == "first" else j
-                if key not in Z:
-                    Z[key] = smm(M21.reshape(F, C, m2, m1, k1), first[:, None, None]).reshape(F, C, m2, q1) @ M12
+                if key not in Z:  # M21 (I x C_i) M12 = sum over a, b of C_i[a, b] M21[., a] M12[b, .]
+                    Z[key] = sum(first[:, a, b, None, None, None] * cross[a][b]
+                                 for a in range(k1) for b in range(k1))
                 tr = (Z[key] * dense).sum(axis=(1, 2, 3))
             if reml:
                 tr = tr - 2.0 * dot(Y[i], MY[j]) + (A[i] * A[j]).sum(axis=(1, 2))
