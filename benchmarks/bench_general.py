@@ -64,6 +64,9 @@ from clusterlmer.engines.native import UnsupportedModel
 from clusterlmer.formula import parse_formula
 from clusterlmer.spec import build_spec
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_native import _peak_rss_mb  # noqa: E402  (this process's own peak, VmHWM)
+
 TARGET_WALL_S = {"a": 20.0, "b": 60.0}
 TARGET_SPEEDUP_FIT = {"a": 100.0, "b": 100.0, "c": 50.0}
 TARGET_SPEEDUP_FULL = {"a": 100.0}
@@ -214,21 +217,9 @@ def analysis(key, quick, nperm, engine, cross_check, n_jobs):
     except UnsupportedModel as exc:  # e.g. refused for the rows of one sample only
         return {"why": str(exc)}
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    return {"wall": wall, "cpu": cpu, "n_fits": (nperm + 1) * w["data"].n_times, "peak_mb": _own_peak_mb(),
+    return {"wall": wall, "cpu": cpu, "n_fits": (nperm + 1) * w["data"].n_times, "peak_mb": _peak_rss_mb(),
             "workers_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
             "clusters": len(res.clusters), "engine": res.fit.options.get("engine", engine)}
-
-
-def _own_peak_mb():
-    """Peak resident memory of this process (VmHWM: getrusage would count the parent's peak across vfork/exec)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _child(extra):
