@@ -91,9 +91,11 @@ def test_blocked_criterion_gradient_and_hessian(frame_name, formula, reml):
 
 
 def test_components_of_a_nested_model():
-    """The sample's sid:ch levels nest in sid: one component per subject, padded to the largest."""
+    """The sample's sid:ch levels nest in sid: one component per subject, its channels one segment."""
     _, structure, _, _, _ = _block("sample", CASES[-1][1])
     sid = datasets.sample_2way().design["sid"]
     assert structure.n_components == sid.nunique()
     assert structure.m2 == 2  # one subject's intercept and slope
-    assert structure.m1 == sid.groupby(sid).size().max() // 2  # channels of the largest subject
+    assert structure.n_levels1 == len(sid) // 2  # every channel once, no padding
+    sizes = np.diff(np.append(structure.segments, structure.n_levels1))
+    np.testing.assert_array_equal(np.sort(sizes), np.sort(sid.groupby(sid).size().to_numpy() // 2))

@@ -34,6 +34,7 @@ from scipy.sparse.csgraph import connected_components
 
 from .blocked_hessian import exact_hessian
 from .general import lme4_term_order
+from .levels import LevelOps
 from .small import inv_lower, small_cholesky, small_inv_lower, smm, smm_t
 
 __all__ = ["GeneralBlock", "GeneralStructure"]
@@ -64,8 +65,10 @@ class GeneralStructure:
     diagonal : ndarray of bool (n_theta,)
         Entries on a relative factor's diagonal (lower bound 0): lme4's
         ``isSingular`` looks at these.
-    idx1 : ndarray (C, m1, k1)
-        Rows of ``Z'`` of the first term's levels per component (``q``: padding).
+    idx1 : ndarray (L1, k1)
+        Rows of ``Z'`` of the first term's levels, ordered by component.
+    comp1, segments : ndarray
+        Each of those levels' component, and where each component's levels start.
     idx2 : ndarray (C, m2)
         Rows of ``Z'`` of the other terms' random effects per component.
     tidx0 : ndarray (k1, k1)
@@ -106,12 +109,16 @@ class GeneralStructure:
                     dense[c].append(starts[j] + lev * k + col)
                     tdense[c].append((tstarts[j], j, lev, col, tril))
         self.n_components = n_comp
-        m1 = max(len(x) for x in levels1)
         m2 = max((len(x) for x in dense), default=0)
-        self.m1, self.m2 = m1, m2
-        self.idx1 = np.full((n_comp, m1, self.k1), self.q)
-        for c, lev in enumerate(levels1):
-            self.idx1[c, :len(lev)] = lev[:, None] * self.k1 + np.arange(self.k1)
+        self.m2 = m2
+        # The first term's levels, component by component (no padding): level i is in component
+        # comp1[i]; component c's levels are the segment starting at segments[c].
+        flat = np.concatenate(levels1)
+        self.comp1 = np.repeat(np.arange(n_comp), [len(x) for x in levels1])
+        self.segments = np.concatenate([[0], np.cumsum([len(x) for x in levels1])[:-1]]).astype(np.intp)
+        self.n_levels1 = len(flat)
+        self.idx1 = flat[:, None] * self.k1 + np.arange(self.k1)
+        self.ops = LevelOps(self.comp1, self.segments, n_comp)
         self.idx2 = np.full((n_comp, m2), self.q)
         self.tidx2 = np.full((n_comp, m2, m2), self.n_theta)
         for c in range(n_comp):
@@ -192,18 +199,19 @@ class GeneralStructure:
 class DesignParts:
     """The cross products of one design (``Z``, ``X``) that every response's fit uses.
 
-    ``W11`` (C, m1, k1, k1), ``W21`` (C, m2, m1, k1), ``W22`` (C, m2, m2):
-    blocks of ``Z'Z``; ``ZX1`` (C, m1, k1, p), ``ZX2`` (C, m2, p): of
-    ``Z'X``; ``XtX`` (p, p). ``zt`` (q + 1, n) and ``X`` give the responses'
-    parts (:meth:`responses`).
+    ``W11`` (L1, k1, k1): the first term's level blocks of ``Z'Z``; ``W21``
+    (m2, L1, k1): each such level against its component's dense rows (see
+    :mod:`.levels` for this layout); ``W22`` (C, m2, m2); ``ZX1`` (L1, k1,
+    p), ``ZX2`` (C, m2, p): of ``Z'X``; ``XtX`` (p, p). ``zt`` (q + 1, n)
+    and ``X`` give the responses' parts (:meth:`responses`).
     """
 
     def __init__(self, structure: GeneralStructure, zt, X):
         s = structure
         W = zt @ zt.T
         i1, i2 = s.idx1, s.idx2
-        self.W11 = W[i1[:, :, :, None], i1[:, :, None, :]]
-        self.W21 = W[i2[:, :, None, None], i1[:, None, :, :]]
+        self.W11 = W[i1[:, :, None], i1[:, None, :]]
+        self.W21 = np.ascontiguousarray(W[i2[s.comp1][:, :, None], i1[:, None, :]].transpose(1, 0, 2))
         self.W22 = W[i2[:, :, None], i2[:, None, :]]
         ZX = zt @ X
         self.ZX1, self.ZX2 = ZX[i1], ZX[i2]
@@ -211,7 +219,7 @@ class DesignParts:
         self.zt, self.X = zt, X
 
     def responses(self, structure, Y):
-        """``(Zy1 (k, C, m1, k1), Zy2 (k, C, m2), Xy (k, p), yy (k,))`` of responses ``Y`` (n, k)."""
+        """``(Zy1 (k, L1, k1), Zy2 (k, C, m2), Xy (k, p), yy (k,))`` of responses ``Y`` (n, k)."""
         Zy = (self.zt @ Y).T
         return Zy[:, structure.idx1], Zy[:, structure.idx2], (self.X.T @ Y).T, np.einsum("ij,ij->j", Y, Y)
 
@@ -274,25 +282,29 @@ class GeneralBlock:
         ZX1, ZX2, XtX = per_design(self.ZX1), per_design(self.ZX2), per_design(self.XtX)
         Zy1, Zy2, Xy, yy = per_fit(self.Zy1), per_fit(self.Zy2), per_fit(self.Xy), per_fit(self.yy)
         F = theta.shape[0]
-        C, m1, m2, k1 = s.n_components, s.m1, s.m2, s.k1
-        q1 = m1 * k1
+        C, m2, k1, L1 = s.n_components, s.m2, s.k1, s.n_levels1
+        ops = s.ops
         th = np.concatenate([theta, np.zeros((F, 1))], axis=1)
         T0 = th[:, s.tidx0]  # (F, k1, k1)
         Lam2 = th[:, s.tidx2]  # (F, C, m2, m2)
-        T0e = T0[:, None, None]
+        T0e = T0[:, None]
         T0t = np.swapaxes(T0e, -1, -2)
         # First term, level by level: A11 = T0' W11 T0 + I = L11 L11'; P1 = L11^-1 T0'.
         A11 = smm_t(T0e, smm(W11, T0e)) + np.eye(k1)
         L11 = small_cholesky(A11)
-        P1 = smm(small_inv_lower(L11), T0t)  # (F, C, m1, k1, k1)
-        ldL2 = 2.0 * np.log(np.diagonal(L11, axis1=-2, axis2=-1)).sum(axis=(1, 2, 3))
-        # Dense part: L21 = Lam2' W21 P1', S = Lam2' W22 Lam2 + I - L21 L21' = L22 L22'.
+        P1 = smm(small_inv_lower(L11), T0t)  # (F, L1, k1, k1)
+        ldL2 = 2.0 * np.log(np.diagonal(L11, axis1=-2, axis2=-1)).sum(axis=(1, 2))
+        # Dense part (levels.py's layouts): L21 = Lam2' W21 P1' (mixed),
+        # S = Lam2' W22 Lam2 + I - L21 L21' = L22 L22' per component.
         Lam2t = np.swapaxes(Lam2, -1, -2)
         if s.dense_diagonal:  # intercepts only beyond the first term: Lambda's dense block is diagonal
             lam = th[:, s.diag2]
 
-            def lt(X):  # Lam2' X
+            def lt(X):  # Lam2' X, per component
                 return lam[..., :, None] * X
+
+            def lt_mixed(X):  # the same on a mixed array
+                return ops.scale_mixed(lam, X)
 
             def xl(X):  # X Lam2
                 return X * lam[..., None, :]
@@ -300,19 +312,23 @@ class GeneralBlock:
             def lt(X):
                 return Lam2t @ X
 
+            def lt_mixed(X):
+                return ops.comp_times_mixed(Lam2t, X)
+
             def xl(X):
                 return X @ Lam2
-        E21 = sum(W21[..., j, None] * P1[:, :, None, :, :, j] for j in range(k1))  # W21 P1' per level
-        L21 = lt(E21.reshape(F, C, m2, q1))  # (F, C, m2, m1 k1)
-        S = xl(lt(W22)) - L21 @ np.swapaxes(L21, -1, -2) + np.eye(m2)
+        # W21 P1' per level, which is also B12' = (P1 W12)' below.
+        E21 = sum(W21[..., j, None] * P1[:, None, :, :, j] for j in range(k1))  # (F, m2, L1, k1)
+        L21 = lt_mixed(E21)
+        S = xl(lt(W22)) - ops.mixed_gram(L21, L21) + np.eye(m2)
         L22 = np.linalg.cholesky(S)
         L22i = inv_lower(L22)
         ldL2 = ldL2 + 2.0 * np.log(np.diagonal(L22, axis1=-2, axis2=-1)).sum(axis=(1, 2))
         # L c = Lambda' [Z'X Z'y]: c1 = P1 b1, c2 = L22^-1 (Lam2' b2 - L21 c1).
         b1 = np.concatenate([np.broadcast_to(ZX1, (F,) + ZX1.shape[1:]), Zy1[..., None]], axis=-1)
         b2 = np.concatenate([np.broadcast_to(ZX2, (F,) + ZX2.shape[1:]), Zy2[..., None]], axis=-1)
-        c1 = smm(P1, b1)  # (F, C, m1, k1, p + 1)
-        c2 = L22i @ (lt(b2) - L21 @ c1.reshape(F, C, q1, p + 1))  # (F, C, m2, p + 1)
+        c1 = smm(P1, b1)  # (F, L1, k1, p + 1)
+        c2 = L22i @ (lt(b2) - ops.mixed_times_level(L21, c1))  # (F, C, m2, p + 1)
         c_all = np.concatenate([c1.reshape(F, -1, p + 1), c2.reshape(F, -1, p + 1)], axis=1)
         RZX, cu = c_all[..., :p], c_all[..., p]  # (F, N, p), (F, N): both parts' rows
         RtR = XtX - np.swapaxes(RZX, 1, 2) @ RZX
@@ -329,51 +345,48 @@ class GeneralBlock:
         out = {"criterion": crit, "ldL2": ldL2, "ldRX2": ldRX2, "pwrss": pwrss, "beta": beta, "RXinv": RXinv}
         if not (gradient or hessian):
             return out
-        # B = L^-1 Lambda' Z'Z by blocks: B11 (level-diagonal), B21, B12, B22.
-        B11 = smm(P1, W11)  # (F, C, m1, k1, k1)
-        L21l = L21.reshape(F, C, m2, m1, k1)
-        L21B11 = sum(L21l[..., i, None] * B11[:, :, None, :, i, :] for i in range(k1))
-        B21 = L22i @ (lt(W21.reshape(W21.shape[:3] + (q1,))) - L21B11.reshape(F, C, m2, q1))
-        # B12 = P1 W12 per level, W12 = W21' (rows: the first term's level l, column j).
-        B12 = sum(P1[..., j, None] * np.swapaxes(W21[..., j], -1, -2)[:, :, :, None, :] for j in range(k1))
-        B12f = B12.reshape(F, C, q1, m2)
-        B22 = L22i @ (lt(W22) - L21 @ B12f)
-        B21t, B12t, B22t = (np.swapaxes(b, -1, -2) for b in (B21, B12f, B22))
+        # B = L^-1 Lambda' Z'Z by blocks: B11 (per level), B21 (mixed), B12 (its transpose is
+        # mixed: E21), B22 (per component).
+        B11 = smm(P1, W11)  # (F, L1, k1, k1)
+        L21B11 = sum(L21[..., i, None] * B11[:, None, :, i, :] for i in range(k1))
+        B21 = ops.comp_times_mixed(L22i, lt_mixed(np.broadcast_to(W21, (F,) + W21.shape[1:])) - L21B11)
+        B12t = E21
+        B22 = L22i @ (lt(W22) - ops.mixed_gram(L21, B12t))
+        B22t = np.swapaxes(B22, -1, -2)
         # Level sums of M = Z'V^-1 Z = W - B'B over the first term; M's dense block.
-        B21r = np.swapaxes(B21.reshape(F, C, m2, m1, k1), 2, 3).reshape(F, -1, k1)  # rows (c, l, m)
-        M11 = (W11.sum(axis=(1, 2)) - smm_t(B11, B11).sum(axis=(1, 2)) - np.swapaxes(B21r, 1, 2) @ B21r)
-        M22 = W22 - B12t @ B12f - B22t @ B22
+        M11 = W11.sum(axis=1) - smm_t(B11, B11).sum(axis=1) - ops.level_gram(B21)
+        M22 = W22 - ops.mixed_gram(B12t, B12t) - B22t @ B22
 
         def bt(v1, v2):
-            """B' v for v = (v1 (F, C, m1, k1, r), v2 (F, C, m2, r))."""
-            w1 = smm_t(B11, v1) + (B21t @ v2).reshape(v1.shape)
-            w2 = B12t @ v1.reshape(F, C, q1, -1) + B22t @ v2
+            """B' v for v = (v1 (F, L1, k1, r), v2 (F, C, m2, r))."""
+            w1 = smm_t(B11, v1) + ops.mixed_t_times_comp(B21, v2)
+            w2 = ops.mixed_times_level(B12t, v1) + B22t @ v2
             return w1, w2
 
         # u = Z'P y = Z'(y - X beta) - B' L^-1 Lambda' Z'(y - X beta).
         cr = cu - (RZX @ beta[..., None])[..., 0]
-        n1 = C * q1
-        w1, w2 = bt(cr[:, :n1].reshape(F, C, m1, k1, 1), cr[:, n1:].reshape(F, C, m2, 1))
-        u1 = Zy1 - (ZX1 @ beta[:, None, None, :, None])[..., 0] - w1[..., 0]
+        n1 = L1 * k1
+        w1, w2 = bt(cr[:, :n1].reshape(F, L1, k1, 1), cr[:, n1:].reshape(F, C, m2, 1))
+        u1 = Zy1 - (ZX1 @ beta[:, None, :, None])[..., 0] - w1[..., 0]
         u2 = Zy2 - (ZX2 @ beta[:, None, :, None])[..., 0] - w2[..., 0]
         M22_ml = M22
         if reml or hessian:  # K = M - N N', N = Z'V^-1 X R_X^-1 = (Z'X - B' R_ZX) R_X^-1
             w1, w2 = bt(c1[..., :p], c2[..., :p])
-            N1 = ((b1[..., :p] - w1).reshape(F, -1, p) @ RXinv).reshape(F, C, m1, k1, p)
+            N1 = ((b1[..., :p] - w1).reshape(F, -1, p) @ RXinv).reshape(F, L1, k1, p)
             N2 = (b2[..., :p] - w2) @ RXinv[:, None]
         if reml:
-            N1k = np.swapaxes(N1.reshape(F, C * m1, k1, p), 1, 2).reshape(F, k1, -1)
+            N1k = np.swapaxes(N1, 1, 2).reshape(F, k1, -1)
             M11 = M11 - N1k @ np.swapaxes(N1k, 1, 2)
             M22 = M22 - N2 @ np.swapaxes(N2, -1, -2)
         scale = dof / pwrss
-        u1r = u1.reshape(F, -1, k1)
-        G0 = (M11 - scale[:, None, None] * (np.swapaxes(u1r, 1, 2) @ u1r)) @ T0
+        U11 = np.swapaxes(u1, 1, 2) @ u1  # sum over levels of u_l u_l'
+        G0 = (M11 - scale[:, None, None] * U11) @ T0
         lu2 = lt(u2[..., None])[..., 0]  # Lam2' u2
         G2 = xl(M22) - scale[:, None, None, None] * u2[..., :, None] * lu2[..., None, :]
         out["gradient"] = 2.0 * (G0.reshape(F, -1) @ s._pick0 + G2.reshape(F, -1) @ s._pick2)
         if hessian:
-            parts = dict(T0=T0, Lam2=Lam2, Lam2t=Lam2t, W11=W11, W21=W21, B11=B11, B21=B21, B12f=B12f, B22=B22,
-                         M22=M22_ml, N1=N1, N2=N2, u1=u1, u2=u2, pwrss=pwrss, K11sum=M11, K22=M22,
-                         U11sum=np.swapaxes(u1r, 1, 2) @ u1r)
+            parts = dict(T0=T0, Lam2=Lam2, Lam2t=Lam2t, W11=W11, W21=W21, B11=B11, B21=B21, B12t=B12t,
+                         B22=B22, M22=M22_ml, N1=N1, N2=N2, u1=u1, u2=u2, pwrss=pwrss, K11sum=M11, K22=M22,
+                         U11sum=U11)
             out["hessian"] = exact_hessian(s, parts, reml, dof)
         return out

@@ -23,19 +23,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from .small import smm
+from .small import smm, smm_t
 
 __all__ = ["exact_hessian"]
 
 
 def _act(g, x1, x2):
-    """``G_i`` times (x1 (F, C, m1, k1, r), x2 (F, C, m2, r)): ``g`` is ("first", C_i) or ("dense", G2_i).
+    """``G_i`` times (x1 (F, L1, k1, r), x2 (F, C, m2, r)): ``g`` is ("first", C_i) or ("dense", G2_i).
 
     The part ``G_i`` does not touch is returned as None (zero).
     """
     kind, mat = g
     if kind == "first":
-        return smm(mat[:, None, None], x1), None
+        return smm(mat[:, None], x1), None
     return None, mat @ x2
 
 
@@ -47,48 +47,39 @@ def exact_hessian(s, c, reml, dof):
     """
     T0, Lam2, Lam2t = c["T0"], c["Lam2"], c["Lam2t"]
     F = T0.shape[0]
-    C, m1, m2, k1, q1 = s.n_components, s.m1, s.m2, s.k1, s.m1 * s.k1
-    B11, B21, B12f, B22 = c["B11"], c["B21"], c["B12f"], c["B22"]
-    # M = Z'V^-1 Z per component: M11 = D - U U' (D level-diagonal, U = B21' of q1 x m2: never
-    # formed whole), M21 (m2 x q1), M22 (m2 x m2).
-    U = np.swapaxes(B21, -1, -2)  # (F, C, q1, m2)
-    Ur = U.reshape(F, C, m1, k1, m2)
-    D = c["W11"] - sum(B11[..., i, :, None] * B11[..., i, None, :] for i in range(k1))  # (., C, m1, k1, k1)
-    B12r = B12f.reshape(F, C, m1, k1, m2)
-    B12tB11 = sum(np.swapaxes(B12r[:, :, :, i, :], 2, 3)[..., None] * B11[:, :, None, :, i, :] for i in range(k1))
-    M21 = (c["W21"].reshape(c["W21"].shape[:3] + (q1,)) - B12tB11.reshape(F, C, m2, q1)
-           - np.swapaxes(B22, -1, -2) @ B21)
-    M12 = np.swapaxes(M21, -1, -2)
+    ops = s.ops
+    B11, B21, B12t, B22 = c["B11"], c["B21"], c["B12t"], c["B22"]
+    # M = Z'V^-1 Z per component: between levels M11 = D - B21' B21 (D per level; never formed
+    # whole), M21 (mixed: dense rows against levels), M22 per component (levels.py's layouts).
+    D = c["W11"] - smm_t(B11, B11)  # (F, L1, k1, k1)
+    B12tB11 = sum(B12t[..., i, None] * B11[:, None, :, i, :] for i in range(s.k1))  # (B12' B11) per level
+    M21 = c["W21"] - B12tB11 - ops.comp_times_mixed(np.swapaxes(B22, -1, -2), B21)  # (F, m2, L1, k1)
     M22 = c["M22"]
 
     def times_m(x1, x2):
-        """M (x1, x2) per component; a part that is None is zero."""
+        """M (x1 (F, L1, k1, r), x2 (F, C, m2, r)); a part that is None is zero."""
         if x1 is not None:
-            r = x1.shape[-1]
-            f1 = x1.reshape(F, C, q1, r)
-            y1 = smm(D, x1).reshape(F, C, q1, r) - U @ (B21 @ f1)
-            y2 = M21 @ f1
+            y1 = smm(D, x1) - ops.mixed_t_times_comp(B21, ops.mixed_times_level(B21, x1))
+            y2 = ops.mixed_times_level(M21, x1)
             if x2 is not None:
-                y1, y2 = y1 + M12 @ x2, y2 + M22 @ x2
-            return y1.reshape(x1.shape), y2
-        return (M12 @ x2).reshape(F, C, m1, k1, -1), M22 @ x2
+                y1, y2 = y1 + ops.mixed_t_times_comp(M21, x2), y2 + M22 @ x2
+            return y1, y2
+        return ops.mixed_t_times_comp(M21, x2), M22 @ x2
 
     def dot(a, b):
-        """Sum over components, rows and columns of a * b, both given as (part 1, part 2), None for zero."""
+        """Sum over levels or components, rows and columns of a * b, both (part 1, part 2), None for zero."""
         out = 0.0
-        if a[0] is not None and b[0] is not None:
-            out = out + (a[0] * b[0]).sum(axis=(1, 2, 3, 4))
-        if a[1] is not None and b[1] is not None:
-            out = out + (a[1] * b[1]).sum(axis=(1, 2, 3))
+        for x, y in zip(a, b):
+            if x is not None and y is not None:
+                out = out + (x * y).sum(axis=(1, 2, 3))
         return out
 
     def t_dot(n, y):
-        """N' y (F, p, r) summed over components, for y = (part 1, part 2) with None for zero."""
+        """N' y (F, p, r) summed over both parts, for y = (part 1, part 2) with None for zero."""
         out = 0.0
-        if y[0] is not None:
-            out = out + np.swapaxes(n[0].reshape(F, -1, n[0].shape[-1]), 1, 2) @ y[0].reshape(F, -1, y[0].shape[-1])
-        if y[1] is not None:
-            out = out + np.swapaxes(n[1].reshape(F, -1, n[1].shape[-1]), 1, 2) @ y[1].reshape(F, -1, y[1].shape[-1])
+        for a, b in zip(n, y):
+            if b is not None:
+                out = out + np.swapaxes(a.reshape(F, -1, a.shape[-1]), 1, 2) @ b.reshape(F, -1, b.shape[-1])
         return out
 
     n0 = s.n_first
@@ -113,21 +104,23 @@ def exact_hessian(s, c, reml, dof):
     # The trace of M G_i M G_j, by the terms' parts. First term with first term:
     # tr(D Gi D Gj) - 2 tr(U' Gi D Gj U) + tr((U' Gi U)(U' Gj U)).
     if n0:
-        TD = np.einsum("fglbc,fglad->fbcda", D, D) if k1 > 1 else (D * D).sum(axis=(1, 2))[:, :, :, None, None]
-        GU = {i: smm(gs[i][1][:, None, None], Ur) for i in range(n0)}  # G_i U per level
-        DGU = {i: smm(D, GU[i]) for i in range(n0)}
-        UGU = {i: np.swapaxes(U, -1, -2) @ GU[i].reshape(F, C, q1, m2) for i in range(n0)}  # U' G_i U
+        k1 = s.k1
+        TD = np.einsum("flbc,flad->fbcda", D, D) if k1 > 1 else (D * D).sum(axis=1)[:, :, :, None, None]
+        # With U the levels' rows of B21' (M11 = D - U U'): (G_i U) and D (G_i U) as mixed arrays
+        # (their transposes), and U' G_i U per component.
+        GU = {i: smm(B21, gs[i][1][:, None]) for i in range(n0)}
+        DGU = {i: sum(GU[i][..., j, None] * D[:, None, :, j, :] for j in range(k1)) for i in range(n0)}
+        UGU = {i: ops.mixed_gram(B21, GU[i]) for i in range(n0)}
     Z = {}
-    if 0 < n0 < s.n_theta:  # products of M21's and M12's columns of each coefficient of the first term
-        M21r = M21.reshape(F, C, m2, m1, k1)
-        cross = [[M21r[..., a] @ np.swapaxes(M21r[..., b], -1, -2) for b in range(k1)] for a in range(k1)]
+    if 0 < n0 < s.n_theta:  # products of M21's columns of each coefficient of the first term
+        cross = [[ops.mixed_gram(M21[..., a:a + 1], M21[..., b:b + 1]) for b in range(k1)] for a in range(k1)]
     H = np.empty((F, s.n_theta, s.n_theta))
     scale = dof / c["pwrss"]
     for i in range(s.n_theta):
         for j in range(i + 1):
             (ki, gi), (kj, gj) = gs[i], gs[j]
             if ki == "first" and kj == "first":
-                tr = (np.einsum("fab,fcd,fbcda->f", gi, gj, TD) - 2.0 * (GU[j] * DGU[i]).sum(axis=(1, 2, 3, 4))
+                tr = (np.einsum("fab,fcd,fbcda->f", gi, gj, TD) - 2.0 * (GU[j] * DGU[i]).sum(axis=(1, 2, 3))
                       + (UGU[i] * np.swapaxes(UGU[j], -1, -2)).sum(axis=(1, 2, 3)))
             elif ki == "dense" and kj == "dense":
                 tr = ((M22 @ gi) * np.swapaxes(M22 @ gj, -1, -2)).sum(axis=(1, 2, 3))

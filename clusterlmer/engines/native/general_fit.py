@@ -41,11 +41,11 @@ _WORK_BUDGET = 4e7
 
 
 def _doubles_per_fit(structure, p):
-    """Doubles the evaluation with gradient holds per fit (the largest arrays, a few of each)."""
+    """Doubles the evaluation with gradient and Hessian holds per fit (the largest arrays, a few of each)."""
     s = structure
-    q1 = s.m1 * s.k1
-    per_component = s.m2 * q1 + s.m2 * s.m2 + q1 * s.k1 + q1 * (p + 1) + s.m2 * (p + 1)
-    return 12 * s.n_components * per_component + 4 * p * p
+    per_level = s.k1 * (6 * s.m2 + 2 * s.k1 + 2 * (p + 1))  # W21, L21, B21, M21, ...; P1, B11; b1, c1
+    per_component = s.m2 * (4 * s.m2 + 2 * (p + 1))
+    return 12 * (s.n_levels1 * per_level + s.n_components * per_component) + 4 * p * p
 
 
 def general_chunk(structure, p, most) -> int:
