@@ -49,8 +49,8 @@ and says why).
 Modules, one job each: :mod:`.support` (what the engine fits), :mod:`.fixed`
 (lme4's checks of ``X``), :mod:`.nesting`, :mod:`.jets`, :mod:`.criterion`
 (the nested path), :mod:`.general` (lme4's term order and a reference
-criterion), :mod:`.blocked`, :mod:`.blocked_hessian`, :mod:`.small` (the
-general path's factorisation and derivatives), :mod:`.optimize` (Newton),
+criterion), :mod:`.blocked`, :mod:`.blocked_hessian`, :mod:`.levels`, :mod:`.small`
+(the general path's factorisation and derivatives), :mod:`.optimize` (Newton),
 :mod:`.general_fit` (the general path's fits), :mod:`.satterthwaite`,
 :mod:`.marginal`, :mod:`.engine` (``fit_block``, ``fit_blocks``,
 ``evaluate_at``). The model itself comes from :mod:`clusterlmer.spec`.

@@ -10,8 +10,9 @@ part, eliminated through the Schur complement
 components (levels linked when they share an observation): ``A`` is block
 diagonal over components, so nested models (every component one subject)
 cost a few small blocks and fully crossed ones a single dense block of the
-other terms' levels. Components are padded to one size with empty levels,
-which contribute exactly nothing.
+other terms' levels. The first term's levels are stored component by
+component without padding, so unequal groups cost their own size
+(:mod:`.levels` holds the products between levels and components).
 
 For per-fit ``theta`` (lme4's layout), :meth:`GeneralBlock.evaluate`
 returns lme4's criterion (``mkLmerDevfun``: REML or ML), ``beta``,
