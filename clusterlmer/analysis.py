@@ -230,9 +230,9 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
     engine : {"auto", "r", "native"}
         As :func:`clusterlmer.fit_timeseries`, decided once on the observed
         design and used for every permutation: ``"auto"`` (default) runs
-        models with nested random intercepts (those of the bundled samples)
-        on the native engine, hundreds of times faster, and anything else
-        on R with one warning; ``engine="r"`` forces
+        every model on the native engine (tens to hundreds of times faster)
+        unless an option needs R (Kenward-Roger, lme4 optimizer settings),
+        which it says once; ``engine="r"`` forces
         lme4/lmerTest everywhere. The engine used is recorded in
         ``result.fit.options["engine"]`` and the summary.
     cross_check : int

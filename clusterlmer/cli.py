@@ -222,8 +222,8 @@ def _add_fit_options(p):
     g.add_argument("--optimizer", default="bobyqa", choices=OPTIMIZERS,
                    help="lme4 optimizer (default bobyqa with rhoend 1e-9); another one makes --engine auto use R")
     g.add_argument("--engine", default="auto", choices=ENGINE_CHOICES,
-                   help="auto (default): the native engine (batched closed form, hundreds of times faster) when "
-                   "the model and options allow, cross-checked against lme4/lmerTest at 3 timepoints, else "
+                   help="auto (default): the native engine (batched, exact, tens to hundreds of times faster) when "
+                   "the options allow, cross-checked against lme4/lmerTest at 3 timepoints, else "
                    "lme4/lmerTest with a warning saying why; r: lme4/lmerTest at every fit; native: the native "
                    "engine or an error naming what it cannot fit")
     g.add_argument("--cross-check", type=_non_negative_int, default=3, metavar="N",

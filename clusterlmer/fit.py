@@ -82,14 +82,14 @@ def fit_timeseries(data, formula, *, reml=True, ddf="satterthwaite", coding="ref
     engine : {"auto", "r", "native"}
         ``"auto"`` (default): the native engine when it can fit the model and
         options, else R with one warning saying why. ``"native"``:
-        clusterlmer's batched closed-form engine for nested random
-        intercepts (e.g. ``(1|sid) + (1|sid:ch)``), REML/ML,
-        Satterthwaite/residual/none, marginal tests, bobyqa's optimum;
-        hundreds of times faster, equal to lmerTest within the precision of
+        clusterlmer's batched engine for every Gaussian random structure lmer
+        accepts (nested random intercepts in closed form; slopes, ``||``,
+        crossed and partially crossed groupings by lme4's penalized least
+        squares with exact derivatives), REML/ML, Satterthwaite/residual/none,
+        marginal and type III tests; equal to lmerTest within the precision of
         lme4's optimizer; a rank-deficient fixed-effect design (an
         interaction with empty cells) is fitted as lme4 does, the columns
-        lme4 drops dropped; a model or option outside that class (random
-        slopes, crossed groupings, Kenward-Roger, type III, other optimizer
+        lme4 drops dropped; an option it lacks (Kenward-Roger, lme4 optimizer
         settings) is an error naming it. ``"r"``: lme4/lmerTest through R at
         every sample (pass it to get lmerTest's own numbers). The engine used
         is ``fit.options["engine"]``.

@@ -75,8 +75,8 @@ def resolve_engine(engine, model, options):
     engine : {"auto", "r", "native"}
     model : clusterlmer.spec.ModelSpec or clusterlmer.design.ModelDesign
     options : FitOptions
-        Options only lme4/lmerTest implement (Kenward-Roger, type III tests,
-        lme4 optimizer settings) rule out the native engine like the model can.
+        Options only lme4/lmerTest implement (Kenward-Roger, lme4 optimizer
+        settings) rule out the native engine like the model can.
 
     Returns
     -------

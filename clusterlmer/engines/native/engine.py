@@ -28,7 +28,7 @@ from ...type3 import type3_contrasts
 from ..base import NEEDS, BlockFit, FitOptions
 from .blocked import GeneralStructure
 from .criterion import Block, Responses, Structure
-from .general_fit import GeneralFits, general_chunk
+from .general_fit import SINGULAR_MESSAGE, SINGULAR_TOL, GeneralFits, general_chunk
 from .fixed import rank_deficiency, scale_message
 from .marginal import term_tests
 from .nesting import Nesting, design_checks
@@ -38,8 +38,6 @@ from .support import UnsupportedModel, require, tested_terms
 
 __all__ = ["CHUNK", "Prepared", "evaluate", "evaluate_at", "fit_block", "fit_blocks", "prepare"]
 
-SINGULAR_MESSAGE = "boundary (singular) fit: see help('isSingular')"
-SINGULAR_TOL = 1e-4  # lme4::isSingular
 # Fits (specification x response) optimised together: the per-call cost of
 # numpy is paid once per chunk. The Satterthwaite step evaluates ~40 points
 # per fit at once, so full fits use smaller chunks.
