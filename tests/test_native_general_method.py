@@ -71,3 +71,30 @@ def test_auto_runs_slopes_and_crossed_natively():
         fit = cl.fit_timeseries(data, formula, cross_check=0)
         assert fit.options["engine"] == "native"
         assert np.all(np.isfinite(fit.anova(t=0)["FStat"]))
+
+
+def test_a_failing_fit_is_recorded_and_the_others_are_untouched():
+    """A constant response and one the fixed effects fit exactly fail alone, without numpy warnings;
+    the other responses of the block get the numbers they get when fitted alone."""
+    import warnings
+
+    from clusterlmer.design import build_design
+    from clusterlmer.engines import native
+    from clusterlmer.engines.base import FitOptions
+    from clusterlmer.formula import parse_formula
+    from clusterlmer.spec import build_spec
+
+    data = cl.datasets.sample_2way()
+    model = parse_formula(SLOPE)
+    spec = build_spec(build_design(data.design, model))
+    Y = data.values[:, :4].copy()
+    Y[:, 1] = 3.0
+    Y[:, 2] = 2.0 * data.design["hit_miss"].to_numpy() + (data.design["region"] == "hc").to_numpy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit = native.fit_block(spec, Y, FitOptions())
+    assert fit.errors[1] and fit.errors[2] and not fit.errors[0] and not fit.errors[3]
+    assert np.isnan(fit.F[:, 1:3]).all() and not fit.converged[1:3].any()
+    alone = native.fit_block(spec, Y[:, [0, 3]], FitOptions())
+    np.testing.assert_allclose(fit.F[:, [0, 3]], alone.F, rtol=1e-10)
+    np.testing.assert_allclose(fit.df2[:, [0, 3]], alone.df2, rtol=1e-7)

@@ -36,7 +36,7 @@ from scipy.sparse.csgraph import connected_components
 from .blocked_hessian import exact_hessian
 from .general import lme4_term_order
 from .levels import LevelOps
-from .small import inv_lower, small_cholesky, small_inv_lower, smm, smm_t
+from .small import cholesky, inv_lower, small_cholesky, small_inv_lower, smm, smm_t
 
 __all__ = ["GeneralBlock", "GeneralStructure"]
 
@@ -267,6 +267,17 @@ class GeneralBlock:
         return out
 
     def evaluate(self, theta, idx=None, reml=True, gradient=False, hessian=False):
+        """Everything at ``theta`` for fits ``idx``: see :meth:`_evaluate`.
+
+        A fit that cannot be evaluated (a response the fixed effects fit
+        exactly, an extreme theta) gets NaN or infinite values, which the
+        optimiser and the results record per fit; numpy's warnings about
+        them are not raised.
+        """
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            return self._evaluate(theta, idx, reml, gradient, hessian)
+
+    def _evaluate(self, theta, idx=None, reml=True, gradient=False, hessian=False):
         """Everything at ``theta`` (F', n_theta) for fits ``idx`` (all when None).
 
         Returns a dict: ``criterion``, ``ldL2``, ``ldRX2``, ``pwrss`` (F',),
@@ -322,7 +333,7 @@ class GeneralBlock:
         E21 = sum(W21[..., j, None] * P1[:, None, :, :, j] for j in range(k1))  # (F, m2, L1, k1)
         L21 = lt_mixed(E21)
         S = xl(lt(W22)) - ops.mixed_gram(L21, L21) + np.eye(m2)
-        L22 = np.linalg.cholesky(S)
+        L22 = cholesky(S)
         L22i = inv_lower(L22)
         ldL2 = ldL2 + 2.0 * np.log(np.diagonal(L22, axis1=-2, axis2=-1)).sum(axis=(1, 2))
         # L c = Lambda' [Z'X Z'y]: c1 = P1 b1, c2 = L22^-1 (Lam2' b2 - L21 c1).
@@ -333,7 +344,7 @@ class GeneralBlock:
         c_all = np.concatenate([c1.reshape(F, -1, p + 1), c2.reshape(F, -1, p + 1)], axis=1)
         RZX, cu = c_all[..., :p], c_all[..., p]  # (F, N, p), (F, N): both parts' rows
         RtR = XtX - np.swapaxes(RZX, 1, 2) @ RZX
-        RX = np.linalg.cholesky(0.5 * (RtR + np.swapaxes(RtR, -1, -2)))  # lower: R_X' in lme4's terms
+        RX = cholesky(0.5 * (RtR + np.swapaxes(RtR, -1, -2)))  # lower: R_X' in lme4's terms
         ldRX2 = 2.0 * np.log(np.diagonal(RX, axis1=-2, axis2=-1)).sum(axis=1)
         RXinv_t = inv_lower(RX)  # (R_X')^-1
         cb = (RXinv_t @ (Xy - (np.swapaxes(RZX, 1, 2) @ cu[..., None])[..., 0])[..., None])[..., 0]

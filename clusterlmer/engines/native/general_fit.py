@@ -143,7 +143,15 @@ class GeneralFits:
         return sub
 
     def evaluate(self, theta, ok, options: FitOptions, need="all") -> list:
-        """One BlockFit per design at ``theta`` (F, n_theta), lme4's layout."""
+        """One BlockFit per design at ``theta`` (F, n_theta), lme4's layout.
+
+        Fits whose criterion is not finite there are recorded as failed
+        (NaN statistics and an error), without numpy's warnings.
+        """
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            return self._evaluate(theta, ok, options, need)
+
+    def _evaluate(self, theta, ok, options, need):
         reml, s, blk = options.reml, self.structure, self.block
         out = blk.evaluate(theta, None, reml)
         n, p = self.n, blk.p

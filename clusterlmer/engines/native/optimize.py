@@ -33,6 +33,11 @@ def _newton_direction(g, H, free):
     return np.where(free, step, 0.0)
 
 
+def _finite(D, g, H):
+    """Rows whose criterion, gradient and Hessian are all finite."""
+    return np.isfinite(D) & np.all(np.isfinite(g), axis=1) & np.all(np.isfinite(H), axis=(1, 2))
+
+
 def crit1(block, phi, idx, order, reml):
     """criterion at one point per response: phi (R', G) -> D (R',), g (R', G), H (R', G, G)."""
     D, g, H, pc = block.criterion(np.ascontiguousarray(phi.T), idx, order, reml)
@@ -82,8 +87,10 @@ def minimize(fun, x0, lower, max_iter=200, return_hessian=False, finish=None):
     phi = np.array(x0, dtype=float)
     R, G = phi.shape
     D, g, H = fun(phi, None)
-    done = np.zeros(R, bool)
-    ok = np.ones(R, bool)
+    # A fit whose criterion or derivatives are not finite at the start (e.g. a response the fixed
+    # effects fit exactly) cannot be optimised: it fails alone, the others go on.
+    ok = _finite(D, g, H)
+    done = ~ok
     it = 0
     for it in range(max_iter):
         act = np.flatnonzero(~done)
@@ -124,7 +131,7 @@ def minimize(fun, x0, lower, max_iter=200, return_hessian=False, finish=None):
             Dt, gt, Ht = fun(trial, act[pending])
             dec = np.einsum("ri,ri->r", ga[pending], trial - ph[pending])
             moved = np.any(trial != ph[pending], axis=1)
-            good = np.isfinite(Dt) & moved & ((Dt <= Da[pending] + 1e-4 * np.minimum(dec, 0.0)) | near[pending])
+            good = _finite(Dt, gt, Ht) & moved & ((Dt <= Da[pending] + 1e-4 * np.minimum(dec, 0.0)) | near[pending])
             if ls > 0:
                 stop = ~good & ~moved  # no decrease found down to rounding
                 pending, good = pending[~stop], good[~stop]

@@ -165,8 +165,10 @@ def varpar_parts(values, theta_lme4, sigma, reml, n_obs, p):
 
 
 def vcov_varpar(H, tol=1e-8):
-    """2 * pseudo-inverse of H over eigenvalues > tol, and lmerTest's warnings."""
-    lam, vec = np.linalg.eigh(H)
+    """2 * pseudo-inverse of H over eigenvalues > tol, and lmerTest's warnings (NaN where H is not finite)."""
+    finite = np.all(np.isfinite(H), axis=(1, 2))
+    lam, vec = np.linalg.eigh(np.where(finite[:, None, None], H, np.eye(H.shape[1])))
+    lam = np.where(finite[:, None], lam, np.nan)
     lam, vec = lam[:, ::-1], vec[:, :, ::-1]  # R's decreasing order
     pos = lam > tol
     inv = np.where(pos, 1.0 / np.where(pos, lam, 1.0), 0.0)

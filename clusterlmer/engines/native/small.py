@@ -11,7 +11,27 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["inv_lower", "small_cholesky", "small_inv_lower", "smm", "smm_t"]
+__all__ = ["cholesky", "inv_lower", "small_cholesky", "small_inv_lower", "smm", "smm_t"]
+
+
+def cholesky(A):
+    """Lower Cholesky factors of a stack of matrices; NaN for any that is not positive definite.
+
+    numpy's cholesky fails for the whole stack when one matrix is not (a
+    response the fixed effects fit exactly, an extreme theta in numDeriv's
+    steps): that fit fails alone and the others are kept.
+    """
+    try:
+        return np.linalg.cholesky(A)
+    except np.linalg.LinAlgError:
+        flat = A.reshape((-1,) + A.shape[-2:])
+        out = np.full(flat.shape, np.nan)
+        for i, a in enumerate(flat):
+            try:
+                out[i] = np.linalg.cholesky(a)
+            except np.linalg.LinAlgError:
+                pass
+        return out.reshape(A.shape)
 
 
 def inv_lower(L):
