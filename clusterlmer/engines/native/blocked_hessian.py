@@ -66,6 +66,22 @@ def exact_hessian(s, c, reml, dof):
             return y1, y2
         return ops.mixed_t_times_comp(M21, x2), M22 @ x2
 
+    def times_m_each(xs):
+        """``times_m`` of each (x1, x2) in ``xs``, the first-term ones (x2 None) and the dense ones
+        (x1 None) each in one call, their columns side by side."""
+        out = [None] * len(xs)
+        for part in (0, 1):
+            which = [i for i, x in enumerate(xs) if x[1 - part] is None]
+            if not which:
+                continue
+            widths = np.cumsum([0] + [xs[i][part].shape[-1] for i in which])
+            stacked = np.concatenate([xs[i][part] for i in which], axis=-1)
+            y1, y2 = times_m(stacked, None) if part == 0 else times_m(None, stacked)
+            for n, i in enumerate(which):
+                cols = slice(widths[n], widths[n + 1])
+                out[i] = (y1[..., cols], y2[..., cols])
+        return out
+
     def dot(a, b):
         """Sum over levels or components, rows and columns of a * b, both (part 1, part 2), None for zero."""
         out = 0.0
@@ -95,22 +111,30 @@ def exact_hessian(s, c, reml, dof):
     u = (c["u1"][..., None], c["u2"][..., None])
     Y = [_act(g, *N) for g in gs]  # G_i N
     V = [_act(g, *u) for g in gs]  # G_i u
-    MV = [times_m(*v) for v in V]
+    MV = times_m_each(V)
     NtV = [t_dot(N, v)[..., 0] for v in V]
     s_u = np.stack([dot(u, v) for v in V], axis=1)  # s_i = u' G_i u
     if reml:
-        MY = [times_m(*y) for y in Y]
+        MY = times_m_each(Y)
         A = [t_dot(N, y) for y in Y]
     # The trace of M G_i M G_j, by the terms' parts. First term with first term:
     # tr(D Gi D Gj) - 2 tr(U' Gi D Gj U) + tr((U' Gi U)(U' Gj U)).
     if n0:
+        # First term with first term, M11 = D - U U' (U's rows for level l: B21_l'):
+        # tr(M11 G_i M11 G_j) = tr(D G_i D G_j) - 2 tr(U' G_i D G_j U) + tr((U' G_i U)(U' G_j U)).
+        # The first two are sums over levels of k1 x k1 products (U_l U_l' = B21_l' B21_l), the
+        # last per component from the grams of B21's columns.
         k1 = s.k1
-        TD = np.einsum("flbc,flad->fbcda", D, D) if k1 > 1 else (D * D).sum(axis=1)[:, :, :, None, None]
-        # With U the levels' rows of B21' (M11 = D - U U'): (G_i U) and D (G_i U) as mixed arrays
-        # (their transposes), and U' G_i U per component.
-        GU = {i: smm(B21, gs[i][1][:, None]) for i in range(n0)}
-        DGU = {i: sum(GU[i][..., j, None] * D[:, None, :, j, :] for j in range(k1)) for i in range(n0)}
-        UGU = {i: ops.mixed_gram(B21, GU[i]) for i in range(n0)}
+        Q = np.einsum("fmla,fmlb->flab", B21, B21)  # B21_l' B21_l
+        if k1 > 1:
+            TD = np.einsum("flbc,flad->fbcda", D, D)
+            TDQ = np.einsum("flbc,flda->fbcda", D, Q)
+        else:
+            TD = (D * D).sum(axis=1)[:, :, :, None, None]
+            TDQ = (D * Q).sum(axis=1)[:, :, :, None, None]
+        UU = [[ops.mixed_gram(B21[..., a:a + 1], B21[..., b:b + 1]) for b in range(k1)] for a in range(k1)]
+        UGU = {i: sum(gs[i][1][:, a, b, None, None, None] * UU[a][b] for a in range(k1) for b in range(k1))
+               for i in range(n0)}
     Z = {}
     if 0 < n0 < s.n_theta:  # products of M21's columns of each coefficient of the first term
         cross = [[ops.mixed_gram(M21[..., a:a + 1], M21[..., b:b + 1]) for b in range(k1)] for a in range(k1)]
@@ -120,7 +144,7 @@ def exact_hessian(s, c, reml, dof):
         for j in range(i + 1):
             (ki, gi), (kj, gj) = gs[i], gs[j]
             if ki == "first" and kj == "first":
-                tr = (np.einsum("fab,fcd,fbcda->f", gi, gj, TD) - 2.0 * (GU[j] * DGU[i]).sum(axis=(1, 2, 3))
+                tr = (np.einsum("fab,fcd,fbcda->f", gi, gj, TD) - 2.0 * np.einsum("fab,fcd,fbcda->f", gi, gj, TDQ)
                       + (UGU[i] * np.swapaxes(UGU[j], -1, -2)).sum(axis=(1, 2, 3)))
             elif ki == "dense" and kj == "dense":
                 tr = ((M22 @ gi) * np.swapaxes(M22 @ gj, -1, -2)).sum(axis=(1, 2, 3))
