@@ -68,6 +68,18 @@ DESIGNS = {
                          label="subject x item 2 x 2 (simulate_subject_item, 48 subjects, 16 items, 360 trials, "
                                "40 bins, effects coding, within:Subject shuffles)",
                          power="datasets with simulate_subject_item's default effects; 'cond_b' has none"),
+    # The same with a subject random slope of cond_a in the data (SD 0.5) and in the model: shuffling
+    # cond_a within subjects removes the slopes' variance from every permutation, so whether the test
+    # keeps its level here is an empirical question.
+    "subject-item-slope": dict(formula="y ~ cond_a * cond_b + (1 + cond_a|Subject) + (1|Item)",
+                               terms=("cond_a", "cond_b", "cond_a:cond_b"), coding="effects",
+                               schemes={"cond_a": "within:Subject", "cond_b": "within:Subject"},
+                               data=dict(slope_sd=0.5),
+                               null_effects=dict(cond_a_effect=0.0, cond_b_effect=0.0, interaction_effect=0.0),
+                               out="validity_study_subject_item_slope.csv",
+                               label="subject x item 2 x 2 with a subject random slope of cond_a (SD 0.5) in the "
+                                     "data and the model (simulate_subject_item, within:Subject shuffles)",
+                               power="datasets with simulate_subject_item's default effects; 'cond_b' has none"),
 }
 
 
@@ -76,7 +88,7 @@ def _simulate(design, seed, effects):
 
     if design == "ieeg":
         return cl.simulate_ieeg("2way", seed=seed, **effects)
-    return cl.simulate_subject_item(seed=seed, **effects)
+    return cl.simulate_subject_item(seed=seed, **DESIGNS[design].get("data", {}), **effects)
 
 
 def _one(job):
@@ -247,7 +259,8 @@ def main():
     parser.add_argument("--power-datasets", type=int, default=50, help="datasets with effects (default 50)")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument("--design", choices=tuple(DESIGNS), default="ieeg",
-                        help="ieeg: simulate_ieeg 2-way data (default); subject-item: simulate_subject_item data")
+                        help="ieeg: simulate_ieeg 2-way data (default); subject-item: simulate_subject_item data; "
+                             "subject-item-slope: the same with a subject random slope in the data and the model")
     parser.add_argument("--engine", choices=("native", "r"), default="native",
                         help="engine of every fit (default native; r: lme4/lmerTest, slow)")
     parser.add_argument("--out", default=None,
