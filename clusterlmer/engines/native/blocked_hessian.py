@@ -68,7 +68,12 @@ def exact_hessian(s, c, reml, dof):
 
     def times_m_each(xs):
         """``times_m`` of each (x1, x2) in ``xs``, the first-term ones (x2 None) and the dense ones
-        (x1 None) each in one call, their columns side by side."""
+        (x1 None) each in one call, their columns side by side.
+
+        A dense theta's product is only ever dotted with another dense theta's vector (the pairs
+        are taken with the first term's thetas first: ``tr(Y_i' M Y_j)`` for a first-term ``j``
+        and a dense ``i`` uses ``M Y_j``), so its first-term rows are not computed (None).
+        """
         out = [None] * len(xs)
         for part in (0, 1):
             which = [i for i, x in enumerate(xs) if x[1 - part] is None]
@@ -76,10 +81,10 @@ def exact_hessian(s, c, reml, dof):
                 continue
             widths = np.cumsum([0] + [xs[i][part].shape[-1] for i in which])
             stacked = np.concatenate([xs[i][part] for i in which], axis=-1)
-            y1, y2 = times_m(stacked, None) if part == 0 else times_m(None, stacked)
+            y1, y2 = times_m(stacked, None) if part == 0 else (None, M22 @ stacked)
             for n, i in enumerate(which):
                 cols = slice(widths[n], widths[n + 1])
-                out[i] = (y1[..., cols], y2[..., cols])
+                out[i] = (None if y1 is None else y1[..., cols], y2[..., cols])
         return out
 
     def dot(a, b):
