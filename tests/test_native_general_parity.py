@@ -31,9 +31,9 @@ be at most lme4's (+1e-7 relative). ``test_native_at_lme4_theta`` makes the
 must be among the native messages exactly when lme4's ``isSingular`` is
 TRUE, and lme4's rank-deficiency message whenever lme4 drops columns.
 
-Test types the native engine's ``supports`` declines are skipped with its
-reason; ``test="marginal"`` is never skipped. Run with ``pytest -s`` to see
-the largest differences per case.
+The native engine must accept every case's options (marginal and type III
+tests alike); a case it declined would fail, not be skipped. Run with
+``pytest -s`` to see the largest differences per case.
 """
 
 from __future__ import annotations
@@ -437,12 +437,11 @@ def _message_problems(message, ref, label):
     return problems
 
 
-def _options_or_skip(spec, reml, ddf, test):
+def _options(spec, reml, ddf, test):
+    """The options of a case; the native engine must accept every one of them (marginal and type III)."""
     options = FitOptions(reml=reml, ddf=ddf, test=test)
-    if test != "marginal":  # the marginal test is the native engine's own: never skipped
-        ok, why = native.supports(spec, options)
-        if not ok and f"test={test!r}" in why:
-            pytest.skip(f"the native engine declines test={test!r}: {why}")
+    ok, why = native.supports(spec, options)
+    assert ok, f"the native engine declines {options}: {why}"
     return options
 
 
@@ -507,7 +506,7 @@ def test_spec_matches_lme4_design(lme4_run, models, case):
 def test_native_matches_lme4(lme4_run, models, case, reml, ddf, test):
     _, fits = lme4_run
     spec, Y = models(case)
-    options = _options_or_skip(spec, reml, ddf, test)
+    options = _options(spec, reml, ddf, test)
     refs = [fits[case, resp, reml] for resp in CASES[case].responses]
     fit = native.fit_block(spec, Y, options)
     problems, worst, loose = [], {}, []

@@ -28,7 +28,7 @@ from ...type3 import type3_contrasts
 from ..base import NEEDS, BlockFit, FitOptions
 from .blocked import GeneralStructure
 from .criterion import Block, Responses, Structure
-from .general_fit import SINGULAR_MESSAGE, SINGULAR_TOL, GeneralFits, general_chunk
+from .general_fit import SINGULAR_MESSAGE, SINGULAR_TOL, GeneralFits, general_chunk, scatter_columns
 from .fixed import rank_deficiency, scale_message
 from .marginal import term_tests
 from .nesting import Nesting, design_checks
@@ -384,7 +384,8 @@ def evaluate(model: Prepared, block: Block, phi, ok, options: FitOptions, need: 
             per_msgs[r] += vp_msgs[r]
     F, df1, df2, pval, cest = term_tests(model, beta, Vb, options.ddf, n - p, varpar, need)
     if p < len(model.coef_names):  # columns lme4 dropped: NaN estimates
-        beta, se = _scatter(beta, model.kept, len(model.coef_names)), _scatter(se, model.kept, len(model.coef_names))
+        beta, se = (scatter_columns(beta, model.kept, len(model.coef_names)),
+                    scatter_columns(se, model.kept, len(model.coef_names)))
 
     failed = ~np.isfinite(D)
     if failed.any():  # e.g. a response fitted exactly by the fixed effects
@@ -407,13 +408,6 @@ def evaluate(model: Prepared, block: Block, phi, ok, options: FitOptions, need: 
         estimate=beta.T.copy(), se=se.T.copy(), sigma=sigma, deviance=D, converged=converged,
         singular=singular.astype(float), messages=messages, errors=errors,
     )
-
-
-def _scatter(values, kept, n_columns):
-    """(k, len(kept)) values placed at columns ``kept`` of (k, n_columns), NaN elsewhere."""
-    out = np.full((values.shape[0], n_columns), np.nan)
-    out[:, kept] = values
-    return out
 
 
 def _block_error(terms, coefs, k, message):

@@ -206,13 +206,18 @@ class GeneralFits:
         return values
 
 
+def scatter_columns(values, kept, n_columns):
+    """(k, len(kept)) values placed at columns ``kept`` of (k, n_columns), NaN elsewhere."""
+    out = np.full((values.shape[0], n_columns), np.nan)
+    out[:, kept] = values
+    return out
+
+
 def _block_fit(model, F, df1, df2, p, cest, beta, se, sigma, D, ok, failed, singular, per_msgs):
     """A BlockFit of one design's fits (columns lme4 dropped get NaN estimates)."""
     n_coef = len(model.coef_names)
-    if beta.shape[1] < n_coef:
-        full_b, full_s = np.full((beta.shape[0], n_coef), np.nan), np.full((beta.shape[0], n_coef), np.nan)
-        full_b[:, model.kept], full_s[:, model.kept] = beta, se
-        beta, se = full_b, full_s
+    if beta.shape[1] < n_coef:  # columns lme4 dropped: NaN estimates
+        beta, se = scatter_columns(beta, model.kept, n_coef), scatter_columns(se, model.kept, n_coef)
     k = len(sigma)
     messages, converged = [""] * k, ok & ~failed
     for r in range(k):
