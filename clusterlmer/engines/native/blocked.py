@@ -34,6 +34,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from .blocked_hessian import exact_hessian
+from .compiled import criterion_gradient
 from .general import lme4_term_order
 from .levels import LevelOps
 from .small import cholesky, inv_lower, small_cholesky, small_inv_lower, smm, smm_t
@@ -128,6 +129,18 @@ class GeneralStructure:
                 for jj, (_, j_j, lev_j, b, _) in enumerate(tdense[c]):
                     if j_i == j_j and lev_i == lev_j and tril[a, b] >= 0:
                         self.tidx2[c, i, jj] = off_i + tril[a, b]
+        # Per first-term level, the dense rows of its component it shares observations with (Z'Z
+        # is zero against the others, and Lambda's blocks keep that pattern): the compiled kernel
+        # (.compiled) loops over these only, which in crossed designs is a fraction of m2.
+        seen = set()
+        for j, t in enumerate(self.terms[1:], start=1):
+            seen.update(zip(first.codes.tolist(), [j] * len(t.codes), t.codes.tolist()))
+        rows = [[i for i, (_, j, lev, _, _) in enumerate(tdense[c]) if (lv, j, lev) in seen]
+                for lv, c in zip(flat.tolist(), self.comp1.tolist())]
+        self.n_active = np.array([len(r) for r in rows], dtype=np.intp)
+        self.active = np.zeros((len(rows), max(self.n_active, default=0)), dtype=np.intp)
+        for i, r in enumerate(rows):
+            self.active[i, :len(r)] = r
         # Per diagonal entry of theta, the entries below it in its column (their sign is free).
         self.columns_below = []
         for j, t in enumerate(self.terms):
@@ -251,6 +264,11 @@ class GeneralBlock:
             return arrays[0][None] if one else np.stack(arrays)[design]
 
         self.W11, self.W21, self.W22 = per_fit("W11"), per_fit("W21"), per_fit("W22")
+        # The compiled kernel takes each design once and every fit's design index.
+        self.design = np.asarray(design, dtype=np.intp)
+        self.by_design = tuple(np.ascontiguousarray(np.stack([getattr(d, name) for d in designs]))
+                               for name in ("W11", "W21", "W22", "ZX1", "ZX2", "XtX"))
+        self.bounds = np.append(structure.segments, structure.n_levels1).astype(np.intp)
         self.ZX1, self.ZX2, self.XtX = per_fit("ZX1"), per_fit("ZX2"), per_fit("XtX")
         self.Zy1, self.Zy2, self.Xy, self.yy = Zy1, Zy2, Xy, yy
 
@@ -262,9 +280,24 @@ class GeneralBlock:
         if not self.one_design:
             for name in ("W11", "W21", "W22", "ZX1", "ZX2", "XtX"):
                 setattr(out, name, getattr(self, name)[rows])
-        for name in ("Zy1", "Zy2", "Xy", "yy"):
+        for name in ("Zy1", "Zy2", "Xy", "yy", "design"):
             setattr(out, name, getattr(self, name)[rows])
         return out
+
+    def criterion_gradient(self, theta, idx=None, reml=True):
+        """The criterion (F',) and its exact gradient (F', n_theta) at ``theta`` for fits ``idx``.
+
+        What :meth:`evaluate` returns under these names, from the compiled
+        kernel (:func:`.compiled.criterion_gradient`).
+        """
+        theta = np.ascontiguousarray(theta, dtype=float)
+        fits = np.arange(self.F, dtype=np.intp) if idx is None else np.asarray(idx, dtype=np.intp)
+        crit, grad = np.empty(len(theta)), np.empty(theta.shape)
+        s = self.s
+        responses = (np.ascontiguousarray(a) for a in (self.Zy1, self.Zy2, self.Xy, self.yy))
+        criterion_gradient(theta, fits, self.design, *self.by_design, *responses,
+                           s.tidx0, s.tidx2, self.bounds, s.active, s.n_active, self.n, reml, crit, grad)
+        return crit, grad
 
     def evaluate(self, theta, idx=None, reml=True, gradient=False, hessian=False):
         """Everything at ``theta`` for fits ``idx``: see :meth:`_evaluate`.

@@ -232,7 +232,8 @@ def _fit_general(specs, models, ok, Y, options, need, start_from, out):
             m = prepare(start_from, options, n)
             if m.error or not m.general:
                 return None
-            return np.concatenate([GeneralFits([m], Y[:, c]).optimum(options.reml)[0] for c in col_chunks])
+            optima = [GeneralFits([m], Y[:, c]).optimum(options.reml) for c in col_chunks]
+            return np.concatenate([o[0] for o in optima]), np.concatenate([o[2] for o in optima])
 
         start = start_from.shared(key, optima)
     per = max(1, per_chunk // cols)
@@ -245,14 +246,16 @@ def _fit_general(specs, models, ok, Y, options, need, start_from, out):
             parts, optimum = [], []
             for c in col_chunks:
                 fits = GeneralFits([models[i] for i in group], Y[:, c])
-                st = None if start is None else np.tile(start[c], (len(group), 1))
-                theta, conv, _ = fits.optimum(options.reml, st)
+                st = H0 = None
+                if start is not None:  # the observed optimum and the Hessian there
+                    st, H0 = np.tile(start[0][c], (len(group), 1)), np.tile(start[1][c], (len(group), 1, 1))
+                theta, conv, H = fits.optimum(options.reml, st, H0)
                 parts.append(fits.evaluate(theta, conv, options, need))
-                optimum.append(theta)
+                optimum.append((theta, H))
             for j, i in enumerate(group):
                 out[i] = _concatenate([p[j] for p in parts])
             if start_from is None and len(group) == 1:  # an observed fit: its permutations will start here
-                specs[group[0]].shared(key, lambda: np.concatenate(optimum))
+                specs[group[0]].shared(key, lambda: tuple(np.concatenate(o) for o in zip(*optimum)))
 
 
 def evaluate_at(model, Y, options: FitOptions, theta, need: str = "all") -> BlockFit:

@@ -36,6 +36,25 @@ WARM_START_FLOOR = 0.05
 FINISH = 1e-6
 
 
+# BFGS steps (warm starts) stop at a smaller step: their last step's error is not quadratic in it.
+FINISH_QUASI = 1e-8
+# A BFGS update needs curvature s'y above this fraction of |s||y| (otherwise it is skipped).
+_CURVATURE = 1e-10
+# Step into the interior along a diagonal entry on its bound, to read the curvature's sign there.
+SADDLE_PROBE = 1e-4
+
+
+def _positive_definite(H):
+    """``H`` with its eigenvalues replaced by their absolute values (floored): a BFGS start.
+
+    A fit whose ``H`` is not finite starts from the identity.
+    """
+    H = np.where(np.all(np.isfinite(H), axis=(1, 2))[:, None, None], H, np.eye(H.shape[1]))
+    lam, vec = np.linalg.eigh(H)
+    lam = np.maximum(np.abs(lam), 1e-8 * np.maximum(np.abs(lam).max(axis=1, keepdims=True), 1e-300))
+    return np.einsum("rij,rj,rkj->rik", vec, lam, vec)
+
+
 # Doubles one evaluation may hold per batch (~300 MB): bounds the fits evaluated together.
 _WORK_BUDGET = 4e7
 
@@ -95,18 +114,60 @@ class GeneralFits:
 
         return fun
 
-    def optimum(self, reml, start=None):
+    def _quasi_newton(self, reml, H0):
+        """``fun`` for :func:`.optimize.minimize`: the compiled criterion and gradient, and a BFGS
+        approximation of the Hessian per fit, starting from ``H0`` (F, n, n).
+
+        Each evaluated point updates its fit's approximation with the secant
+        pair from the fit's previous point (skipped without positive curvature).
+        """
+        state = {"x": np.full((self.F, H0.shape[1]), np.nan), "g": None, "H": H0.copy()}
+        state["g"] = state["x"].copy()
+
+        def fun(x, idx):
+            idx = np.arange(self.F) if idx is None else idx
+            D, g = self.block.criterion_gradient(x, idx, reml)
+            step, dg, H = x - state["x"][idx], g - state["g"][idx], state["H"][idx]
+            sy = np.einsum("ri,ri->r", step, dg)
+            Hs = np.einsum("rij,rj->ri", H, step)
+            sHs = np.einsum("ri,ri->r", step, Hs)
+            with np.errstate(invalid="ignore"):
+                upd = (sy > _CURVATURE * np.linalg.norm(step, axis=1) * np.linalg.norm(dg, axis=1)) & (sHs > 0.0)
+            u = np.flatnonzero(upd)
+            H[u] += (dg[u, :, None] * dg[u, None, :] / sy[u, None, None]
+                     - Hs[u, :, None] * Hs[u, None, :] / sHs[u, None, None])
+            state["x"][idx], state["g"][idx], state["H"][idx] = x, g, H
+            return np.where(np.isfinite(D), D, np.inf), g, H
+
+        return fun
+
+    def optimum(self, reml, start=None, hessian=None):
         """theta (F, n_theta) at the optimum of every fit, converged (F,), Hessians there (F, n, n).
 
-        Newton from lme4's start or ``start`` (F, n_theta); a diagonal entry
-        held at 0 only by its column's sign is reflected and re-optimised.
+        Newton with the exact Hessian from lme4's start, or from ``start``
+        (F, n_theta). Given ``hessian`` (F, n, n), the Hessian at ``start``
+        (a warm start from the observed fit's optimum), the fits take BFGS
+        steps from it with the compiled gradient instead; a fit that ends
+        with a diagonal entry on its bound where the criterion is even in it
+        is checked for a saddle there and, on one, finished by Newton.
+        A diagonal entry held at 0 only by its column's sign is reflected
+        and re-optimised.
         """
         s = self.structure
         if start is None:
             x0 = start_point(s, self.F)
         else:
             x0 = np.maximum(start, np.where(s.diagonal, WARM_START_FLOOR, -np.inf))
-        x, ok, _, H = minimize(self._newton(reml), x0, s.lower, return_hessian=True, finish=FINISH)
+        if hessian is None:
+            x, ok, _, H = minimize(self._newton(reml), x0, s.lower, return_hessian=True, finish=FINISH)
+        else:
+            x, ok, _, H = minimize(self._quasi_newton(reml, _positive_definite(hessian)), x0, s.lower,
+                                   return_hessian=True, finish=FINISH_QUASI)
+            rows = self._saddles(x, reml)
+            if rows.size:
+                sub = GeneralFits._subset(self, rows)
+                x[rows], ok[rows], _, H[rows] = minimize(sub._newton(reml), x[rows], s.lower, return_hessian=True,
+                                                          finish=FINISH)
         for _ in range(3):
             flip = self._reflections(x, reml)
             rows = np.flatnonzero(flip.any(axis=1))
@@ -118,6 +179,23 @@ class GeneralFits:
                                                       finish=FINISH)
         return x, ok, H
 
+    def _saddles(self, x, reml):
+        """Fits whose point has a diagonal entry on its bound 0, a zero derivative there (the
+        criterion even in it) and negative curvature along it: a saddle, not an optimum."""
+        s = self.structure
+        on = (x <= 0.0) & s.diagonal
+        rows = np.flatnonzero(on.any(axis=1))
+        if not rows.size:
+            return rows
+        _, g = self.block.criterion_gradient(x[rows], rows, reml)
+        even = on[rows] & (g == 0.0)
+        rows, even = rows[even.any(axis=1)], even[even.any(axis=1)]
+        if not rows.size:
+            return rows
+        # The derivative is odd in such an entry: its value a small step in is the curvature times the step.
+        _, g = self.block.criterion_gradient(x[rows] + SADDLE_PROBE * even, rows, reml)
+        return rows[np.any(even & (g < 0.0), axis=1)]
+
     def _reflections(self, x, reml):
         """Entries to negate where a diagonal entry sits on its bound 0 only because of its column's sign.
 
@@ -127,7 +205,7 @@ class GeneralFits:
         interior after negating the entries below it: the bound is no optimum.
         """
         s = self.structure
-        g = self.block.evaluate(x, None, reml, gradient=True)["gradient"]
+        _, g = self.block.criterion_gradient(x, None, reml)
         flip = np.zeros(x.shape, bool)
         for d, below in s.columns_below:
             stuck = (x[:, d] <= 0.0) & (g[:, d] > 0.0) & np.any(x[:, below] != 0.0, axis=1)
