@@ -34,7 +34,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from .blocked_hessian import exact_hessian
-from .compiled import criterion_gradient
+from .compiled import run as run_kernel
+from .compiled import specialised
 from .general import lme4_term_order
 from .levels import LevelOps
 from .small import cholesky, inv_lower, small_cholesky, small_inv_lower, smm, smm_t
@@ -285,19 +286,25 @@ class GeneralBlock:
         return out
 
     def criterion_gradient(self, theta, idx=None, reml=True):
-        """The criterion (F',) and its exact gradient (F', n_theta) at ``theta`` for fits ``idx``.
+        """The criterion (F',) and its exact gradient (F', n_theta) at ``theta`` for fits ``idx``."""
+        out = self._compiled(theta, idx, reml, True)
+        return out["criterion"], out["gradient"]
 
-        What :meth:`evaluate` returns under these names, from the compiled
-        kernel (:func:`.compiled.criterion_gradient`).
-        """
+    def _compiled(self, theta, idx, reml, gradient):
+        """:meth:`evaluate` without the Hessian, from the compiled kernel (:mod:`.compiled`)."""
         theta = np.ascontiguousarray(theta, dtype=float)
-        fits = np.arange(self.F, dtype=np.intp) if idx is None else np.asarray(idx, dtype=np.intp)
-        crit, grad = np.empty(len(theta)), np.empty(theta.shape)
+        fits = np.arange(self.F, dtype=np.intp) if idx is None else np.ascontiguousarray(idx, dtype=np.intp)
+        R, p = len(theta), self.p
+        crit, grad, fixed = np.empty(R), np.empty(theta.shape), np.empty((R, 3 + p + p * p))
         s = self.s
         responses = (np.ascontiguousarray(a) for a in (self.Zy1, self.Zy2, self.Xy, self.yy))
-        criterion_gradient(theta, fits, self.design, *self.by_design, *responses,
-                           s.tidx0, s.tidx2, self.bounds, s.active, s.n_active, self.n, reml, crit, grad)
-        return crit, grad
+        run_kernel(theta, fits, self.design, *self.by_design, *responses, s.tidx0, s.tidx2, self.bounds, s.active,
+                   s.n_active, self.n, bool(reml), bool(gradient), crit, grad, fixed, *specialised(s.k1, s.m2, p))
+        out = {"criterion": crit, "ldL2": fixed[:, 0], "ldRX2": fixed[:, 1], "pwrss": fixed[:, 2],
+               "beta": fixed[:, 3:3 + p], "RXinv": fixed[:, 3 + p:].reshape(R, p, p)}
+        if gradient:
+            out["gradient"] = grad
+        return out
 
     def evaluate(self, theta, idx=None, reml=True, gradient=False, hessian=False):
         """Everything at ``theta`` for fits ``idx``: see :meth:`_evaluate`.
@@ -307,6 +314,8 @@ class GeneralBlock:
         optimiser and the results record per fit; numpy's warnings about
         them are not raised.
         """
+        if not hessian:
+            return self._compiled(theta, idx, reml, gradient)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             return self._evaluate(theta, idx, reml, gradient, hessian)
 

@@ -21,9 +21,15 @@ sum L21 L21' = L22 L22'``, then ``R_X`` and the criterion; the gradient
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import literally, njit, typeof
 
-__all__ = ["criterion_gradient"]
+__all__ = ["criterion_gradient", "run", "specialised"]
+
+# The dense part's rows per component and the fixed-effects columns up to which the kernel is
+# compiled for the exact number (above, it reads them from the arrays): each compiled version costs
+# ~10 s once (then it is cached on disk), so only the small sizes that gain most are specialised.
+SPECIALISED_M2 = 4
+SPECIALISED_P = 8
 
 _LOG_2PI = float(np.log(2.0 * np.pi))
 
@@ -62,9 +68,59 @@ def _inv_lower(L, out):
             out[i, j] = t / L[i, i]
 
 
-@njit(cache=True, error_model="numpy")
+def specialised(k1, m2, p):
+    """The shape arguments of :func:`criterion_gradient` for a structure: ``k1`` always, ``m2`` and
+    ``p`` when at most ``SPECIALISED_M2`` and ``SPECIALISED_P`` (else -1: read from the arrays)."""
+    return k1, (m2 if m2 <= SPECIALISED_M2 else -1), (p if p <= SPECIALISED_P else -1)
+
+
+_ENTRY_POINTS = {}
+
+
+def _key(args):
+    """What selects a compiled version: the arrays' types, the scalars' types and the shape's values."""
+    return tuple((a.dtype.char, a.ndim, a.flags.c_contiguous, a.flags.writeable) if isinstance(a, np.ndarray)
+                 else type(a) for a in args[:-3]) + tuple(args[-3:])
+
+
+def run(*args):
+    """Call :func:`criterion_gradient` with ``args`` (its arguments, the shape last).
+
+    Numba dispatches a function with literal arguments by retrying the
+    compilation on every call (milliseconds); the compiled version for these
+    argument types is looked up once and called directly afterwards.
+    """
+    key = _key(args)
+    entry = _ENTRY_POINTS.get(key)
+    if entry is not None:
+        entry(*args)
+        return
+    criterion_gradient(*args)  # compiles this version, or loads it from the cache
+    types = [typeof(a) for a in args[:-3]]
+    for sig, compiled in criterion_gradient.overloads.items():
+        literal = tuple(getattr(t, "literal_value", None) for t in sig[-3:])
+        if literal == tuple(args[-3:]) and list(sig[:-3]) == types:
+            _ENTRY_POINTS[key] = compiled.entry_point
+            break
+
+
+@njit(cache=True)
 def criterion_gradient(theta, fit, design, W11, W21, W22, ZX1, ZX2, XtX, Zy1, Zy2, Xy, yy,
-                       tidx0, tidx2, segments, active, n_active, n, reml, crit, grad):
+                       tidx0, tidx2, segments, active, n_active, n, reml, gradient, crit, grad, fixed, K1, M2, P):
+    """:func:`_kernel`, compiled once per ``K1, M2, P`` (see :func:`specialised`).
+
+    Loops of one or two iterations dominate a fit of a small structure;
+    with their lengths known at compile time they are unrolled (about twice
+    as fast for the bundled sample's random-slope model). The compiled
+    versions are cached on disk, so a shape costs its compilation once.
+    """
+    _kernel(theta, fit, design, W11, W21, W22, ZX1, ZX2, XtX, Zy1, Zy2, Xy, yy, tidx0, tidx2, segments, active,
+            n_active, n, reml, gradient, crit, grad, fixed, literally(K1), literally(M2), literally(P))
+
+
+@njit(cache=True, error_model="numpy")
+def _kernel(theta, fit, design, W11, W21, W22, ZX1, ZX2, XtX, Zy1, Zy2, Xy, yy,
+            tidx0, tidx2, segments, active, n_active, n, reml, gradient, crit, grad, fixed, K1, M2, P):
     """lme4's criterion and its exact gradient at ``theta[r]`` for fit ``fit[r]``, for every row ``r``.
 
     Parameters
@@ -84,13 +140,20 @@ def criterion_gradient(theta, fit, design, W11, W21, W22, ZX1, ZX2, XtX, Zy1, Zy
     n : int
         Observations.
     reml : bool
-    crit : ndarray (R,), grad : ndarray (R, G)
-        Filled in; NaN where the criterion is not defined.
+    gradient : bool
+        Whether to compute the gradient (``grad`` is left alone otherwise).
+    crit : ndarray (R,), grad : ndarray (R, G), fixed : ndarray (R, 3 + p + p * p)
+        Filled in; NaN where the criterion is not defined. ``fixed`` holds
+        per row ``log|L|^2``, ``log|R_X|^2``, ``pwrss``, ``beta`` and
+        ``R_X^-1`` (row-major; ``R_X^-1 R_X^-T`` is lme4's unscaled ``vcov``).
+    K1, M2, P : int
+        ``k1``, ``m2`` and ``p`` as compile-time constants (-1: read ``m2``, ``p`` from the arrays).
     """
     R, G = theta.shape
-    m2, L1, k1 = W21.shape[1], W21.shape[2], W21.shape[3]
-    C = W22.shape[1]
-    p = XtX.shape[1]
+    k1 = K1
+    p = P if P >= 0 else XtX.shape[1]
+    m2 = M2 if M2 >= 0 else W21.shape[1]
+    L1, C = W21.shape[2], W22.shape[1]
     dof = n - p if reml else n
     th = np.zeros(G + 1)
     T = np.zeros((k1, k1))
@@ -274,6 +337,15 @@ def criterion_gradient(theta, fit, design, W11, W21, W22, ZX1, ZX2, XtX, Zy1, Zy
             beta[a] = s
         pwrss = yy[f] - cusq - cbsq
         crit[r] = ldL2 + (ldRX2 if reml else 0.0) + dof * (1.0 + _LOG_2PI + np.log(pwrss / dof))
+        fixed[r, 0] = ldL2
+        fixed[r, 1] = ldRX2
+        fixed[r, 2] = pwrss
+        for a in range(p):
+            fixed[r, 3 + a] = beta[a]
+            for b in range(p):
+                fixed[r, 3 + p + a * p + b] = RXit[b, a]
+        if not gradient:
+            continue
         # Gradient: B = L^-1 Lambda' Z'Z by blocks; M = Z'V^-1 Z = W - B'B; K = M - N N' (REML).
         for a in range(k1):
             for b in range(k1):

@@ -42,6 +42,8 @@ FINISH_QUASI = 1e-8
 _CURVATURE = 1e-10
 # Step into the interior along a diagonal entry on its bound, to read the curvature's sign there.
 SADDLE_PROBE = 1e-4
+# Forward-difference steps of the gradient (relative to max(|theta|, 0.1)) for a Hessian.
+DIFFERENCE_STEP = 1e-6
 
 
 def _positive_definite(H):
@@ -114,6 +116,28 @@ class GeneralFits:
 
         return fun
 
+    def _difference_newton(self, reml):
+        """``fun`` for :func:`.optimize.minimize`: the compiled criterion and gradient, and the
+        Hessian from forward differences of the exact gradient (steps ``DIFFERENCE_STEP`` relative).
+
+        For the few fits that leave a saddle or a reflected point: one compiled
+        call for all their points, where the exact Hessian's numpy evaluation
+        would cost milliseconds per call whatever the number of fits.
+        """
+        def fun(x, idx):
+            idx = np.arange(self.F) if idx is None else idx
+            R, G = x.shape
+            h = DIFFERENCE_STEP * np.maximum(np.abs(x), 0.1)
+            points = np.concatenate([x[None], x[None] + h.T[:, :, None] * np.eye(G)[:, None, :]])
+            D, g = self.block.criterion_gradient(points.reshape(-1, G), np.tile(idx, G + 1), reml)
+            g = g.reshape(G + 1, R, G)
+            H = np.moveaxis((g[1:] - g[0]) / h.T[:, :, None], 0, 1)  # H[r, i, :] from the step in i
+            H = 0.5 * (H + np.swapaxes(H, 1, 2))
+            D = D[:R]
+            return np.where(np.isfinite(D), D, np.inf), g[0], H
+
+        return fun
+
     def _quasi_newton(self, reml, H0):
         """``fun`` for :func:`.optimize.minimize`: the compiled criterion and gradient, and a BFGS
         approximation of the Hessian per fit, starting from ``H0`` (F, n, n).
@@ -166,8 +190,8 @@ class GeneralFits:
             rows = self._saddles(x, reml)
             if rows.size:
                 sub = GeneralFits._subset(self, rows)
-                x[rows], ok[rows], _, H[rows] = minimize(sub._newton(reml), x[rows], s.lower, return_hessian=True,
-                                                          finish=FINISH)
+                x[rows], ok[rows], _, H[rows] = minimize(sub._difference_newton(reml), x[rows], s.lower,
+                                                          return_hessian=True, finish=FINISH)
         for _ in range(3):
             flip = self._reflections(x, reml)
             rows = np.flatnonzero(flip.any(axis=1))
@@ -175,8 +199,8 @@ class GeneralFits:
                 break
             x[rows] = np.where(flip[rows], -x[rows], x[rows])
             sub = GeneralFits._subset(self, rows)
-            x[rows], ok[rows], _, H[rows] = minimize(sub._newton(reml), x[rows], s.lower, return_hessian=True,
-                                                      finish=FINISH)
+            x[rows], ok[rows], _, H[rows] = minimize(sub._difference_newton(reml), x[rows], s.lower,
+                                                      return_hessian=True, finish=FINISH)
         return x, ok, H
 
     def _saddles(self, x, reml):
