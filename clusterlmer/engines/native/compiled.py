@@ -154,6 +154,9 @@ def _kernel(theta, fit, design, W11, W21, W22, ZX1, ZX2, XtX, Zy1, Zy2, Xy, yy,
     p = P if P >= 0 else XtX.shape[1]
     m2 = M2 if M2 >= 0 else W21.shape[1]
     L1, C = W21.shape[2], W22.shape[1]
+    # With few dense rows per component (nested designs) every level loops over all of them, with
+    # loop lengths known at compile time; a row the level does not meet only adds zeros.
+    every_row = M2 >= 0
     dof = n - p if reml else n
     th = np.zeros(G + 1)
     T = np.zeros((k1, k1))
@@ -225,20 +228,20 @@ def _kernel(theta, fit, design, W11, W21, W22, ZX1, ZX2, XtX, Zy1, Zy2, Xy, yy,
                         for i in range(k1):
                             s += Li[a, i] * T[b, i]
                         P1[lv, a, b] = s
-                na = n_active[lv]
+                na = (m2 if every_row else n_active[lv])
                 for ia in range(na):  # E21 = W21 P1', L21 = Lam' E21 (on the level's rows)
-                    a = active[lv, ia]
+                    a = (ia if every_row else active[lv, ia])
                     for j in range(k1):
                         s = 0.0
                         for b in range(k1):
                             s += W21[d, a, lv, b] * P1[lv, j, b]
                         E21[lv, a, j] = s
                 for ia in range(na):
-                    a = active[lv, ia]
+                    a = (ia if every_row else active[lv, ia])
                     for j in range(k1):
                         s = 0.0
                         for ie in range(na):
-                            e = active[lv, ie]
+                            e = (ie if every_row else active[lv, ie])
                             if Lam[c, e, a] != 0.0:
                                 s += Lam[c, e, a] * E21[lv, e, j]
                         L21[lv, a, j] = s
@@ -259,10 +262,10 @@ def _kernel(theta, fit, design, W11, W21, W22, ZX1, ZX2, XtX, Zy1, Zy2, Xy, yy,
                                 s += Lam[c, i, a] * W22[d, c, i, j] * Lam[c, j, b]
                     S[a, b] = s + (1.0 if a == b else 0.0)
             for lv in range(segments[c], segments[c + 1]):
-                for ia in range(n_active[lv]):  # the lower triangle: all the Cholesky factorisation reads
-                    a = active[lv, ia]
-                    for ib in range(n_active[lv]):
-                        b = active[lv, ib]
+                for ia in range((m2 if every_row else n_active[lv])):  # the lower triangle: all the Cholesky factorisation reads
+                    a = (ia if every_row else active[lv, ia])
+                    for ib in range((m2 if every_row else n_active[lv])):
+                        b = (ib if every_row else active[lv, ib])
                         if b <= a:
                             s = 0.0
                             for j in range(k1):
@@ -280,8 +283,8 @@ def _kernel(theta, fit, design, W11, W21, W22, ZX1, ZX2, XtX, Zy1, Zy2, Xy, yy,
                             s += Lam[c, e, a] * (ZX2[d, c, e, col] if col < p else Zy2[f, c, e])
                     rhs[a, col] = s
             for lv in range(segments[c], segments[c + 1]):
-                for ia in range(n_active[lv]):
-                    a = active[lv, ia]
+                for ia in range((m2 if every_row else n_active[lv])):
+                    a = (ia if every_row else active[lv, ia])
                     for col in range(p + 1):
                         s = 0.0
                         for j in range(k1):
@@ -365,21 +368,21 @@ def _kernel(theta, fit, design, W11, W21, W22, ZX1, ZX2, XtX, Zy1, Zy2, Xy, yy,
                         for i in range(k1):
                             s += P1[lv, a, i] * W11[d, lv, i, b]
                         B11[lv, a, b] = s
-                na = n_active[lv]
+                na = (m2 if every_row else n_active[lv])
                 for ia in range(na):
-                    a = active[lv, ia]
+                    a = (ia if every_row else active[lv, ia])
                     for ib in range(na):
-                        b = active[lv, ib]
+                        b = (ib if every_row else active[lv, ib])
                         s = 0.0
                         for j in range(k1):
                             s += L21[lv, a, j] * E21[lv, b, j]
                         rhs[a, b] -= s
                 for ie in range(na):  # B21 = L22^-1 (Lam' W21 - L21 B11): the bracket is on the level's rows
-                    e = active[lv, ie]
+                    e = (ie if every_row else active[lv, ie])
                     for j in range(k1):
                         t = 0.0
                         for ii in range(na):
-                            i = active[lv, ii]
+                            i = (ii if every_row else active[lv, ii])
                             if Lam[c, i, e] != 0.0:
                                 t += Lam[c, i, e] * W21[d, i, lv, j]
                         for i in range(k1):
@@ -389,7 +392,7 @@ def _kernel(theta, fit, design, W11, W21, W22, ZX1, ZX2, XtX, Zy1, Zy2, Xy, yy,
                     for j in range(k1):
                         s = 0.0
                         for ie in range(na):
-                            e = active[lv, ie]
+                            e = (ie if every_row else active[lv, ie])
                             if e <= a:
                                 s += L22i[c, a, e] * tw[ie, j]
                         B21[lv, a, j] = s
@@ -414,10 +417,10 @@ def _kernel(theta, fit, design, W11, W21, W22, ZX1, ZX2, XtX, Zy1, Zy2, Xy, yy,
                         s -= B22[c, i, a] * B22[c, i, b]
                     M22[c, a, b] = s
             for lv in range(segments[c], segments[c + 1]):
-                for ia in range(n_active[lv]):  # symmetric: the lower triangle, mirrored below
-                    a = active[lv, ia]
-                    for ib in range(n_active[lv]):
-                        b = active[lv, ib]
+                for ia in range((m2 if every_row else n_active[lv])):  # symmetric: the lower triangle, mirrored below
+                    a = (ia if every_row else active[lv, ia])
+                    for ib in range((m2 if every_row else n_active[lv])):
+                        b = (ib if every_row else active[lv, ib])
                         if b <= a:
                             s = 0.0
                             for j in range(k1):
@@ -469,8 +472,8 @@ def _kernel(theta, fit, design, W11, W21, W22, ZX1, ZX2, XtX, Zy1, Zy2, Xy, yy,
                         for b in range(m2):
                             t += B21[lv, b, a] * c2[c, b, col]
                         w1[lv, a, col] = t
-                for ia in range(n_active[lv]):  # E21 c1 adds to both u2 and w2
-                    a = active[lv, ia]
+                for ia in range((m2 if every_row else n_active[lv])):  # E21 c1 adds to both u2 and w2
+                    a = (ia if every_row else active[lv, ia])
                     s = 0.0
                     for j in range(k1):
                         s += E21[lv, a, j] * cr1[lv, j]

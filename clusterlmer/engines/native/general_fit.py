@@ -187,13 +187,13 @@ class GeneralFits:
         else:
             x, ok, _, H = minimize(self._quasi_newton(reml, _positive_definite(hessian)), x0, s.lower,
                                    return_hessian=True, finish=FINISH_QUASI)
-            rows = self._saddles(x, reml)
+            rows = self._saddles(x, *self._on_bounds(x, reml), reml)
             if rows.size:
                 sub = GeneralFits._subset(self, rows)
                 x[rows], ok[rows], _, H[rows] = minimize(sub._difference_newton(reml), x[rows], s.lower,
                                                           return_hessian=True, finish=FINISH)
         for _ in range(3):
-            flip = self._reflections(x, reml)
+            flip = self._reflections(x, *self._on_bounds(x, reml))
             rows = np.flatnonzero(flip.any(axis=1))
             if not rows.size:
                 break
@@ -203,16 +203,18 @@ class GeneralFits:
                                                       return_hessian=True, finish=FINISH)
         return x, ok, H
 
-    def _saddles(self, x, reml):
-        """Fits whose point has a diagonal entry on its bound 0, a zero derivative there (the
-        criterion even in it) and negative curvature along it: a saddle, not an optimum."""
-        s = self.structure
-        on = (x <= 0.0) & s.diagonal
-        rows = np.flatnonzero(on.any(axis=1))
+    def _on_bounds(self, x, reml):
+        """The fits with a diagonal entry on its bound 0 (indices), and the gradient at their points."""
+        rows = np.flatnonzero(((x <= 0.0) & self.structure.diagonal).any(axis=1))
         if not rows.size:
-            return rows
-        _, g = self.block.criterion_gradient(x[rows], rows, reml)
-        even = on[rows] & (g == 0.0)
+            return rows, np.zeros((0, x.shape[1]))
+        return rows, self.block.criterion_gradient(x[rows], rows, reml)[1]
+
+    def _saddles(self, x, rows, g, reml):
+        """Of the fits ``rows`` (gradient ``g``), those with a diagonal entry on its bound 0, a zero
+        derivative there (the criterion even in it) and negative curvature along it: a saddle, not
+        an optimum."""
+        even = (x[rows] <= 0.0) & self.structure.diagonal & (g == 0.0)
         rows, even = rows[even.any(axis=1)], even[even.any(axis=1)]
         if not rows.size:
             return rows
@@ -220,20 +222,20 @@ class GeneralFits:
         _, g = self.block.criterion_gradient(x[rows] + SADDLE_PROBE * even, rows, reml)
         return rows[np.any(even & (g < 0.0), axis=1)]
 
-    def _reflections(self, x, reml):
-        """Entries to negate where a diagonal entry sits on its bound 0 only because of its column's sign.
+    def _reflections(self, x, rows, g):
+        """Entries to negate where a diagonal entry sits on its bound 0 only because of its column's sign
+        (of the fits ``rows``, gradient ``g``: those with an entry on a bound).
 
         Lambda Lambda' is unchanged when a column of a relative factor changes
         sign. With the diagonal entry at 0 and a positive derivative there,
         the criterion decreases towards negative values, i.e. into the
         interior after negating the entries below it: the bound is no optimum.
         """
-        s = self.structure
-        _, g = self.block.criterion_gradient(x, None, reml)
         flip = np.zeros(x.shape, bool)
-        for d, below in s.columns_below:
-            stuck = (x[:, d] <= 0.0) & (g[:, d] > 0.0) & np.any(x[:, below] != 0.0, axis=1)
-            flip[np.ix_(stuck, below)] = True
+        xr = x[rows]
+        for d, below in self.structure.columns_below:
+            stuck = (xr[:, d] <= 0.0) & (g[:, d] > 0.0) & np.any(xr[:, below] != 0.0, axis=1)
+            flip[np.ix_(rows[stuck], below)] = True
         return flip
 
     def _subset(self, rows):
