@@ -20,6 +20,12 @@ null, moved to ``(n_permutations, ...)`` (contiguous, which labels about twice
 as fast), with a structuring element that has no neighbours along the
 permutation axis, so permutations never merge and no Python loop runs over
 permutations.
+
+With ``adjacency=`` (a channel neighbour graph, see :mod:`clusterlmer.adjacency`)
+the data are channels x time (x freq) and clusters follow the graph instead of
+a lattice; :class:`clusterlmer._graph_clusters.ChannelGraph` labels them with
+the same contract as ``ndimage.label``, so thresholds, statistics and p-values
+are computed by the same code for both.
 """
 
 from __future__ import annotations
@@ -34,6 +40,13 @@ import pandas as pd
 from ._checks import check_option
 
 __all__ = ["Cluster", "ClusterTestInfo", "cluster_test", "CLUSTER_STATS", "QUANTILE_METHODS", "TAILS"]
+
+
+def _label(mask, structure):
+    """Connected components of ``mask``: a lattice (a structuring element) or a :class:`ChannelGraph`."""
+    if isinstance(structure, np.ndarray):
+        return _ndimage().label(mask, structure=structure)
+    return structure.label(mask)
 
 
 def _ndimage():
@@ -111,7 +124,11 @@ class ClusterTestInfo:
         negative cluster sum; for ``"size"`` and ``"tfce"`` the largest
         negative cluster size / TFCE score on ``-stat`` (a positive number,
         "larger is more extreme").
-    tail, alpha, clusterstat, quantile_method, connectivity : as passed
+    tail, alpha, clusterstat, quantile_method : as passed
+    connectivity : str
+        ``"full"`` or ``"face"`` (the lattice), or ``"adjacency"`` when
+        clusters followed a channel graph (``min_neighbours`` is not
+        recorded here).
     clusteralpha : float or None
         As used: halved for ``tail=0``; None for ``"tfce"`` (no thresholds).
     n_permutations : int
@@ -139,8 +156,9 @@ class ClusterTestInfo:
     def to_frame(self):
         """Clusters as a DataFrame: sign, stat, p, size, start, stop.
 
-        ``start``/``stop`` index the first axis (time, inclusive); N-D data
-        add ``start_1``/``stop_1``, ... for the other axes.
+        ``start``/``stop`` index the first axis (time, inclusive; the channel
+        with ``adjacency``); N-D data add ``start_1``/``stop_1``, ... for the
+        other axes.
         """
         rows = []
         for c in self.clusters:
@@ -158,13 +176,14 @@ def smallest_cluster_p(n_permutations, tail) -> float:
 
 
 def cluster_test(datobs, datrnd, tail=0, alpha=0.05, clusteralpha=0.05, clusterstat="sum",
-                 *, quantile_method="hazen", connectivity="full", tfce=None):
+                 *, quantile_method="hazen", connectivity=None, tfce=None, adjacency=None, min_neighbours=0):
     """Cluster-based permutation test with per-sample thresholds from the null.
 
     Parameters
     ----------
     datobs : array_like, shape (n_times[, n_freqs, ...])
-        Observed statistic. NaN means "no candidate here".
+        Observed statistic. NaN means "no candidate here". With
+        ``adjacency``: shape (n_channels, n_times[, n_freqs]).
     datrnd : array_like, shape (*datobs.shape, n_permutations)
         Statistic under each permutation; permutations on the LAST axis. NaN
         (a failed refit) is tolerated and never crosses a threshold.
@@ -183,13 +202,29 @@ def cluster_test(datobs, datrnd, tail=0, alpha=0.05, clusteralpha=0.05, clusters
     quantile_method : str
         Any :func:`numpy.quantile` method. ``"hazen"`` (default) is MATLAB's
         ``quantile``; ``"linear"`` reproduces the original Python port.
-    connectivity : {"full", "face"}
-        ``"full"``: samples touching by a face, edge or corner are neighbours
-        (MATLAB ``bwconncomp`` default: 8 in 2-D, 26 in 3-D); ``"face"``: 4 in
-        2-D, 6 in 3-D (MNE's lattice default). Same in 1-D.
+    connectivity : {"full", "face"} or None
+        The lattice's neighbours (without ``adjacency``). ``"full"`` (also
+        what None means): samples touching by a face, edge or corner are
+        neighbours (MATLAB ``bwconncomp`` default: 8 in 2-D, 26 in 3-D);
+        ``"face"``: 4 in 2-D, 6 in 3-D (MNE's lattice default). Same in 1-D.
     tfce : dict or None
         ``"tfce"`` only: ``E`` (extent power, 0.5), ``H`` (height power, 2),
         ``dh`` (step; default max |stat| over ``datobs`` and ``datrnd`` / 100).
+    adjacency : scipy.sparse matrix or array_like or None
+        Channel x channel neighbour matrix (square, symmetric, 0/1; the
+        diagonal is ignored), e.g. from
+        :func:`clusterlmer.adjacency.channel_adjacency`. Clusters are then
+        connected components over channels x time (x freq): neighbouring
+        channels at the same sample, plus adjacent times (and adjacent
+        frequencies) on the same channel -- the graph of
+        ``mne.stats.combine_adjacency(adjacency, n_times[, n_freqs])``.
+        ``connectivity`` must then be left out.
+    min_neighbours : int
+        With ``adjacency``, for ``"sum"`` and ``"size"``: FieldTrip's
+        ``minnbchan``. Before clusters are formed, a supra-threshold sample
+        is removed unless at least this many of its neighbouring channels are
+        supra-threshold at the same time (and frequency), repeatedly until
+        none is removed; in the observed map and in every permutation alike.
 
     Returns
     -------
@@ -220,13 +255,26 @@ def cluster_test(datobs, datrnd, tail=0, alpha=0.05, clusteralpha=0.05, clusters
     null) exactly on the top height, which we count and MNE does not. A
     sample's p is ``(#{k: null_max[k] > score} + 1) / (n_permutations + 1)``,
     ``null_max[k]`` being permutation k's largest score (strict ``>`` as for
-    clusters); a zero score gives p = 1.
+    clusters); a zero score gives p = 1. With ``adjacency`` the extents are
+    those of the graph's components.
+
+    With ``adjacency`` the cluster masks and bounding boxes are over
+    (channel, time[, freq]); ``start``/``stop`` of the first axis are then
+    the lowest and highest channel index, not a contiguous range.
     """
     datobs, datrnd, tail, tfce = _check_inputs(datobs, datrnd, tail, alpha, clusteralpha, clusterstat,
                                                quantile_method, connectivity, tfce)
-    structure = _ndimage().generate_binary_structure(datobs.ndim, datobs.ndim if connectivity == "full" else 1)
-    null_structure = np.zeros((3,) + structure.shape, bool)
-    null_structure[1] = structure  # no neighbours across permutations
+    if adjacency is not None or min_neighbours:
+        from ._graph_clusters import channel_graph_for
+
+        structure = channel_graph_for(adjacency, min_neighbours, datobs, clusterstat, connectivity)
+        null_structure = structure.over_all_permutations()
+        connectivity = "adjacency"
+    else:
+        connectivity = "full" if connectivity is None else connectivity
+        structure = _ndimage().generate_binary_structure(datobs.ndim, datobs.ndim if connectivity == "full" else 1)
+        null_structure = np.zeros((3,) + structure.shape, bool)
+        null_structure[1] = structure  # no neighbours across permutations
     datrnd = np.ascontiguousarray(np.moveaxis(datrnd, -1, 0))  # (n_permutations, *datobs.shape)
     if clusterstat == "tfce":
         return _tfce_test(datobs, datrnd, tail, alpha, structure, null_structure, tfce, quantile_method,
@@ -259,7 +307,8 @@ def _check_inputs(datobs, datrnd, tail, alpha, clusteralpha, clusterstat, quanti
                              f"0 and 1, but got {value!r} instead.")
     check_option("clusterstat", clusterstat, CLUSTER_STATS)
     check_option("quantile_method", quantile_method, QUANTILE_METHODS)
-    check_option("connectivity", connectivity, _CONNECTIVITY)
+    if connectivity is not None:
+        check_option("connectivity", connectivity, _CONNECTIVITY)
     if tfce is not None and clusterstat != "tfce":
         raise ValueError(f"tfce parameters were given but clusterstat={clusterstat!r}; pass clusterstat='tfce'.")
     params = dict(_TFCE_DEFAULTS)
@@ -290,7 +339,7 @@ def _thresholds(datrnd, clusteralpha, method):
 
 def _observed_clusters(x, mask, clusterstat, structure):
     """Label ``mask``; return [(cluster mask, stat)], stat = sum of ``x`` or size; ``sum`` drops singletons."""
-    labels, n = _ndimage().label(mask, structure=structure)
+    labels, n = _label(mask, structure)
     out = []
     for lab in range(1, n + 1):
         cmask = labels == lab
@@ -306,7 +355,7 @@ def _observed_clusters(x, mask, clusterstat, structure):
 def _null_max(x, mask, clusterstat, null_structure):
     """Per permutation (first axis) the largest cluster sum of ``x`` / size inside ``mask``; NaN if none."""
     nperm = x.shape[0]
-    labels, n = _ndimage().label(mask, structure=null_structure)
+    labels, n = _label(mask, null_structure)
     best = np.full(nperm, -np.inf)
     if n:
         idx = np.flatnonzero(labels)  # only the suprathreshold samples, in C order
@@ -391,13 +440,15 @@ def _cluster_test(datobs, datrnd, tail, alpha, clusteralpha, clusterstat, method
 
 def _tfce_scores(x, structure, heights, dh, E, H):
     """TFCE of ``x`` (positive side) at every sample: sum_k extent_k**E * h_k**H * dh over h_k <= x."""
+    if not isinstance(structure, np.ndarray):  # a channel graph
+        return structure.tfce_scores(x, heights, dh, E, H)
     scores = np.zeros(x.size)
     for h in heights:
         mask = x >= h
         idx = np.flatnonzero(mask)
         if idx.size == 0:  # heights increase, so nothing above from here on
             break
-        labels, n = _ndimage().label(mask, structure=structure)
+        labels, n = _label(mask, structure)
         lab = labels.ravel()[idx]
         weight = np.bincount(lab, minlength=n + 1) ** E * (h ** H * dh)
         scores[idx] += weight[lab]
@@ -437,7 +488,7 @@ def _tfce_test(datobs, datrnd, tail, alpha, structure, null_structure, params, m
     found = []
     for sign, obs, p in sides:
         p_used = np.minimum(1.0, 2 * p) if tail == 0 else p
-        labels, n = _ndimage().label((obs > 0) & (p_used < alpha), structure=structure)
+        labels, n = _label((obs > 0) & (p_used < alpha), structure)
         for lab in range(1, n + 1):
             cmask = labels == lab
             found.append((sign, cmask, float(obs[cmask].max()), float(p[cmask].min())))
