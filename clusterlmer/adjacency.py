@@ -29,7 +29,7 @@ import re
 
 import numpy as np
 
-__all__ = ["channel_adjacency", "validate_adjacency", "mne_adjacency", "shaft_adjacency", "distance_adjacency",
+__all__ = ["channel_adjacency", "data_adjacency", "validate_adjacency", "mne_adjacency", "shaft_adjacency", "distance_adjacency",
            "combine_adjacency"]
 
 # Prefix (a letter, then letters, apostrophes -- "A'" is a left-hemisphere shaft in SEEG -- or
@@ -310,6 +310,48 @@ def channel_adjacency(spec, ch_names=None, *, ch_type=None, positions=None, max_
     if isinstance(spec, str) or type(spec).__module__.split(".")[0] == "mne":
         return mne_adjacency(spec, ch_names, ch_type=ch_type)
     return validate_adjacency(spec, None if ch_names is None else len(ch_names))
+
+
+def data_adjacency(data, adjacency, min_neighbours=0):
+    """The channel adjacency an analysis of ``data`` clusters over, checked before anything is fitted.
+
+    Parameters
+    ----------
+    data : TimeseriesData
+    adjacency : matrix, mne.Info, str or None
+        As :func:`channel_adjacency` takes it, ``"none"`` for no channel
+        neighbours (clusters run along time within each channel), or None:
+        the data's own ``info`` when they came from MNE.
+    min_neighbours : int
+        FieldTrip's ``minnbchan`` (see :func:`clusterlmer.cluster_test`).
+
+    Returns
+    -------
+    scipy.sparse.csr_array or None
+        None for data without a channel axis.
+    """
+    if isinstance(min_neighbours, bool) or not isinstance(min_neighbours, (int, np.integer)) or min_neighbours < 0:
+        raise ValueError(f"min_neighbours must be a non-negative integer, got {min_neighbours!r}.")
+    if data.channels is None:
+        if adjacency is not None or min_neighbours:
+            raise ValueError("adjacency and min_neighbours describe channel neighbours, but these data have no "
+                             "channel axis (values of shape (n_obs, n_times[, n_freqs])). Give the data channels "
+                             "(cl.from_long(..., channel=...), cl.from_mne(...), or TimeseriesData(..., "
+                             "channels=[...])) or leave them out.")
+        return None
+    if adjacency is None:
+        if data.info is None:
+            raise ValueError(
+                f"these data have {len(data.channels)} channels: say which are neighbours with adjacency=..., "
+                "e.g. an mne.Info or a FieldTrip template name MNE ships (adjacency='biosemi64'), 'shaft' for "
+                "iEEG contacts named like LA1, LA2, ..., a channel x channel 0/1 matrix, or 'none' to cluster "
+                "along time within each channel.")
+        adjacency = data.info
+    if isinstance(adjacency, str) and adjacency == "none":
+        from scipy import sparse
+
+        return sparse.csr_array((len(data.channels), len(data.channels)), dtype=bool)
+    return channel_adjacency(adjacency, list(data.channels))
 
 
 def _lattice(n):

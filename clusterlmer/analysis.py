@@ -18,6 +18,7 @@ import numpy as np
 
 from ._checks import check_option, option_hint
 from ._memory import check_run_memory
+from .adjacency import data_adjacency
 from .checkpoint import Checkpoint, check_checkpoint_path, fingerprint
 from .cluster import CLUSTER_STATS, QUANTILE_METHODS, TAILS, cluster_test, smallest_cluster_p
 from .crosscheck import ReferenceProcess
@@ -189,7 +190,8 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
                              quantile_method="hazen", schemes=None, reml=True, ddf="satterthwaite",
                              coding="reference", test="marginal", optimizer="bobyqa", optimizer_options=None,
                              levels=None, engine="auto", cross_check=3, n_jobs=1, checkpoint=None,
-                             progress=True, client=None) -> PermutationClusterResult:
+                             progress=True, client=None, adjacency=None,
+                             min_neighbours=0) -> PermutationClusterResult:
     """Mixed model per sample with a cluster-based permutation test across samples.
 
     Parameters
@@ -265,6 +267,19 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
         others. ``n_jobs`` must stay 1: the cluster's size decides the
         parallelism. The result is identical to ``n_jobs=1``. Needs
         ``pip install 'clusterlmer[dask]'``.
+    adjacency : matrix, mne.Info, str or None
+        For data with channels (``data.channels``): which channels are
+        neighbours. Clusters then join neighbouring channels at the same
+        sample and adjacent samples of a channel (MNE's and FieldTrip's
+        convention). An ``mne.Info`` or the name of a FieldTrip neighbour
+        template MNE ships (e.g. ``"biosemi64"``), ``"shaft"`` (iEEG contacts
+        ``LA1, LA2, ...``: consecutive contacts of an electrode), a channel x
+        channel 0/1 matrix, or ``"none"`` (clusters along time within each
+        channel); None uses ``data.info`` when the data came from MNE and is
+        an error otherwise. See :mod:`clusterlmer.adjacency`.
+    min_neighbours : int
+        FieldTrip's ``minnbchan``: a supra-threshold sample joins a cluster
+        only with at least this many supra-threshold neighbouring channels.
 
     Returns
     -------
@@ -285,7 +300,8 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
         alpha=alpha, cluster_alpha=cluster_alpha, cluster_stat=cluster_stat, quantile_method=quantile_method,
         schemes=schemes, reml=reml, ddf=ddf, coding=coding, test=test, optimizer=optimizer,
         optimizer_options=optimizer_options, levels=levels, engine=engine, cross_check=cross_check, n_jobs=n_jobs,
-        checkpoint=checkpoint, progress=progress, client=client, stacklevel=3)
+        checkpoint=checkpoint, progress=progress, client=client, adjacency=adjacency,
+        min_neighbours=min_neighbours, stacklevel=3)
     start = time.perf_counter()
     # The engine's cross-check (R starting, a few refits) runs in a worker process beside the
     # observed fit and the permutations.
@@ -323,6 +339,8 @@ class AnalysisPlan:
     checkpoint: object
     progress: bool
     client: object
+    adjacency: object = None
+    min_neighbours: int = 0
 
     @property
     def unpermuted(self) -> list:
@@ -335,7 +353,7 @@ def check_analysis_arguments(data, formula, *, n_permutations=1000, seed=None, s
                              quantile_method="hazen", schemes=None, reml=True, ddf="satterthwaite",
                              coding="reference", test="marginal", optimizer="bobyqa", optimizer_options=None,
                              levels=None, engine="auto", cross_check=3, n_jobs=1, checkpoint=None, progress=True,
-                             client=None, stacklevel=2) -> AnalysisPlan:
+                             client=None, adjacency=None, min_neighbours=0, stacklevel=2) -> AnalysisPlan:
     """Check every argument of :func:`permutation_cluster_lmer` before anything is fitted.
 
     Builds the model (:func:`clusterlmer.fit.check_fit_arguments`) and draws
@@ -370,6 +388,10 @@ def check_analysis_arguments(data, formula, *, n_permutations=1000, seed=None, s
     check_option("engine", engine, ENGINE_CHOICES)
     _check_arguments(terms, schemes, levels, optimizer_options, cross_check, progress)
     checkpoint = check_checkpoint_path(checkpoint)
+    adjacency = data_adjacency(data, adjacency, min_neighbours)
+    if min_neighbours and cluster_stat == "tfce":
+        raise ValueError("min_neighbours applies to cluster_stat 'sum' and 'size', not 'tfce' (neither FieldTrip "
+                         "nor MNE defines it there); leave it at 0.")
     model = parse_formula(formula)
     check_run_memory(data, model, n_permutations, terms=terms, schemes=schemes, cluster_stat=cluster_stat,
                      n_jobs=n_jobs, client=client)  # before anything large is allocated
@@ -381,7 +403,7 @@ def check_analysis_arguments(data, formula, *, n_permutations=1000, seed=None, s
     if fit.engine_note:
         warnings.warn(fit.engine_note, UserWarning, stacklevel=stacklevel)
     return AnalysisPlan(fit, perms, statistic, terms, tail, alpha, cluster_alpha, cluster_stat, quantile_method,
-                        int(cross_check), n_jobs, checkpoint, progress, client)
+                        int(cross_check), n_jobs, checkpoint, progress, client, adjacency, int(min_neighbours))
 
 
 def _permute_and_cluster(data, plan: AnalysisPlan, fit, start):
@@ -432,7 +454,8 @@ def _permute_and_cluster(data, plan: AnalysisPlan, fit, start):
         null[term] = np.moveaxis(store.values[:, i], 0, -1)
         _, p_clust[term], info[term] = cluster_test(stat[term], null[term], tail=tail, alpha=alpha,
                                                     clusteralpha=cluster_alpha, clusterstat=cluster_stat,
-                                                    quantile_method=quantile_method)
+                                                    quantile_method=quantile_method, adjacency=plan.adjacency,
+                                                    min_neighbours=plan.min_neighbours)
         failures[term] = np.isnan(null[term]).sum(axis=-1)
     return PermutationClusterResult(
         fit=fit,
@@ -442,7 +465,7 @@ def _permute_and_cluster(data, plan: AnalysisPlan, fit, start):
         null=null,
         p_clust=p_clust,
         cluster_info=info,
-        clusters=cluster_table(info, fit.times, fit.freqs, statistic=statistic),
+        clusters=cluster_table(info, fit.times, fit.freqs, statistic=statistic, channels=fit.channels, stat=stat),
         refit_failures=failures,
         n_permutations=int(n_permutations),
         seed=perms.seed,

@@ -43,7 +43,10 @@ def _print_peaks(fit, terms):
             continue
         peak = int(np.nanargmax(f))
         idx = np.unravel_index(peak, fit.sample_shape)
-        print(f"\nANOVA at the peak of {term} (sample {idx[0]}, time {fit.times[idx[0]]:g}):")
+        where = ", ".join(f"{axis} {value:g}" if axis != "channel" else f"channel {value}"
+                          for axis, value in fit.sample_coordinates(peak).items())
+        print(f"\nANOVA at the peak of {term} (sample {tuple(map(int, idx)) if len(idx) > 1 else int(idx[0])}, "
+              f"{where}):")
         _print_table(fit.anova(idx if len(idx) > 1 else idx[0]))
 
 

@@ -60,25 +60,33 @@ def group_label(frame, cols, row) -> str:
 
 @dataclass(frozen=True, eq=False)
 class TimeseriesData:
-    """Observations with their design and one response value per timepoint.
+    """Observations with their design and one response value per sample (time, or channel x time, ...).
 
     Attributes
     ----------
     design : pandas.DataFrame
         One row per observation (e.g. ``sid``, ``ch``, ``hit_miss``, ``region``).
     values : numpy.ndarray
-        Responses, shape ``(n_obs, n_times)`` or ``(n_obs, n_times, n_freqs)``.
+        Responses, shape ``(n_obs, n_times)`` or ``(n_obs, n_times, n_freqs)``;
+        with ``channels``, ``(n_obs, n_channels, n_times[, n_freqs])``.
         Non-finite values mark observations left out at that sample.
     times : numpy.ndarray
         Sample times in the user's unit, length ``n_times``.
     freqs : numpy.ndarray or None
-        Frequencies for 3-D values.
+        Frequencies, when the values have a frequency axis.
     response : str or None
         Name of the variable or column the values came from
         (:func:`clusterlmer.load_mat`'s ``data_key``, or the single column of
         :func:`clusterlmer.from_dataframe`); the formula's left-hand side
         must then name it. ``None`` (wide tables, simulated data): the
         left-hand side is only a label.
+    channels : tuple of str or None
+        Channel names, when the values have a channel axis (first after the
+        observations). Every channel is fitted with the same model, sample
+        by sample; clusters then follow a channel adjacency.
+    info : mne.Info or None
+        The channels' MNE measurement info (names, types, positions) when the
+        data came from MNE: it gives the adjacency and topographic maps.
     """
 
     design: pd.DataFrame
@@ -86,27 +94,47 @@ class TimeseriesData:
     times: np.ndarray
     freqs: np.ndarray | None = None
     response: str | None = None
+    channels: tuple | None = None
+    info: object = None
 
     def __post_init__(self):
         if not isinstance(self.design, pd.DataFrame):
             raise TypeError(f"design must be a pandas DataFrame, got {type(self.design).__name__}.")
         values = np.asarray(self.values)
-        if values.ndim not in (2, 3):
+        if self.channels is not None:
+            channels = tuple(str(c) for c in self.channels)
+            if values.ndim not in (3, 4):
+                raise ValueError(f"with channels, values must have shape (n_obs, n_channels, n_times) or "
+                                 f"(n_obs, n_channels, n_times, n_freqs), got shape {values.shape}.")
+            if values.shape[1] != len(channels):
+                raise ValueError(f"values has {values.shape[1]} channels (axis 1) but {len(channels)} channel names "
+                                 "were given: give one name per channel, in the values' order.")
+            dup = sorted({c for c in channels if channels.count(c) > 1})
+            if dup:
+                raise ValueError(f"channel names must be unique; repeated: {_preview(dup)}.")
+            object.__setattr__(self, "channels", channels)
+            lead = 1
+        elif values.ndim not in (2, 3):
             raise ValueError(
-                f"values must have shape (n_obs, n_times) or (n_obs, n_times, n_freqs), got shape {values.shape}."
+                f"values must have shape (n_obs, n_times) or (n_obs, n_times, n_freqs), got shape {values.shape}; "
+                "for channels x time give channels=[...] with values (n_obs, n_channels, n_times)."
             )
+        else:
+            lead = 0
         if values.shape[0] != len(self.design):
             raise ValueError(
                 f"values has {values.shape[0]} rows but the design has {len(self.design)}: "
                 "there must be one row of values per design row."
             )
         times = np.asarray(self.times)
-        if times.shape != (values.shape[1],):
-            raise ValueError(f"times must have length {values.shape[1]} (one per sample), got shape {times.shape}.")
-        if values.ndim == 3:
-            freqs = np.arange(values.shape[2]) if self.freqs is None else np.asarray(self.freqs)
-            if freqs.shape != (values.shape[2],):
-                raise ValueError(f"freqs must have length {values.shape[2]}, got shape {freqs.shape}.")
+        n_times = values.shape[1 + lead]
+        if times.shape != (n_times,):
+            raise ValueError(f"times must have length {n_times} (one per sample), got shape {times.shape}.")
+        if values.ndim == 3 + lead:
+            n_freqs = values.shape[2 + lead]
+            freqs = np.arange(n_freqs) if self.freqs is None else np.asarray(self.freqs)
+            if freqs.shape != (n_freqs,):
+                raise ValueError(f"freqs must have length {n_freqs}, got shape {freqs.shape}.")
             object.__setattr__(self, "freqs", freqs)
         object.__setattr__(self, "values", values)
         object.__setattr__(self, "times", times)
@@ -119,16 +147,31 @@ class TimeseriesData:
     @property
     def n_times(self) -> int:
         """Number of timepoints."""
-        return self.values.shape[1]
+        return self.values.shape[2 if self.channels is not None else 1]
+
+    @property
+    def n_channels(self) -> int:
+        """Number of channels (1 without a channel axis)."""
+        return 1 if self.channels is None else len(self.channels)
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
-        """Shape of one observation's values: ``(n_times,)`` or ``(n_times, n_freqs)``."""
+        """Shape of one observation's values: ``([n_channels,] n_times[, n_freqs])``."""
         return self.values.shape[1:]
+
+    @property
+    def sample_axes(self) -> tuple[str, ...]:
+        """Names of the sample axes: ``("time",)``, ``("time", "freq")``, ``("channel", "time"[, "freq"])``."""
+        return sample_axes(self.channels is not None, self.freqs is not None)
 
     def __repr__(self) -> str:
         shape = " x ".join(str(s) for s in self.values.shape)
         return f"<TimeseriesData | {shape} values, design columns: {_preview(self.design.columns)}>"
+
+
+def sample_axes(has_channels, has_freqs) -> tuple:
+    """The sample axes' names for data with or without a channel and a frequency axis."""
+    return (("channel",) if has_channels else ()) + ("time",) + (("freq",) if has_freqs else ())
 
 
 def check_response(data, response):

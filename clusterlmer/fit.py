@@ -229,10 +229,13 @@ def fit_plan(plan: FitPlan, data, cross_check=3, *, alongside=False, stacklevel=
     with np.errstate(invalid="ignore"):
         t = np.where(blk.df1 == 1, np.sign(blk.contrast_estimate) * np.sqrt(blk.F), np.nan)
     flat = np.arange(Y.shape[1])
-    idx = np.unravel_index(flat, shape)
-    diag = {"sample": flat, "time": np.asarray(data.times)[idx[0]]}
+    idx = dict(zip(data.sample_axes, np.unravel_index(flat, shape)))
+    diag = {"sample": flat}
+    if data.channels is not None:
+        diag["channel"] = np.asarray(data.channels, dtype=object)[idx["channel"]]
+    diag["time"] = np.asarray(data.times)[idx["time"]]
     if data.freqs is not None:
-        diag["freq"] = np.asarray(data.freqs)[idx[1]]
+        diag["freq"] = np.asarray(data.freqs)[idx["freq"]]
     errors = np.array(blk.errors, dtype=object)
     diag.update(
         n_obs=n_used,
@@ -275,6 +278,7 @@ def fit_plan(plan: FitPlan, data, cross_check=3, *, alongside=False, stacklevel=
             "numeric_as_factor": list(design.converted),
         },
         levels={k: list(v) for k, v in design.factors.items()},
+        channels=data.channels,
         source=FitSource(design, Y),  # for fit.model_at; Y is data.values reshaped (a view when contiguous)
     )
     return (fit, check) if alongside else fit

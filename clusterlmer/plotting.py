@@ -2,8 +2,8 @@
 
 One row per tested term: on the left the observed statistic over time with
 the per-sample cluster thresholds and the clusters shaded (significant ones
-in colour, annotated with their p), or a time x frequency map with cluster
-outlines for 2-D data; on the right the permutation distribution of the
+in colour, annotated with their p), or a time x frequency or channel x time
+map with cluster outlines for 2-D data; on the right the permutation distribution of the
 largest cluster statistic with the observed clusters marked.
 """
 
@@ -79,22 +79,36 @@ def _outline(ax, mask, times, freqs, **style):
 
 
 def _plot_map(ax, result, term, info):
+    """A time x frequency or channel x time map of the statistic with the clusters outlined."""
     times = np.asarray(result.times, dtype=float)
-    freqs = np.asarray(result.fit.freqs, dtype=float)
+    channels = result.fit.channels
     stat = result.stat[term]
+    if channels is not None:  # channels on the y axis, named
+        rows = np.arange(len(channels), dtype=float)
+        image, masks = stat.T, [c.mask.T for c in info.clusters]
+        centre = [(c.indices[1], c.indices[0]) for c in info.clusters]
+    else:
+        rows = np.asarray(result.fit.freqs, dtype=float)
+        image, masks = stat, [c.mask for c in info.clusters]
+        centre = [(c.indices[0], c.indices[1]) for c in info.clusters]
     vmax = np.nanmax(np.abs(stat)) if np.any(np.isfinite(stat)) else 1.0
     cmap, vmin = ("viridis", 0) if result.statistic == "F" else ("RdBu_r", -vmax)
-    mesh = ax.pcolormesh(times, freqs, stat.T, shading="nearest", cmap=cmap, vmin=vmin, vmax=vmax)
+    mesh = ax.pcolormesh(times, rows, image.T, shading="nearest", cmap=cmap, vmin=vmin, vmax=vmax)
     ax.figure.colorbar(mesh, ax=ax, label=_stat_label(result), pad=0.01)
-    for c in info.clusters:
+    for c, mask, (ti, ri) in zip(info.clusters, masks, centre):
         significant = c.p < result.alpha
-        _outline(ax, c.mask, times, freqs, colors="white" if significant else "grey",
+        _outline(ax, mask, times, rows, colors="white" if significant else "grey",
                  linewidths=1.5 if significant else 0.8, linestyles="solid" if significant else "dashed")
         if significant:
-            idx = c.indices
-            ax.text(times[int(np.median(idx[0]))], freqs[int(np.median(idx[1]))], f"p={c.p:.3g}",
+            ax.text(times[int(np.median(ti))], rows[int(np.median(ri))], f"p={c.p:.3g}",
                     color="white", fontsize=8, ha="center")
-    ax.set_ylabel("frequency")
+    if channels is not None:
+        step = max(1, len(channels) // 40)  # at most ~40 names
+        ax.set_yticks(rows[::step], [str(c) for c in channels[::step]], fontsize=max(4, 8 - len(channels) // 20))
+        ax.invert_yaxis()
+        ax.set_ylabel("channel")
+    else:
+        ax.set_ylabel("frequency")
     ax.set_title(term, loc="left", fontsize=10)
 
 
@@ -145,6 +159,9 @@ def plot_result(result, path=None, *, terms=None, show=False):
     # Keep 0.8 inch above the first row for the suptitle and the row's titles (they overlap with one row).
     grid = fig.add_gridspec(len(terms), 2, width_ratios=(3.2, 1), hspace=0.55, wspace=0.18,
                             top=1 - 0.8 / fig.get_figheight())
+    if len(result.fit.sample_shape) > 2:
+        raise ValueError(f"plot() draws time, time x frequency and channel x time statistics; these have axes "
+                         f"{result.fit.sample_axes}. Plot result.stat[term] for one channel or frequency yourself.")
     two_d = len(result.fit.sample_shape) == 2
     for row, term in enumerate(terms):
         info = result.cluster_info[term]

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ._checks import check_option
+from .data import _preview, sample_axes
 from .summaries import fit_summary, result_summary
 
 __all__ = ["TimeseriesFit", "FitSource", "PermutationClusterResult", "cluster_table", "STATISTICS"]
@@ -62,6 +63,8 @@ class TimeseriesFit:
         Fixed-effect estimates and standard errors.
     times : ndarray
     freqs : ndarray or None
+    channels : tuple of str or None
+        Channel names when the samples have a channel axis (the first).
     diagnostics : pandas.DataFrame
         One row per sample: observations used and excluded, convergence,
         singular fit, R's warnings and messages, error.
@@ -89,26 +92,49 @@ class TimeseriesFit:
     diagnostics: pd.DataFrame
     options: dict
     levels: dict
+    channels: tuple | None = None
     # Not part of the result: left out of comparisons, repr and result files.
     source: FitSource | None = field(default=None, repr=False, compare=False)
 
     @property
     def sample_shape(self) -> tuple:
-        """``(n_times,)`` or ``(n_times, n_freqs)``."""
+        """``([n_channels,] n_times[, n_freqs])``."""
         return self.F.shape[1:]
+
+    @property
+    def sample_axes(self) -> tuple:
+        """Names of the sample axes, e.g. ``("time",)`` or ``("channel", "time")``."""
+        return sample_axes(self.channels is not None, self.freqs is not None)
+
+    def sample_coordinates(self, flat) -> dict:
+        """Channel name, time and frequency of flat sample indices ``flat``, by axis name."""
+        idx = np.unravel_index(np.asarray(flat), self.sample_shape)
+        values = {"channel": None if self.channels is None else np.asarray(self.channels, dtype=object),
+                  "time": np.asarray(self.times), "freq": None if self.freqs is None else np.asarray(self.freqs)}
+        return {axis: values[axis][i] for axis, i in zip(self.sample_axes, idx)}
 
     @property
     def reference_levels(self) -> dict:
         """Reference level of each factor (meaningful for reference coding)."""
         return {k: v[0] for k, v in self.levels.items()}
 
-    def _sample_index(self, t, time):
+    def _sample_index(self, t, time, channel=None):
         if (t is None) == (time is None):
             raise ValueError("give exactly one of t (sample index) or time (in the data's time unit).")
+        if channel is not None and self.channels is None:
+            raise ValueError("channel= selects a channel, but these data have no channel axis.")
         if time is not None:
-            if len(self.sample_shape) != 1:
-                raise ValueError("time= selects a sample of 1-D data; for time x frequency data pass t=(i, j).")
-            return (int(np.argmin(np.abs(np.asarray(self.times, dtype=float) - float(time)))),)
+            nearest = int(np.argmin(np.abs(np.asarray(self.times, dtype=float) - float(time))))
+            if self.sample_axes == ("time",):
+                return (nearest,)
+            if self.sample_axes == ("channel", "time"):
+                if channel is None:
+                    raise ValueError(f"channels x time data: give the channel too, e.g. channel={self.channels[0]!r}.")
+                return (self._channel_index(channel), nearest)
+            raise ValueError(f"time= selects a sample of time or channel x time data; for samples of axes "
+                             f"{self.sample_axes} pass t=(...) with one index per axis.")
+        if channel is not None:
+            raise ValueError("channel= goes with time=; with t= give one index per axis instead.")
         idx = (t,) if np.isscalar(t) else tuple(t)
         if not all(isinstance(i, (int, np.integer)) and not isinstance(i, (bool, np.bool_)) for i in idx):
             raise TypeError(f"t must be an integer sample index (or a tuple of them), got {t!r}; use time= for times.")
@@ -119,22 +145,34 @@ class TimeseriesFit:
                 raise IndexError(f"sample index {i} is out of range for {n} samples.")
         return tuple(int(i) for i in idx)
 
-    def anova(self, t=None, *, time=None) -> pd.DataFrame:
+    def _channel_index(self, channel):
+        if isinstance(channel, (int, np.integer)) and not isinstance(channel, bool):
+            if not -len(self.channels) <= int(channel) < len(self.channels):
+                raise IndexError(f"channel index {channel} is out of range for {len(self.channels)} channels.")
+            return int(channel)
+        if str(channel) not in self.channels:
+            raise ValueError(f"channel {channel!r} is not one of the data's channels: {_preview(self.channels)}.")
+        return self.channels.index(str(channel))
+
+    def anova(self, t=None, *, time=None, channel=None) -> pd.DataFrame:
         """MATLAB-layout ANOVA table at one sample.
 
         Parameters
         ----------
         t : int or tuple of int
-            Sample index (``(time, freq)`` for 2-D samples).
+            Sample index, one per sample axis (e.g. ``(time, freq)`` or
+            ``(channel, time)``).
         time : float
             Alternatively, the time in the data's unit (nearest sample).
+        channel : str or int
+            With ``time`` on channels x time data: the channel (name or index).
 
         Returns
         -------
         pandas.DataFrame
             Columns ``Term, FStat, DF1, DF2, pValue``, one row per term.
         """
-        idx = self._sample_index(t, time)
+        idx = self._sample_index(t, time, channel)
         sel = (slice(None),) + idx
         return pd.DataFrame(
             {
@@ -188,13 +226,11 @@ class TimeseriesFit:
         return lmer_at(self, sample)
 
     def to_frame(self) -> pd.DataFrame:
-        """Tidy long table: one row per term and sample."""
+        """Tidy long table: one row per term and sample (with ``channel``, ``time``, ``freq`` as the data have)."""
         n_samples = int(np.prod(self.sample_shape))
         grid = {"sample": np.tile(np.arange(n_samples), len(self.terms))}
-        time_idx = np.unravel_index(np.arange(n_samples), self.sample_shape)
-        grid["time"] = np.tile(np.asarray(self.times)[time_idx[0]], len(self.terms))
-        if self.freqs is not None:
-            grid["freq"] = np.tile(np.asarray(self.freqs)[time_idx[1]], len(self.terms))
+        for axis, values in self.sample_coordinates(np.arange(n_samples)).items():
+            grid[axis] = np.tile(values, len(self.terms))
         grid["Term"] = np.repeat(list(self.terms), n_samples)
         for col, arr in (("FStat", self.F), ("DF1", self.df1), ("DF2", self.df2), ("pValue", self.p), ("t", self.t)):
             grid[col] = arr.reshape(len(self.terms), n_samples).ravel()
@@ -211,7 +247,7 @@ class TimeseriesFit:
         )
 
 
-def cluster_table(cluster_info: dict, times, freqs=None, *, statistic) -> pd.DataFrame:
+def cluster_table(cluster_info: dict, times, freqs=None, *, statistic, channels=None, stat=None) -> pd.DataFrame:
     """One row per cluster of every term, with its extent in samples and in the data's units.
 
     Parameters
@@ -219,36 +255,58 @@ def cluster_table(cluster_info: dict, times, freqs=None, *, statistic) -> pd.Dat
     cluster_info : dict of str to ClusterTestInfo
         Per term, the ``info`` returned by :func:`clusterlmer.cluster_test`.
     times : array-like
-        Sample times (first axis of the statistic).
+        Sample times (the statistic's first axis, or its second with channels).
     freqs : array-like, optional
-        Frequencies (second axis) for time x frequency statistics.
+        Frequencies (the axis after time) for time x frequency statistics.
     statistic : {"F", "t"}
         The statistic the clusters were formed on: ``sign`` is ``"+"``/``"-"``
         for signed t, and empty for F, which has no sign (an F cluster is
         where a term's effect is large, whatever its direction).
 
+    channels : sequence of str, optional
+        Channel names, when the statistic's first axis is channels.
+    stat : dict of str to ndarray, optional
+        Observed statistic per term: with channels, locates each cluster's
+        peak (largest ``|stat|`` inside it).
+
     Returns
     -------
     pandas.DataFrame
         Columns ``term, sign, start, stop, t_start, t_stop`` (first and last
-        sample, inclusive, and their times), ``f_start, f_stop`` for 2-D
-        data, then ``size, stat, p``; sorted by term and start.
+        time sample, inclusive, and their times), ``f_start, f_stop`` with a
+        frequency axis; with channels also ``channels`` (the cluster's
+        channels, comma-separated, in the data's order), ``n_channels``,
+        ``peak_channel`` and ``peak_time``; then ``size`` (samples), ``stat``,
+        ``p``; sorted by term and start.
     """
     check_option("statistic", statistic, STATISTICS)
     times = np.asarray(times)
+    lead = 0 if channels is None else 1
     rows = []
     for term, info in cluster_info.items():
         for c in info.clusters:
             idx = [np.asarray(i) for i in c.indices]
             row = {"term": term, "sign": "" if statistic == "F" else "+" if c.sign > 0 else "-",
-                   "start": int(idx[0].min()), "stop": int(idx[0].max())}
+                   "start": int(idx[lead].min()), "stop": int(idx[lead].max())}
             row.update(t_start=times[row["start"]], t_stop=times[row["stop"]])
-            if freqs is not None and len(idx) > 1:
-                row.update(f_start=np.asarray(freqs)[idx[1].min()], f_stop=np.asarray(freqs)[idx[1].max()])
+            if freqs is not None and len(idx) > 1 + lead:
+                row.update(f_start=np.asarray(freqs)[idx[1 + lead].min()],
+                           f_stop=np.asarray(freqs)[idx[1 + lead].max()])
+            if channels is not None:
+                members = np.unique(idx[0])
+                row.update(channels=", ".join(str(channels[i]) for i in members), n_channels=int(members.size))
+                peak_channel = peak_time = None
+                if stat is not None and term in stat:
+                    values = np.abs(np.asarray(stat[term])[tuple(idx)])
+                    k = int(np.nanargmax(values)) if np.isfinite(values).any() else 0
+                    peak_channel, peak_time = str(channels[idx[0][k]]), times[idx[1][k]]
+                row.update(peak_channel=peak_channel, peak_time=peak_time)
             row.update(size=int(idx[0].size), stat=float(c.stat), p=float(c.p))
             rows.append(row)
-    columns = ["term", "sign", "start", "stop", "t_start", "t_stop"]
+    columns = ["term", "sign"] + (["channels", "n_channels"] if channels is not None else [])
+    columns += ["start", "stop", "t_start", "t_stop"]
     columns += ["f_start", "f_stop"] if freqs is not None else []
+    columns += ["peak_channel", "peak_time"] if channels is not None else []
     columns += ["size", "stat", "p"]
     table = pd.DataFrame(rows, columns=columns)
     if len(table):
@@ -262,7 +320,7 @@ class PermutationClusterResult:
     """Result of :func:`clusterlmer.permutation_cluster_lmer`.
 
     Per-term arrays are keyed by term name and shaped like the samples
-    (``(n_times,)`` or ``(n_times, n_freqs)``); nulls carry the permutation
+    (``([n_channels,] n_times[, n_freqs])``); nulls carry the permutation
     axis last.
 
     Attributes

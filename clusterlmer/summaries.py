@@ -101,7 +101,8 @@ def fit_summary(fit) -> str:
         + get_engine(o["engine"]).fit_method(o),
         f"Test:        {_TEST_NAMES[o['test']]}; DF2: {_DDF_NAMES[o['ddf']]}",
         f"Coding:      {coding}",
-        f"Samples:     {'x'.join(map(str, fit.sample_shape))} (times {times[0]:g} .. {times[-1]:g}); "
+        f"Samples:     {' x '.join(f'{n} {a}s' for n, a in zip(fit.sample_shape, fit.sample_axes))} "
+        f"(times {times[0]:g} .. {times[-1]:g}); "
         f"observations: {int(d['n_obs'].max()) if len(d) else 0}",
         f"Fits:        {fit_health(d)}",
     ]
@@ -116,12 +117,14 @@ def fit_summary(fit) -> str:
     for i, term in enumerate(fit.terms):
         f = fit.F[i].ravel()
         if np.all(np.isnan(f)):
-            rows.append((term, np.nan, np.nan, np.nan))
+            rows.append((term, np.nan, np.nan) + ((None,) if fit.channels is not None else ()) + (np.nan,))
             continue
         j = int(np.nanargmax(f))
-        at = times[np.unravel_index(j, fit.sample_shape)[0]]
-        rows.append((term, f[j], at, fit.p[i].ravel()[j]))
-    table = pd.DataFrame(rows, columns=["Term", "max FStat", "at time", "pValue"])
+        where = fit.sample_coordinates(j)
+        rows.append((term, f[j], where["time"]) + ((where["channel"],) if fit.channels is not None else ())
+                    + (fit.p[i].ravel()[j],))
+    table = pd.DataFrame(rows, columns=["Term", "max FStat", "at time"]
+                         + (["at channel"] if fit.channels is not None else []) + ["pValue"])
     lines.append(table.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     return "\n".join(lines)
 
