@@ -444,7 +444,7 @@ def test_time_frequency_values_equal_per_frequency_fits(sim):
         np.testing.assert_allclose(fit.F[:, :, k], alone.F, rtol=1e-10)
         np.testing.assert_allclose(fit.df2[:, :, k], alone.df2, rtol=1e-10)
     np.testing.assert_array_equal(fit.anova((2, 1))["FStat"], fit.F[:, 2, 1])
-    with pytest.raises(ValueError, match=r"time= selects a sample of 1-D data"):
+    with pytest.raises(ValueError, match=r"time= selects a sample of time or channel x time data"):
         fit.anova(time=-0.2)
     with pytest.raises(ValueError, match=r"t must have 2 index\(es\)"):
         fit.anova(0)
