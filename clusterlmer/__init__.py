@@ -17,6 +17,7 @@ from .fit import fit_timeseries
 from .formula import FormulaError, parse_formula
 from .io import MatFileError, load_mat
 from .loading import ResultFileError, load_result
+from .mne_input import from_mne
 from .permute import Permutations, make_permutations
 from .results import PermutationClusterResult, TimeseriesFit
 from .simulate import simulate_ieeg, simulate_subject_item
@@ -29,6 +30,7 @@ __all__ = [
     "PermutationClusterResult",
     "Permutations",
     "from_dataframe",
+    "from_mne",
     "load_mat",
     "load_result",
     "datasets",

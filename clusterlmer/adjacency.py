@@ -46,13 +46,14 @@ def _sparse():
     return sparse
 
 
-def _import_mne():
+def _import_mne(purpose="Building a channel adjacency from an mne.Info or a FieldTrip template",
+                alternative=" (or pass your own adjacency matrix, or use 'shaft' / positions)"):
+    """``import mne``, or an ImportError saying what needed it and how to install it."""
     try:
         import mne
     except ImportError:
-        raise ImportError("Building a channel adjacency from an mne.Info or a FieldTrip template needs MNE-Python, "
-                          "which is not installed. Install it with: pip install 'clusterlmer[mne]' (or pass your "
-                          "own adjacency matrix, or use 'shaft' / positions).") from None
+        raise ImportError(f"{purpose} needs MNE-Python, which is not installed. Install it with: "
+                          f"pip install 'clusterlmer[mne]'{alternative}.") from None
     return mne
 
 

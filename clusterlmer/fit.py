@@ -280,5 +280,6 @@ def fit_plan(plan: FitPlan, data, cross_check=3, *, alongside=False, stacklevel=
         levels={k: list(v) for k, v in design.factors.items()},
         channels=data.channels,
         source=FitSource(design, Y),  # for fit.model_at; Y is data.values reshaped (a view when contiguous)
+        info=data.info,  # channel positions for topographic maps (never saved)
     )
     return (fit, check) if alongside else fit

@@ -17,14 +17,15 @@ _SIG = "#d62728"
 _NONSIG = "#bbbbbb"
 
 
-def _figure(n_rows, show):
+def _figure(n_rows, show, figsize=None):
+    figsize = (11, 2.8 * n_rows + 0.6) if figsize is None else figsize
     if show:
         import matplotlib.pyplot as plt
 
-        return plt.figure(figsize=(11, 2.8 * n_rows + 0.6))
+        return plt.figure(figsize=figsize)
     from matplotlib.figure import Figure  # no pyplot: works without a display and leaks no global state
 
-    return Figure(figsize=(11, 2.8 * n_rows + 0.6))
+    return Figure(figsize=figsize)
 
 
 def _stat_label(result):

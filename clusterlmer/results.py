@@ -1,7 +1,8 @@
 """Result objects: plain NumPy arrays in small frozen dataclasses, and the cluster table.
 
 Their text summaries are written by :mod:`clusterlmer.summaries`; files by :mod:`clusterlmer.saving`
-(read back by :mod:`clusterlmer.loading`), figures by :mod:`clusterlmer.plotting`.
+(read back by :mod:`clusterlmer.loading`), figures by :mod:`clusterlmer.plotting` (and, for EEG / MEG
+channels, :mod:`clusterlmer.plotting_channels`).
 """
 
 from __future__ import annotations
@@ -75,6 +76,10 @@ class TimeseriesFit:
     source : FitSource or None
         The design and responses, for :meth:`model_at`; ``None`` in a fit
         loaded from a file (result files do not hold the data).
+    info : mne.Info or None
+        The channels' MNE measurement info when the data had one
+        (:func:`clusterlmer.from_mne`), for topographic maps; like
+        ``source``, kept in memory only (``None`` in a loaded fit).
     """
 
     formula: str
@@ -95,6 +100,7 @@ class TimeseriesFit:
     channels: tuple | None = None
     # Not part of the result: left out of comparisons, repr and result files.
     source: FitSource | None = field(default=None, repr=False, compare=False)
+    info: object = field(default=None, repr=False, compare=False)
 
     @property
     def sample_shape(self) -> tuple:
@@ -407,6 +413,18 @@ class PermutationClusterResult:
         from .plotting import plot_result
 
         return plot_result(self, path, terms=terms, show=show)
+
+    def plot_topomap(self, term, cluster=None, *, info=None, path=None, show=False):
+        """Scalp maps of a term's clusters; see :func:`clusterlmer.plotting_channels.plot_topomap`."""
+        from .plotting_channels import plot_topomap
+
+        return plot_topomap(self, term, cluster, info=info, path=path, show=show)
+
+    def plot_waveforms(self, data, term, cluster=None, *, path=None, show=False):
+        """Condition waveforms at a cluster's peak channel; see :func:`clusterlmer.plotting_channels.plot_waveforms`."""
+        from .plotting_channels import plot_waveforms
+
+        return plot_waveforms(self, data, term, cluster, path=path, show=show)
 
     def __repr__(self) -> str:
         n_sig = int((self.clusters["p"] < self.alpha).sum()) if len(self.clusters) else 0

@@ -33,9 +33,10 @@ __all__ = ["save_result", "matlab_field_name", "FORMAT", "VERSION", "DIGEST", "A
 
 FORMAT = "clusterlmer-result"  # the .h5 file's format mark (top-level attribute "format")
 VERSION = 1  # the .h5 layout's version (attribute "version"): readers refuse newer ones
-# Fields not stored as plain values: the fit's diagnostics table (a group of its own) and its data
-# (never saved); the result's per-term arrays and clusters (groups "term<i>", "clusters") and its fit.
-FIT_APART = ("diagnostics", "source")
+# Fields not stored as plain values: the fit's diagnostics table (a group of its own), its data and
+# its mne.Info (never saved); the result's per-term arrays and clusters (groups "term<i>", "clusters")
+# and its fit.
+FIT_APART = ("diagnostics", "source", "info")
 RESULT_APART = ("fit", "stat", "null", "p_clust", "cluster_info", "clusters", "refit_failures")
 
 
