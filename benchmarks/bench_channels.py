@@ -1,9 +1,10 @@
 """Channels x time: one analysis over 30 scalp channels against the per-channel loop it replaces.
 
-Simulated ERP-like data shaped like a public oddball data set (97 series:
-49 subjects x standard/deviant, one series missing; 30 channels of the 10-20
-system; 231 samples at 1 kHz from -0.05 s), subject intercepts, AR(1) noise
-in time, and a deviant effect over fronto-central channels at 0.15-0.28 s.
+``cl.simulate_erp()``: ERPs shaped like a public oddball data set (97
+series: 49 subjects x standard/deviant, one series missing; 30 channels of
+the 10-20 system; 231 samples at 500 Hz from -0.1 s), subject intercepts,
+AR(1) noise partly common to all channels, and a deviant effect over
+fronto-central channels at 0.15-0.28 s.
 Model ``amp ~ Deviant + (1|Subject)`` (REML, Satterthwaite), F, cluster sum,
 ``n_permutations`` permutations, native engine, no R cross-check:
 
@@ -23,43 +24,14 @@ import os
 import sys
 import time
 
-import numpy as np
-import pandas as pd
 
 import clusterlmer as cl
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_native import _peak_rss_mb  # noqa: E402  (this process's own peak, VmHWM)
 
-EEG30 = ["Fp1", "Fp2", "F7", "F3", "Fz", "F4", "F8", "FC5", "FC1", "FC2", "FC6", "T7", "C3", "Cz", "C4", "T8",
-         "CP5", "CP1", "CP2", "CP6", "P7", "P3", "Pz", "P4", "P8", "PO9", "O1", "Oz", "O2", "PO10"]
-EFFECT_CHANNELS = ["F3", "Fz", "F4", "FC1", "FC2", "C3", "Cz", "C4"]
 TARGET_S = 60.0
 FORMULA = "amp ~ Deviant + (1|Subject)"
-
-
-def simulate(seed=0, n_subjects=49, n_times=231, effect=0.6):
-    """The data set described in the module docstring, with an MNE Info carrying the montage."""
-    import mne
-
-    rng = np.random.default_rng(seed)
-    design = pd.DataFrame([dict(Subject=f"S{i:02d}", Deviant=d) for i in range(n_subjects)
-                           for d in ("standard", "deviant")]).iloc[:-1].reset_index(drop=True)
-    times = -0.05 + np.arange(n_times) / 1000.0
-    noise = np.empty((len(design), len(EEG30), n_times))
-    noise[..., 0] = rng.normal(size=noise.shape[:2])
-    for t in range(1, n_times):  # AR(1) in time
-        noise[..., t] = 0.9 * noise[..., t - 1] + np.sqrt(1 - 0.81) * rng.normal(size=noise.shape[:2])
-    subject = rng.normal(size=n_subjects)[design.index // 2][:, None, None]
-    values = noise + subject
-    window = (times >= 0.15) & (times <= 0.28)
-    rows = (design["Deviant"] == "deviant").to_numpy()
-    cols = [EEG30.index(c) for c in EFFECT_CHANNELS]
-    values[np.ix_(rows, cols, np.flatnonzero(window))] += effect
-    info = mne.create_info(EEG30, 1000.0, "eeg")
-    name = "colin27_1020" if "colin27_1020" in mne.channels.get_builtin_montages() else "standard_1020"
-    info.set_montage(mne.channels.make_standard_montage(name))
-    return cl.TimeseriesData(design, values * 1e-6, times, channels=EEG30, info=info)
 
 
 def run(data, nperm, n_jobs, **kwargs):
@@ -75,7 +47,7 @@ def main(argv=None):
     ap.add_argument("--n-jobs", type=int, default=1)
     ap.add_argument("--skip-loop", action="store_true", help="only the channel-axis analysis")
     args = ap.parse_args(argv)
-    data = simulate()
+    data = cl.simulate_erp(seed=0)
     n_fits = (args.nperm + 1) * data.n_channels * data.n_times
     print(f"{data.n_obs} series x {data.n_channels} channels x {data.n_times} samples, {FORMULA}, "
           f"{args.nperm} permutations, n_jobs={args.n_jobs}: {n_fits / 1e6:.2f} M fits")

@@ -20,7 +20,7 @@ from .loading import ResultFileError, load_result
 from .mne_input import from_mne
 from .permute import Permutations, make_permutations
 from .results import PermutationClusterResult, TimeseriesFit
-from .simulate import simulate_ieeg, simulate_subject_item
+from .simulate import simulate_erp, simulate_ieeg, simulate_subject_item
 
 __version__ = "0.1.0"
 
@@ -39,6 +39,7 @@ __all__ = [
     "make_permutations",
     "cluster_test",
     "parse_formula",
+    "simulate_erp",
     "simulate_ieeg",
     "simulate_subject_item",
     "FormulaError",

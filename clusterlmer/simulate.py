@@ -1,5 +1,6 @@
-"""Simulated datasets with known effects: iEEG in the original MAT layout, and
-subject x item timeseries shaped like a visual-world eye-tracking study.
+"""Simulated datasets with known effects: iEEG in the original MAT layout,
+subject x item timeseries shaped like a visual-world eye-tracking study, and
+30-channel scalp ERPs of an oddball study.
 
 Used by the demo, the tests and the benchmarks; every draw comes from
 ``np.random.default_rng(seed)``.
@@ -14,7 +15,13 @@ import pandas as pd
 
 from .data import TimeseriesData
 
-__all__ = ["simulate_ieeg", "simulate_subject_item", "GroundTruth", "SubjectItemTruth"]
+__all__ = ["simulate_ieeg", "simulate_subject_item", "simulate_erp", "GroundTruth", "SubjectItemTruth", "ErpTruth",
+           "EEG30"]
+
+# 30 scalp channels of the 10-20 system (all in MNE's 10-20 montage), front to back.
+EEG30 = ("Fp1", "Fp2", "F7", "F3", "Fz", "F4", "F8", "FC5", "FC1", "FC2", "FC6", "T7", "C3", "Cz", "C4", "T8",
+         "CP5", "CP1", "CP2", "CP6", "P7", "P3", "Pz", "P4", "P8", "PO9", "O1", "Oz", "O2", "PO10")
+FRONTO_CENTRAL = ("F3", "Fz", "F4", "FC1", "FC2", "C3", "Cz", "C4")
 
 
 @dataclass(frozen=True)
@@ -303,3 +310,112 @@ def simulate_subject_item(*, n_subjects=48, n_items=16, n_trials=360, n_times=40
                                  slope_sd, noise_sd)
         return data, truth
     return data
+
+
+@dataclass(frozen=True)
+class ErpTruth:
+    """Where :func:`simulate_erp`'s deviant effect is: channels, time window (seconds, inclusive), size."""
+
+    channels: tuple
+    window: tuple
+    effect: float
+
+
+def simulate_erp(*, n_subjects=49, n_times=231, sfreq=500.0, tmin=-0.1, seed=0, effect=0.6,
+                 effect_channels=FRONTO_CENTRAL, window=(0.15, 0.28), subject_sd=1.0, noise_sd=1.0, ar=0.9,
+                 common=0.5, missing=1, return_truth=False):
+    """Simulate subject-average ERPs of an oddball study on 30 scalp channels.
+
+    Each subject contributes a standard and a deviant average (``missing``
+    deviant averages of the last subjects are absent, as in real data sets).
+    A series is its subject's intercept (the same on every channel and
+    sample), AR(1) noise in time with a part shared by all channels, and,
+    for deviants, a Hann-shaped effect peaking at ``effect`` (noise SDs) on
+    ``effect_channels`` over ``window``.
+
+    Parameters
+    ----------
+    n_subjects : int
+    n_times : int
+        Samples, from ``tmin`` at ``sfreq``.
+    sfreq, tmin : float
+        Sampling rate (Hz) and first sample's time (s).
+    seed : int
+        Seed of ``np.random.default_rng`` (analyse with another permutation seed).
+    effect : float
+        Deviant minus standard at the window's peak; 0 for null data.
+    effect_channels : sequence of str
+        Channels carrying the effect (default fronto-central: F3, Fz, F4, FC1,
+        FC2, C3, Cz, C4).
+    window : tuple of float
+        Effect window in seconds, inclusive.
+    subject_sd, noise_sd, ar : float
+        Subject intercept SD, residual SD and AR(1) coefficient across samples.
+    common : float
+        Share (0..1) of the noise variance common to all channels of a series.
+    missing : int
+        Deviant averages left out (the last subjects').
+    return_truth : bool
+        Also return an :class:`ErpTruth`.
+
+    Returns
+    -------
+    data : TimeseriesData
+        Design ``Subject`` (``S01``...), ``Deviant`` (``standard``/``deviant``,
+        categorical in that order); values ``(n_series, 30, n_times)`` in
+        volts (microvolt-sized, as MNE stores EEG); ``channels`` :data:`EEG30`;
+        times in seconds; ``info`` an ``mne.Info`` with the 10-20 montage
+        when MNE is installed (None otherwise: pass ``adjacency=`` then).
+    truth : ErpTruth
+        Only if ``return_truth``.
+    """
+    unknown = [c for c in effect_channels if c not in EEG30]
+    if unknown:
+        raise ValueError(f"effect_channels {unknown} are not among the simulated channels {list(EEG30)}.")
+    if not 0 <= common <= 1:
+        raise ValueError(f"common must be between 0 and 1, got {common}.")
+    if not 0 <= missing < n_subjects:
+        raise ValueError(f"missing must be between 0 and n_subjects - 1, got {missing}.")
+    rng = np.random.default_rng(seed)
+    width = len(str(n_subjects))
+    design = pd.DataFrame({"Subject": [f"S{i + 1:0{width}d}" for i in range(n_subjects) for _ in range(2)],
+                           "Deviant": pd.Categorical.from_codes(np.tile([0, 1], n_subjects),
+                                                                ["standard", "deviant"])})
+    keep = np.ones(len(design), bool)
+    keep[len(design) - 2 * missing + 1::2] = False  # the last subjects' deviant averages
+    design = design[keep].reset_index(drop=True)
+    n, n_ch = len(design), len(EEG30)
+    times = tmin + np.arange(n_times) / sfreq
+    shape = (n, n_ch, n_times)
+    shared = np.sqrt(common) * rng.standard_normal((n, 1, n_times))
+    innovations = shared + np.sqrt(1 - common) * rng.standard_normal(shape)
+    noise = np.empty(shape)
+    noise[..., 0] = innovations[..., 0]
+    for t in range(1, n_times):  # AR(1) with unit variance
+        noise[..., t] = ar * noise[..., t - 1] + np.sqrt(1 - ar**2) * innovations[..., t]
+    subject = rng.normal(0, subject_sd, n_subjects)[design["Subject"].str[1:].astype(int).to_numpy() - 1]
+    values = subject[:, None, None] + noise_sd * noise
+    inside = np.flatnonzero((times >= window[0]) & (times <= window[1]))
+    if effect and inside.size:
+        bump = np.zeros(n_times)
+        bump[inside] = np.hanning(inside.size + 2)[1:-1]
+        deviant = (design["Deviant"] == "deviant").to_numpy()
+        cols = [EEG30.index(c) for c in effect_channels]
+        values[np.ix_(deviant, cols)] += effect * bump
+    data = TimeseriesData(design=design, values=values * 1e-6, times=times, channels=EEG30, info=_eeg30_info(sfreq))
+    if return_truth:
+        return data, ErpTruth(tuple(effect_channels), tuple(window), float(effect))
+    return data
+
+
+def _eeg30_info(sfreq):
+    """MNE's Info for :data:`EEG30` with the 10-20 montage, or None without MNE."""
+    try:
+        import mne
+    except ImportError:
+        return None
+    info = mne.create_info(list(EEG30), sfreq, "eeg")
+    # The 10-20 montage is called colin27_1020 from MNE 1.13 on (standard_1020 before).
+    name = "colin27_1020" if "colin27_1020" in mne.channels.get_builtin_montages() else "standard_1020"
+    info.set_montage(mne.channels.make_standard_montage(name))
+    return info
