@@ -184,7 +184,10 @@ def mne_adjacency(source, ch_names=None, *, ch_type=None):
         matrix, names = mne.channels.read_ch_adjacency(source)
         where = f"the MNE/FieldTrip template {source!r}"
     elif isinstance(source, mne.Info):
-        matrix, names = mne.channels.find_ch_adjacency(source, ch_type)
+        # MNE logs which of its methods it used (a FieldTrip template or Delaunay triangulation of
+        # the positions) on stdout at every call; the docstring says what an Info gives.
+        with mne.utils.use_log_level("warning"):
+            matrix, names = mne.channels.find_ch_adjacency(source, ch_type)
         where = "the mne.Info's channels" + (f" of type {ch_type!r}" if ch_type else "")
     else:
         raise TypeError(f"source must be an mne.Info or a template name, got {type(source).__name__}.")
