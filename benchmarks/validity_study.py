@@ -22,7 +22,10 @@ explicitly), null datasets without effects and power datasets with the
 simulator's default effects (``cond_a`` and the interaction; ``cond_b`` none).
 Its results go to a file of their own (``validity_study_subject_item.csv`` by
 default), and a results file of the other design is refused, so the two are
-never mixed. ``--engine r`` fits with lme4/lmerTest instead of the native
+never mixed. ``--design erp`` runs it on ``clusterlmer.simulate_erp`` channels x
+time data (``amp ~ Deviant + (1|Subject)``, 30 channels x 231 samples, clusters
+over MNE's 10-20 neighbours from the data's Info; the max-statistic test takes
+the largest F over channels and time). ``--engine r`` fits with lme4/lmerTest instead of the native
 engine (slow; for smoke runs and spot checks), writing to a file of its own
 too (``..._r.csv``) unless ``--out`` names one.
 
@@ -80,6 +83,12 @@ DESIGNS = {
                                label="subject x item 2 x 2 with a subject random slope of cond_a (SD 0.5) in the "
                                      "data and the model (simulate_subject_item, within:Subject shuffles)",
                                power="datasets with simulate_subject_item's default effects; 'cond_b' has none"),
+    # Channels x time: 30 scalp channels, clusters over MNE's 10-20 neighbours (the data's Info).
+    "erp": dict(formula="amp ~ Deviant + (1|Subject)", terms=("Deviant",), coding="reference", schemes=None,
+                null_effects=dict(effect=0.0), out="validity_study_erp.csv",
+                label="ERP channels x time (simulate_erp: 49 subjects x standard/deviant, 30 channels x 231 "
+                      "samples, clusters over MNE's 10-20 neighbours)",
+                power="datasets with simulate_erp's default fronto-central effect"),
 }
 
 
@@ -88,6 +97,8 @@ def _simulate(design, seed, effects):
 
     if design == "ieeg":
         return cl.simulate_ieeg("2way", seed=seed, **effects)
+    if design == "erp":
+        return cl.simulate_erp(seed=seed, **effects)
     return cl.simulate_subject_item(seed=seed, **DESIGNS[design].get("data", {}), **effects)
 
 
@@ -101,6 +112,7 @@ def _one(job):
     cluster p (:func:`_symmetric_cluster_p`).
     """
     import clusterlmer as cl
+    from clusterlmer.adjacency import data_adjacency
 
     design, engine, kind, seed, nperm = job
     spec = DESIGNS[design]
@@ -116,13 +128,14 @@ def _one(job):
         p = table.loc[table["term"] == term, "p"]
         row[term] = float(p.min()) if len(p) else 1.0
         observed = res.fit.F[res.fit.terms.index(term)]
-        null_max = np.nanmax(res.null[term], axis=0)
+        null_max = np.nanmax(res.null[term].reshape(-1, nperm), axis=0)  # over every sample (and channel)
         row[term + " maxstat"] = float((np.sum(null_max >= np.nanmax(observed)) + 1) / (nperm + 1))
-        row[term + " symmetric"] = _symmetric_cluster_p(cl, observed, res.null[term])
+        adjacency = data_adjacency(data, None) if data.channels is not None else None
+        row[term + " symmetric"] = _symmetric_cluster_p(cl, observed, res.null[term], adjacency)
     return row
 
 
-def _symmetric_cluster_p(cl, observed, null):
+def _symmetric_cluster_p(cl, observed, null, adjacency=None):
     """Smallest cluster p when the observed is one of the null's members.
 
     The method's thresholds are quantiles of the permutations alone, so the
@@ -134,8 +147,8 @@ def _symmetric_cluster_p(cl, observed, null):
     asymmetry.
     """
     nperm = null.shape[-1]
-    _, _, info = cl.cluster_test(observed, np.concatenate([null, observed[:, None]], axis=-1), tail=1,
-                                 alpha=0.05, clusteralpha=0.05, clusterstat="sum")
+    _, _, info = cl.cluster_test(observed, np.concatenate([null, observed[..., None]], axis=-1), tail=1,
+                                 alpha=0.05, clusteralpha=0.05, clusterstat="sum", adjacency=adjacency)
     largest = info.null_max[-1]  # the observed's own largest cluster sum, from the shared thresholds
     if np.isnan(largest):
         return 1.0
@@ -260,7 +273,8 @@ def main():
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument("--design", choices=tuple(DESIGNS), default="ieeg",
                         help="ieeg: simulate_ieeg 2-way data (default); subject-item: simulate_subject_item data; "
-                             "subject-item-slope: the same with a subject random slope in the data and the model")
+                             "subject-item-slope: the same with a subject random slope in the data and the model; "
+                             "erp: simulate_erp channels x time data clustered over 10-20 neighbours")
     parser.add_argument("--engine", choices=("native", "r"), default="native",
                         help="engine of every fit (default native; r: lme4/lmerTest, slow)")
     parser.add_argument("--out", default=None,
