@@ -212,7 +212,7 @@ def _report(rows, n_null, n_power, nperm, elapsed, jobs, design, engine):
             print(f"\nThe same nulls, {what}; {len(rows_with)} datasets:")
             _fwer_table(rows_with, column, terms)
     any_k = sum(min(r[t] for t in terms) <= 0.05 for r in null)
-    print(f"{'any of the three':18s}  {any_k / n:.3f} at alpha=0.05 (no correction across terms)")
+    print(f"{'any term':18s}  {any_k / n:.3f} at alpha=0.05 (no correction across terms)")
     if power:
         print(f"\nPower at alpha=0.05 ({spec['power']})")
         for term in terms:
