@@ -1,0 +1,478 @@
+"""The compiled loop over fits behind :mod:`.compiled`: lme4's criterion, its exact gradient, beta and R_X^-1.
+
+The algebra is :mod:`.blocked`'s, written per fit and per level (see its
+docstring for the names): ``A11 = T'W11 T + I = L11 L11'``,
+``P1 = L11^-1 T'``, ``L21 = Lam2' W21 P1'``, ``S = Lam2' W22 Lam2 + I -
+sum L21 L21' = L22 L22'``, then ``R_X`` and the criterion; the gradient
+``d/dtheta_i = tr(G_i K) - dof u'G_i u / pwrss`` from the level sums of
+``K`` and the dense part's block. Errors follow numpy's model: a matrix that
+is not positive definite gives NaN, not an exception.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+__all__ = ["kernel"]
+
+_LOG_2PI = float(np.log(2.0 * np.pi))
+
+@njit(cache=True, error_model="numpy")
+def _cholesky(A, L):
+    """Lower Cholesky factor of ``A`` into ``L``; NaN where ``A`` is not positive definite."""
+    n = A.shape[0]
+    for j in range(n):
+        s = A[j, j]
+        for k in range(j):
+            s -= L[j, k] * L[j, k]
+        d = np.sqrt(s)
+        L[j, j] = d
+        for i in range(j + 1, n):
+            t = A[i, j]
+            for k in range(j):
+                t -= L[i, k] * L[j, k]
+            L[i, j] = t / d
+        for i in range(j):
+            L[i, j] = 0.0
+
+
+@njit(cache=True, error_model="numpy")
+def _inv_lower(L, out):
+    """Inverse of the lower-triangular ``L`` into ``out``."""
+    n = L.shape[0]
+    for j in range(n):
+        for i in range(j):
+            out[i, j] = 0.0
+        out[j, j] = 1.0 / L[j, j]
+        for i in range(j + 1, n):
+            t = 0.0
+            for k in range(j, i):
+                t -= L[i, k] * out[k, j]
+            out[i, j] = t / L[i, i]
+
+
+@njit(cache=True, error_model="numpy")
+def kernel(theta, fit, design, W11, W21, W22, ZX1, ZX2, XtX, Zy1, Zy2, Xy, yy,
+            tidx0, tidx2, segments, active, n_active, n, reml, gradient, crit, grad, fixed, K1, M2, P):
+    """lme4's criterion and its exact gradient at ``theta[r]`` for fit ``fit[r]``, for every row ``r``.
+
+    Parameters
+    ----------
+    theta : ndarray (R, G)
+        Points, lme4's layout.
+    fit : ndarray of int (R,)
+        The fit (response) of each point; ``design[fit[r]]`` its design.
+    W11, W21, W22, ZX1, ZX2, XtX : ndarray
+        Per design (leading axis), :class:`.blocked.DesignParts`'s layouts.
+    Zy1, Zy2, Xy, yy : ndarray
+        Per fit, :meth:`.blocked.DesignParts.responses`'s layouts.
+    tidx0, tidx2, segments, active, n_active : ndarray of int
+        :class:`.blocked.GeneralStructure`'s maps (``segments`` with the
+        number of levels appended). Level ``l`` meets only the dense rows
+        ``active[l, :n_active[l]]``: the level loops visit those alone.
+    n : int
+        Observations.
+    reml : bool
+    gradient : bool
+        Whether to compute the gradient (``grad`` is left alone otherwise).
+    crit : ndarray (R,), grad : ndarray (R, G), fixed : ndarray (R, 3 + p + p * p)
+        Filled in; NaN where the criterion is not defined. ``fixed`` holds
+        per row ``log|L|^2``, ``log|R_X|^2``, ``pwrss``, ``beta`` and
+        ``R_X^-1`` (row-major; ``R_X^-1 R_X^-T`` is lme4's unscaled ``vcov``).
+    K1, M2, P : int
+        ``k1``, ``m2`` and ``p`` as compile-time constants (-1: read ``m2``, ``p`` from the arrays).
+    """
+    R, G = theta.shape
+    k1 = K1
+    p = P if P >= 0 else XtX.shape[1]
+    m2 = M2 if M2 >= 0 else W21.shape[1]
+    L1, C = W21.shape[2], W22.shape[1]
+    # With few dense rows per component (nested designs) every level loops over all of them, with
+    # loop lengths known at compile time; a row the level does not meet only adds zeros.
+    every_row = M2 >= 0
+    dof = n - p if reml else n
+    th = np.zeros(G + 1)
+    T = np.zeros((k1, k1))
+    A = np.zeros((k1, k1))
+    L11 = np.zeros((k1, k1))
+    Li = np.zeros((k1, k1))
+    P1 = np.zeros((L1, k1, k1))
+    E21 = np.zeros((L1, m2, k1))
+    L21 = np.zeros((L1, m2, k1))
+    c1 = np.zeros((L1, k1, p + 1))
+    B11 = np.zeros((L1, k1, k1))
+    B21 = np.zeros((L1, m2, k1))
+    Lam = np.zeros((C, m2, m2))
+    L22i = np.zeros((C, m2, m2))
+    c2 = np.zeros((C, m2, p + 1))
+    B22 = np.zeros((C, m2, m2))
+    M22 = np.zeros((C, m2, m2))
+    S = np.zeros((m2, m2))
+    L22 = np.zeros((m2, m2))
+    rhs = np.zeros((m2, max(p + 1, m2)))
+    RtR = np.zeros((p, p))
+    RX = np.zeros((p, p))
+    RXit = np.zeros((p, p))
+    rz = np.zeros(p)
+    cb = np.zeros(p)
+    beta = np.zeros(p)
+    M11 = np.zeros((k1, k1))
+    G0 = np.zeros((k1, k1))
+    cr1 = np.zeros((L1, k1))
+    cr2 = np.zeros((C, m2))
+    u1 = np.zeros((L1, k1))
+    u2 = np.zeros((C, m2))
+    w1 = np.zeros((L1, k1, p))
+    w2 = np.zeros((C, m2, p))
+    N1 = np.zeros((L1, k1, p))
+    N2 = np.zeros((C, m2, p))
+    lu = np.zeros(m2)
+    tw = np.zeros((m2, k1))
+    for r in range(R):
+        f = fit[r]
+        d = design[f]
+        for g in range(G):
+            th[g] = theta[r, g]
+        th[G] = 0.0
+        for a in range(k1):
+            for b in range(k1):
+                T[a, b] = th[tidx0[a, b]]
+        for c in range(C):
+            for a in range(m2):
+                for b in range(m2):
+                    Lam[c, a, b] = th[tidx2[c, a, b]]
+        ldL2 = 0.0
+        # First term, level by level.
+        for c in range(C):
+            for lv in range(segments[c], segments[c + 1]):
+                for a in range(k1):  # A = T' W11 T + I
+                    for b in range(k1):
+                        s = 0.0
+                        for i in range(k1):
+                            for j in range(k1):
+                                s += T[i, a] * W11[d, lv, i, j] * T[j, b]
+                        A[a, b] = s + (1.0 if a == b else 0.0)
+                _cholesky(A, L11)
+                _inv_lower(L11, Li)
+                for a in range(k1):
+                    ldL2 += 2.0 * np.log(L11[a, a])
+                    for b in range(k1):  # P1 = L11^-1 T'
+                        s = 0.0
+                        for i in range(k1):
+                            s += Li[a, i] * T[b, i]
+                        P1[lv, a, b] = s
+                na = (m2 if every_row else n_active[lv])
+                for ia in range(na):  # E21 = W21 P1', L21 = Lam' E21 (on the level's rows)
+                    a = (ia if every_row else active[lv, ia])
+                    for j in range(k1):
+                        s = 0.0
+                        for b in range(k1):
+                            s += W21[d, a, lv, b] * P1[lv, j, b]
+                        E21[lv, a, j] = s
+                for ia in range(na):
+                    a = (ia if every_row else active[lv, ia])
+                    for j in range(k1):
+                        s = 0.0
+                        for ie in range(na):
+                            e = (ie if every_row else active[lv, ie])
+                            if Lam[c, e, a] != 0.0:
+                                s += Lam[c, e, a] * E21[lv, e, j]
+                        L21[lv, a, j] = s
+                for a in range(k1):  # c1 = P1 [Z'X Z'y]
+                    for col in range(p + 1):
+                        s = 0.0
+                        for b in range(k1):
+                            s += P1[lv, a, b] * (ZX1[d, lv, b, col] if col < p else Zy1[f, lv, b])
+                        c1[lv, a, col] = s
+        # Dense part, per component.
+        for c in range(C):
+            for a in range(m2):
+                for b in range(m2):
+                    s = 0.0
+                    for i in range(m2):
+                        if Lam[c, i, a] != 0.0:
+                            for j in range(m2):
+                                s += Lam[c, i, a] * W22[d, c, i, j] * Lam[c, j, b]
+                    S[a, b] = s + (1.0 if a == b else 0.0)
+            for lv in range(segments[c], segments[c + 1]):
+                for ia in range((m2 if every_row else n_active[lv])):  # the lower triangle: all the Cholesky factorisation reads
+                    a = (ia if every_row else active[lv, ia])
+                    for ib in range((m2 if every_row else n_active[lv])):
+                        b = (ib if every_row else active[lv, ib])
+                        if b <= a:
+                            s = 0.0
+                            for j in range(k1):
+                                s += L21[lv, a, j] * L21[lv, b, j]
+                            S[a, b] -= s
+            _cholesky(S, L22)
+            _inv_lower(L22, L22i[c])
+            for a in range(m2):
+                ldL2 += 2.0 * np.log(L22[a, a])
+            for a in range(m2):  # rhs = Lam' b2 - sum L21 c1
+                for col in range(p + 1):
+                    s = 0.0
+                    for e in range(m2):
+                        if Lam[c, e, a] != 0.0:
+                            s += Lam[c, e, a] * (ZX2[d, c, e, col] if col < p else Zy2[f, c, e])
+                    rhs[a, col] = s
+            for lv in range(segments[c], segments[c + 1]):
+                for ia in range((m2 if every_row else n_active[lv])):
+                    a = (ia if every_row else active[lv, ia])
+                    for col in range(p + 1):
+                        s = 0.0
+                        for j in range(k1):
+                            s += L21[lv, a, j] * c1[lv, j, col]
+                        rhs[a, col] -= s
+            for a in range(m2):
+                for col in range(p + 1):
+                    s = 0.0
+                    for e in range(a + 1):
+                        s += L22i[c, a, e] * rhs[e, col]
+                    c2[c, a, col] = s
+        # Fixed effects: R_X' R_X = X'X - R_ZX' R_ZX.
+        cusq = 0.0
+        for a in range(p):
+            rz[a] = 0.0
+            for b in range(p):
+                RtR[a, b] = XtX[d, a, b]
+        for lv in range(L1):
+            for i in range(k1):
+                cusq += c1[lv, i, p] * c1[lv, i, p]
+                for a in range(p):
+                    rz[a] += c1[lv, i, a] * c1[lv, i, p]
+                    for b in range(p):
+                        RtR[a, b] -= c1[lv, i, a] * c1[lv, i, b]
+        for c in range(C):
+            for i in range(m2):
+                cusq += c2[c, i, p] * c2[c, i, p]
+                for a in range(p):
+                    rz[a] += c2[c, i, a] * c2[c, i, p]
+                    for b in range(p):
+                        RtR[a, b] -= c2[c, i, a] * c2[c, i, b]
+        for a in range(p):
+            for b in range(a):
+                v = 0.5 * (RtR[a, b] + RtR[b, a])
+                RtR[a, b] = v
+                RtR[b, a] = v
+        _cholesky(RtR, RX)
+        _inv_lower(RX, RXit)
+        ldRX2 = 0.0
+        for a in range(p):
+            ldRX2 += 2.0 * np.log(RX[a, a])
+        cbsq = 0.0
+        for a in range(p):
+            s = 0.0
+            for b in range(a + 1):
+                s += RXit[a, b] * (Xy[f, b] - rz[b])
+            cb[a] = s
+            cbsq += s * s
+        for a in range(p):  # beta = R_X^-1 cb, R_X^-1 = RXit'
+            s = 0.0
+            for b in range(a, p):
+                s += RXit[b, a] * cb[b]
+            beta[a] = s
+        pwrss = yy[f] - cusq - cbsq
+        crit[r] = ldL2 + (ldRX2 if reml else 0.0) + dof * (1.0 + _LOG_2PI + np.log(pwrss / dof))
+        fixed[r, 0] = ldL2
+        fixed[r, 1] = ldRX2
+        fixed[r, 2] = pwrss
+        for a in range(p):
+            fixed[r, 3 + a] = beta[a]
+            for b in range(p):
+                fixed[r, 3 + p + a * p + b] = RXit[b, a]
+        if not gradient:
+            continue
+        # Gradient: B = L^-1 Lambda' Z'Z by blocks; M = Z'V^-1 Z = W - B'B; K = M - N N' (REML).
+        for a in range(k1):
+            for b in range(k1):
+                M11[a, b] = 0.0
+        for c in range(C):
+            for a in range(m2):  # rhs = Lam' W22 - sum L21 E21'
+                for b in range(m2):
+                    s = 0.0
+                    for e in range(m2):
+                        if Lam[c, e, a] != 0.0:
+                            s += Lam[c, e, a] * W22[d, c, e, b]
+                    rhs[a, b] = s
+            for lv in range(segments[c], segments[c + 1]):
+                for a in range(k1):  # B11 = P1 W11
+                    for b in range(k1):
+                        s = 0.0
+                        for i in range(k1):
+                            s += P1[lv, a, i] * W11[d, lv, i, b]
+                        B11[lv, a, b] = s
+                na = (m2 if every_row else n_active[lv])
+                for ia in range(na):
+                    a = (ia if every_row else active[lv, ia])
+                    for ib in range(na):
+                        b = (ib if every_row else active[lv, ib])
+                        s = 0.0
+                        for j in range(k1):
+                            s += L21[lv, a, j] * E21[lv, b, j]
+                        rhs[a, b] -= s
+                for ie in range(na):  # B21 = L22^-1 (Lam' W21 - L21 B11): the bracket is on the level's rows
+                    e = (ie if every_row else active[lv, ie])
+                    for j in range(k1):
+                        t = 0.0
+                        for ii in range(na):
+                            i = (ii if every_row else active[lv, ii])
+                            if Lam[c, i, e] != 0.0:
+                                t += Lam[c, i, e] * W21[d, i, lv, j]
+                        for i in range(k1):
+                            t -= L21[lv, e, i] * B11[lv, i, j]
+                        tw[ie, j] = t
+                for a in range(m2):
+                    for j in range(k1):
+                        s = 0.0
+                        for ie in range(na):
+                            e = (ie if every_row else active[lv, ie])
+                            if e <= a:
+                                s += L22i[c, a, e] * tw[ie, j]
+                        B21[lv, a, j] = s
+                for a in range(k1):
+                    for b in range(k1):
+                        s = W11[d, lv, a, b]
+                        for i in range(k1):
+                            s -= B11[lv, i, a] * B11[lv, i, b]
+                        for i in range(m2):
+                            s -= B21[lv, i, a] * B21[lv, i, b]
+                        M11[a, b] += s
+            for a in range(m2):  # B22 = L22^-1 rhs
+                for b in range(m2):
+                    s = 0.0
+                    for e in range(a + 1):
+                        s += L22i[c, a, e] * rhs[e, b]
+                    B22[c, a, b] = s
+            for a in range(m2):  # M22 = W22 - sum E21 E21' - B22' B22
+                for b in range(m2):
+                    s = W22[d, c, a, b]
+                    for i in range(m2):
+                        s -= B22[c, i, a] * B22[c, i, b]
+                    M22[c, a, b] = s
+            for lv in range(segments[c], segments[c + 1]):
+                for ia in range((m2 if every_row else n_active[lv])):  # symmetric: the lower triangle, mirrored below
+                    a = (ia if every_row else active[lv, ia])
+                    for ib in range((m2 if every_row else n_active[lv])):
+                        b = (ib if every_row else active[lv, ib])
+                        if b <= a:
+                            s = 0.0
+                            for j in range(k1):
+                                s += E21[lv, a, j] * E21[lv, b, j]
+                            M22[c, a, b] -= s
+            for a in range(m2):
+                for b in range(a):
+                    M22[c, b, a] = M22[c, a, b]
+        # u = Z'P y = Z'(y - X beta) - B' (cu - R_ZX beta); N = (Z'X - B' R_ZX) R_X^-1.
+        for lv in range(L1):
+            for a in range(k1):
+                s = c1[lv, a, p]
+                for b in range(p):
+                    s -= c1[lv, a, b] * beta[b]
+                cr1[lv, a] = s
+        for c in range(C):
+            for a in range(m2):
+                s = c2[c, a, p]
+                for b in range(p):
+                    s -= c2[c, a, b] * beta[b]
+                cr2[c, a] = s
+        for c in range(C):
+            for a in range(m2):
+                s = Zy2[f, c, a]
+                for b in range(p):
+                    s -= ZX2[d, c, a, b] * beta[b]
+                for b in range(m2):
+                    s -= B22[c, b, a] * cr2[c, b]
+                u2[c, a] = s
+                for col in range(p):
+                    t = 0.0
+                    for b in range(m2):
+                        t += B22[c, b, a] * c2[c, b, col]
+                    w2[c, a, col] = t
+            for lv in range(segments[c], segments[c + 1]):
+                for a in range(k1):
+                    s = Zy1[f, lv, a]
+                    for b in range(p):
+                        s -= ZX1[d, lv, a, b] * beta[b]
+                    for b in range(k1):
+                        s -= B11[lv, b, a] * cr1[lv, b]
+                    for b in range(m2):
+                        s -= B21[lv, b, a] * cr2[c, b]
+                    u1[lv, a] = s
+                    for col in range(p):
+                        t = 0.0
+                        for b in range(k1):
+                            t += B11[lv, b, a] * c1[lv, b, col]
+                        for b in range(m2):
+                            t += B21[lv, b, a] * c2[c, b, col]
+                        w1[lv, a, col] = t
+                for ia in range((m2 if every_row else n_active[lv])):  # E21 c1 adds to both u2 and w2
+                    a = (ia if every_row else active[lv, ia])
+                    s = 0.0
+                    for j in range(k1):
+                        s += E21[lv, a, j] * cr1[lv, j]
+                    u2[c, a] -= s
+                    for col in range(p):
+                        t = 0.0
+                        for j in range(k1):
+                            t += E21[lv, a, j] * c1[lv, j, col]
+                        w2[c, a, col] += t
+        scale = dof / pwrss
+        if reml:
+            for lv in range(L1):
+                for a in range(k1):
+                    for col in range(p):
+                        s = 0.0
+                        for b in range(col + 1):  # R_X^-1 is upper: (R_X^-1)[b, col] = RXit[col, b]
+                            s += (ZX1[d, lv, a, b] - w1[lv, a, b]) * RXit[col, b]
+                        N1[lv, a, col] = s
+                for a in range(k1):
+                    for b in range(k1):
+                        s = 0.0
+                        for col in range(p):
+                            s += N1[lv, a, col] * N1[lv, b, col]
+                        M11[a, b] -= s
+            for c in range(C):
+                for a in range(m2):
+                    for col in range(p):
+                        s = 0.0
+                        for b in range(col + 1):
+                            s += (ZX2[d, c, a, b] - w2[c, a, b]) * RXit[col, b]
+                        N2[c, a, col] = s
+                for a in range(m2):
+                    for b in range(m2):
+                        s = 0.0
+                        for col in range(p):
+                            s += N2[c, a, col] * N2[c, b, col]
+                        M22[c, a, b] -= s
+        for g in range(G):
+            grad[r, g] = 0.0
+        # First term: G0 = (sum of K's level blocks - scale sum u1 u1') T.
+        for a in range(k1):
+            for b in range(k1):
+                s = 0.0
+                for lv in range(L1):
+                    s += u1[lv, a] * u1[lv, b]
+                A[a, b] = M11[a, b] - scale * s
+        for a in range(k1):
+            for b in range(k1):
+                s = 0.0
+                for i in range(k1):
+                    s += A[a, i] * T[i, b]
+                G0[a, b] = s
+                if tidx0[a, b] < G:
+                    grad[r, tidx0[a, b]] += 2.0 * s
+        # Dense part: G2 = K22 Lam2 - scale u2 (Lam2' u2)'.
+        for c in range(C):
+            for b in range(m2):
+                s = 0.0
+                for e in range(m2):
+                    s += Lam[c, e, b] * u2[c, e]
+                lu[b] = s
+            for a in range(m2):
+                for b in range(m2):
+                    if tidx2[c, a, b] < G:
+                        s = 0.0
+                        for e in range(m2):
+                            s += M22[c, a, e] * Lam[c, e, b]
+                        grad[r, tidx2[c, a, b]] += 2.0 * (s - scale * u2[c, a] * lu[b])
