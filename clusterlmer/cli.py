@@ -125,8 +125,11 @@ def _load(args):
 def _print_data(args, data):
     """Which variable was analysed (printed with the results, so a failed run prints nothing here)."""
     shape = " x ".join(str(n) for n in data.values.shape[1:])
-    source = (f"the variable {data.response!r}" if not args.long else f"the column {data.response!r}"
-              if data.response is not None else "one column per channel")
+    if not args.long:
+        source = f"the variable {data.response!r}"
+    else:
+        column = data.response or args.value  # --value, or the one column of --channels
+        source = f"the column {column!r}" if column else "one column per channel"
     channels = "" if data.channels is None else f"; channels {', '.join(data.channels)}"
     print(f"Data: {args.data}: responses from {source} ({data.n_obs} {'series' if args.long else 'rows'} x {shape} "
           f"samples{channels}); design columns {', '.join(map(str, data.design.columns))}.")

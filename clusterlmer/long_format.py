@@ -244,7 +244,7 @@ def from_long(df, *, time, values=None, value=None, channel=None, series=None, d
     channel : str, optional
         With ``value``: the column naming each row's channel. The channels
         are its distinct values as text, in order of first appearance in
-        the table; ``data.response`` is ``value``.
+        the table.
     series : str or list of str, optional
         Column(s) telling apart series that share all other design values
         (e.g. two trials of one subject and condition: ``series="trial"``).
@@ -263,8 +263,10 @@ def from_long(df, *, time, values=None, value=None, channel=None, series=None, d
     -------
     TimeseriesData
         One design row per series, in order of first appearance; values
-        ``(n_series, n_channels, n_times)`` with channels, else
-        ``(n_series, n_times)``. A series (and channel) with no row at a
+        ``(n_series, n_channels, n_times)`` with channels (``response`` is
+        None: the formula's left-hand side is a label, as for
+        :func:`clusterlmer.from_mne`), else ``(n_series, n_times)`` with
+        ``response`` the value column. A series (and channel) with no row at a
         time is NaN there, which leaves it out of that sample's fit; a
         ``UserWarning`` gives the number of such samples and names an
         incomplete series. NaN values in the table stay NaN, without warning.
@@ -342,7 +344,7 @@ def from_long(df, *, time, values=None, value=None, channel=None, series=None, d
             f"left out of those samples' fits. {short.size} of {n_series} series are incomplete, e.g. "
             f"{_series_label(design_table, identity, short[0])} ({rows_per_series[short[0]]} of "
             f"{n_cells * n_times} rows).", UserWarning, stacklevel=2)
-    response = value if value is not None else names[0] if single else None
+    response = names[0] if single else None  # with channels the formula's left-hand side is a label
     return TimeseriesData(design=design_table, values=values_array, times=times, response=response,
                           channels=channels)
 
