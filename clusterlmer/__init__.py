@@ -17,6 +17,7 @@ from .fit import fit_timeseries
 from .formula import FormulaError, parse_formula
 from .io import MatFileError, load_mat
 from .loading import ResultFileError, load_result
+from .long_format import from_long
 from .mne_input import from_mne
 from .permute import Permutations, make_permutations
 from .results import PermutationClusterResult, TimeseriesFit
@@ -31,6 +32,7 @@ __all__ = [
     "Permutations",
     "from_dataframe",
     "from_mne",
+    "from_long",
     "load_mat",
     "load_result",
     "datasets",

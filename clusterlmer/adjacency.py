@@ -30,7 +30,10 @@ import re
 import numpy as np
 
 __all__ = ["channel_adjacency", "data_adjacency", "validate_adjacency", "mne_adjacency", "shaft_adjacency", "distance_adjacency",
-           "combine_adjacency"]
+           "combine_adjacency", "read_adjacency", "ADJACENCY_FILE_TYPES"]
+
+#: File types :func:`read_adjacency` reads.
+ADJACENCY_FILE_TYPES = (".npy", ".npz", ".csv")
 
 # Prefix (a letter, then letters, apostrophes -- "A'" is a left-hemisphere shaft in SEEG -- or
 # underscores), an optional separator, the contact number. No digit may sit in the prefix, so
@@ -356,6 +359,63 @@ def data_adjacency(data, adjacency, min_neighbours=0):
 
         return sparse.csr_array((len(data.channels), len(data.channels)), dtype=bool)
     return channel_adjacency(adjacency, list(data.channels))
+
+
+def read_adjacency(path, ch_names):
+    """A channel adjacency matrix saved in a file, for the data's channels.
+
+    Parameters
+    ----------
+    path : str or path-like
+        ``.npy`` (``numpy.save`` of a 0/1 or bool matrix), ``.npz``
+        (``scipy.sparse.save_npz``, or ``numpy.savez`` of one matrix) or
+        ``.csv`` (0/1 entries, optionally under one header row of channel
+        names). Without names, rows and columns follow ``ch_names``; with
+        names, the matrix is subset and reordered to ``ch_names``.
+    ch_names : list of str
+        The data's channels, in the data's order.
+
+    Returns
+    -------
+    scipy.sparse.csr_array of bool, shape (len(ch_names), len(ch_names))
+    """
+    import os
+
+    path = os.fspath(path)
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in ADJACENCY_FILE_TYPES:
+        raise ValueError(f"adjacency file {path!r}: use a .npy, .npz or .csv file.")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no such adjacency file: {path!r}")
+    names = None
+    if suffix == ".npy":
+        matrix = np.load(path, allow_pickle=False)
+    elif suffix == ".npz":
+        try:
+            matrix = _sparse().load_npz(path)
+        except (ValueError, KeyError):  # not scipy.sparse.save_npz: numpy.savez of one array
+            with np.load(path, allow_pickle=False) as arrays:
+                if len(arrays.files) != 1:
+                    raise ValueError(f"adjacency file {path!r} holds {len(arrays.files)} arrays "
+                                     f"({', '.join(arrays.files)}); save only the channel x channel matrix.") from None
+                matrix = arrays[arrays.files[0]]
+    else:
+        import pandas as pd
+
+        table = pd.read_csv(path, header=None, dtype=str, skipinitialspace=True)
+        numbers = table.apply(pd.to_numeric, errors="coerce")
+        if numbers.iloc[0].isna().all():  # a header row of channel names
+            names, numbers = table.iloc[0].str.strip().tolist(), numbers.iloc[1:]
+        if numbers.isna().any().any():
+            raise ValueError(f"adjacency file {path!r} must hold a channel x channel matrix of 0/1 entries, "
+                             "optionally under one header row of channel names; it has empty or non-numeric "
+                             "entries.")
+        matrix = numbers.to_numpy()
+    where = f"adjacency file {path!r}"
+    if names is None:
+        return validate_adjacency(matrix, len(ch_names), name=where)
+    matrix = validate_adjacency(matrix, len(names), name=where)
+    return _reorder(matrix, names, [str(n) for n in ch_names], f"the header of {where}")
 
 
 def _lattice(n):

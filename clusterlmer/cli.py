@@ -12,6 +12,8 @@ from contextlib import contextmanager
 import numpy as np
 
 from ._checks import called_from_cli, check_writable
+from ._cli_tables import (ADJACENCY_HELP, add_long_options, adjacency_option, check_adjacency_file,
+                          check_long_options, load_long_table)
 from .cluster import CLUSTER_STATS, QUANTILE_METHODS, TAILS
 from .design import CODINGS
 from .engines import ENGINE_CHOICES
@@ -111,6 +113,8 @@ def _load(args):
         raise FileNotFoundError(f"no such data file: {args.data!r}")
     # The formula's left-hand side names the variable analysed: 'power ~ ...' fits the file's 'power'.
     response = cl.parse_formula(args.formula).response
+    if args.long:
+        return load_long_table(args, response)
     if args.data_key is not None and args.data_key != response:
         raise ValueError(f"--data-key {args.data_key!r} differs from the formula's response {response!r}; the "
                          f"formula's left-hand side names the variable analysed. Write the formula as "
@@ -121,20 +125,27 @@ def _load(args):
 def _print_data(args, data):
     """Which variable was analysed (printed with the results, so a failed run prints nothing here)."""
     shape = " x ".join(str(n) for n in data.values.shape[1:])
-    print(f"Data: {args.data}: responses from the variable {data.response!r} ({data.n_obs} rows x {shape} "
-          f"samples); design columns {', '.join(map(str, data.design.columns))}.")
+    if not args.long:
+        source = f"the variable {data.response!r}"
+    else:
+        column = data.response or args.value  # --value, or the one column of --channels
+        source = f"the column {column!r}" if column else "one column per channel"
+    channels = "" if data.channels is None else f"; channels {', '.join(data.channels)}"
+    print(f"Data: {args.data}: responses from {source} ({data.n_obs} {'series' if args.long else 'rows'} x {shape} "
+          f"samples{channels}); design columns {', '.join(map(str, data.design.columns))}.")
 
 
 def _run(args) -> int:
     import clusterlmer as cl
 
     data = _load(args)
+    adjacency = adjacency_option(args, data)
     with _dask_client(args) as client:
         res = cl.permutation_cluster_lmer(
             data, args.formula, n_permutations=args.nperm, seed=args.seed, statistic=args.statistic,
             terms=args.terms, tail=args.tail, alpha=args.alpha, cluster_alpha=args.cluster_alpha,
             cluster_stat=args.cluster_stat, quantile_method=args.quantile_method, schemes=args.schemes,
-            n_jobs=args.jobs,
+            n_jobs=args.jobs, adjacency=adjacency,
             checkpoint=args.checkpoint, progress=not args.no_progress, client=client, **_fit_kwargs(args))
     _print_data(args, data)
     print(res.summary())
@@ -235,8 +246,9 @@ def _add_fit_options(p):
 
 
 def _add_data_options(p):
-    p.add_argument("data", metavar="DATA.mat", help="MATLAB .mat file (v7.3 or v5) in the original's layout: "
-                   "sid, ch, hit_miss[, region], data (rows x timepoints)")
+    p.add_argument("data", metavar="DATA", help="MATLAB .mat file (v7.3 or v5) in the original's layout: "
+                   "sid, ch, hit_miss[, region], data (rows x timepoints); or, with --long, a CSV or Parquet table "
+                   "with one row per series and time sample")
     p.add_argument("--formula", required=True,
                    help="lme4 formula, e.g. 'data ~ hit_miss * region + (1|sid) + (1|sid:ch)'")
     p.add_argument("--data-key", metavar="NAME",
@@ -245,6 +257,7 @@ def _add_data_options(p):
     p.add_argument("--no-check-channels", action="store_true",
                    help="allow several rows per channel and condition (e.g. single trials); by default every "
                    "channel (sid, ch) must have exactly one row per hit_miss level")
+    add_long_options(p)
 
 
 def _add_method_options(p, nperm):
@@ -319,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser(
         "run", help="fit every timepoint and run the cluster-based permutation test",
-        description="Fit the formula at every timepoint of DATA.mat, refit it for each permutation of the "
+        description="Fit the formula at every timepoint of DATA, refit it for each permutation of the "
         "condition labels (channels stay in their subjects), and correct across time with a cluster test.")
     _add_data_options(run)
     _add_method_options(run, 1000)
@@ -336,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--quantile-method", default="hazen", choices=QUANTILE_METHODS, metavar="METHOD",
                    help="numpy quantile method for thresholds: hazen (default, MATLAB's quantile), linear (the "
                    f"Python notebook) or another of {other_methods}")
+    g.add_argument("--adjacency", metavar="SPEC", help="channel neighbours, for data with channels: "
+                   f"{ADJACENCY_HELP}".replace("%", "%%"))
     g.add_argument("--checkpoint", metavar="FILE.h5", help="keep finished permutations here; rerun to resume")
     g.add_argument("--scheme", action="append", type=_scheme, metavar="VAR=SCHEME", dest="schemes",
                    help="permutation scheme of a fixed-effect variable, overriding the one derived from the design: "
@@ -370,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_run, command_parser=run)
 
     fit = sub.add_parser("fit", help="observed statistics only (no permutations)",
-                         description="Fit the formula at every timepoint of DATA.mat and print the fit summary "
+                         description="Fit the formula at every timepoint of DATA and print the fit summary "
                          "and the ANOVA at each term's peak; --out writes the per-timepoint table as CSV.")
     _add_data_options(fit)
     _add_fit_options(fit)
@@ -476,8 +491,11 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     parser = args.command_parser  # errors below name the subcommand: "clusterlmer run: error: ..."
+    if args.command != "demo":
+        check_long_options(parser, args)
     _check_paths(parser, args)
     if args.command == "run":
+        check_adjacency_file(parser, args.adjacency)
         _check_dask_options(parser, args)
         args.schemes = _schemes_dict(parser, args.schemes)
         _check_scheme_groupings(parser, args)

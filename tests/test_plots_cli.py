@@ -217,6 +217,9 @@ def seed_file(small, tmp_path_factory):
     return path
 
 
+LONG_OPTIONS = ["--long", "--time", "--channels", "--value", "--channel", "--series", "--design"]
+
+
 def _subparser(name):
     parser = build_parser()
     (sub,) = [a for a in parser._actions if a.dest == "command"]
@@ -228,9 +231,9 @@ def _subparser(name):
              "--tail", "--alpha", "--cluster-alpha", "--cluster-stat", "--quantile-method", "--checkpoint", "--ml",
              "--ddf", "--coding", "--test", "--optimizer", "--engine", "--cross-check", "--out", "--plot",
              "--scheduler", "--slurm", "--slurm-jobs", "--slurm-cores", "--slurm-memory", "--slurm-walltime", "--slurm-queue",
-             "--slurm-account", "--slurm-extra", "--slurm-python", "--slurm-log-dir"]),
+             "--slurm-account", "--slurm-extra", "--slurm-python", "--slurm-log-dir", "--adjacency", *LONG_OPTIONS]),
     ("fit", ["--formula", "--data-key", "--no-check-channels", "--ml", "--ddf", "--coding", "--test", "--optimizer", "--engine",
-             "--cross-check", "--out"]),
+             "--cross-check", "--out", *LONG_OPTIONS]),
     ("demo", ["--nperm", "--seed", "--jobs", "--engine", "--out-dir", "--no-progress"]),
 ])
 def test_help_mentions_every_option(capsys, command, options):
