@@ -89,11 +89,21 @@ def _positions(result, info):
     info = result.fit.info if info is None else info
     if info is None:
         raise ValueError("this result holds no channel positions (result files do not store the mne.Info, and "
-                         "data not read with cl.from_mne have none): pass info=..., e.g. info=epochs.info.")
+                         "data not read with cl.from_mne have none): pass info=..., e.g. info=epochs.info, or "
+                         "the name of a montage MNE ships that holds the channels, e.g. info='standard_1005'.")
     mne = _import_mne("Drawing topographic maps", "")
-    if not isinstance(info, mne.Info):
-        raise TypeError(f"info must be an mne.Info, got {type(info).__name__}.")
     channels = list(result.fit.channels)
+    if isinstance(info, str):  # a montage MNE ships: EEG channels named as in it
+        montage = mne.channels.make_standard_montage(info)
+        missing = [c for c in channels if c not in montage.ch_names]
+        if missing:
+            raise ValueError(f"the montage {info!r} lacks {len(missing)} of the result's channels: "
+                             f"{_preview(missing)}; pass an mne.Info with their positions instead.")
+        made = mne.create_info(channels, 1000.0, "eeg")
+        made.set_montage(montage)
+        info = made
+    if not isinstance(info, mne.Info):
+        raise TypeError(f"info must be an mne.Info or a montage name, got {type(info).__name__}.")
     missing = [c for c in channels if c not in info.ch_names]
     if missing:
         raise ValueError(f"the info lacks {len(missing)} of the result's channels: {_preview(missing)}; pass the "
@@ -122,9 +132,12 @@ def plot_topomap(result, term, cluster=None, *, info=None, path=None, show=False
     cluster : int, optional
         Index into ``result.cluster_info[term].clusters``; default: every
         cluster with ``p < result.alpha`` (one map each).
-    info : mne.Info, optional
+    info : mne.Info or str, optional
         Channel positions; default the fit's (data from
-        :func:`clusterlmer.from_mne`). Needed for results loaded from a file.
+        :func:`clusterlmer.from_mne`). Needed for results loaded from a file
+        and data without an Info (e.g. :func:`clusterlmer.from_long`): an
+        ``mne.Info``, or the name of a montage MNE ships that holds the
+        channels (``"standard_1005"``, ``"biosemi64"``; EEG positions).
     path : str or path-like, optional
         Save the figure there.
     show : bool

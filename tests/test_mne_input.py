@@ -326,3 +326,18 @@ def test_time_frequency_figures_use_the_cluster_band():
     expected = data.values[data.design["cond"] == "a", peak][:, :, in_band[0]:in_band[-1] + 1].mean(axis=(0, 2))
     line = [line for line in waves.lines if line.get_label() == "cond=a"][0]
     np.testing.assert_allclose(line.get_ydata(), expected, rtol=1e-12)
+
+
+def test_topomap_from_a_montage_name_for_data_without_an_info():
+    """Long-format data carry no positions: a montage MNE ships, named, gives them."""
+    data = cl.simulate_erp(seed=2)
+    bare = cl.TimeseriesData(data.design, data.values, data.times, channels=data.channels)
+    res = cl.permutation_cluster_lmer(bare, "amp ~ Deviant + (1|Subject)", n_permutations=39, seed=5,
+                                      adjacency="none", progress=False, cross_check=0)
+    best = int(np.argmin([c.p for c in res.cluster_info["Deviant"].clusters]))
+    fig = res.plot_topomap("Deviant", cluster=best, info="standard_1005")
+    assert len(fig.axes) >= 1
+    with pytest.raises(ValueError, match="montage 'biosemi64' lacks"):
+        res.plot_topomap("Deviant", cluster=best, info="biosemi64")
+    with pytest.raises(ValueError, match="info='standard_1005'"):
+        res.plot_topomap("Deviant", cluster=best)
