@@ -397,7 +397,7 @@ def check_analysis_arguments(data, formula, *, n_permutations=1000, seed=None, s
                      n_jobs=n_jobs, client=client)  # before anything large is allocated
     fit = check_fit_arguments(data, formula, reml=reml, ddf=ddf, coding=coding, test=test, optimizer=optimizer,
                               optimizer_options=optimizer_options, levels=levels, engine=engine)
-    perms = make_permutations(data.design, model, n_permutations, seed, schemes=schemes)
+    perms = make_permutations(data, model, n_permutations, seed, schemes=schemes)
     if terms is not None:
         _check_term_names(terms, fit)
     if fit.engine_note:

@@ -225,7 +225,7 @@ def _draw(units, in_use, n_permutations, seed) -> dict:
     return maps
 
 
-def make_permutations(design, formula, n_permutations, seed=None, *, schemes=None) -> Permutations:
+def make_permutations(design, formula, n_permutations, seed=None, *, schemes=None, aliases=None) -> Permutations:
     """Draw permuted designs that keep the random-effects structure.
 
     Parameters
@@ -251,11 +251,19 @@ def make_permutations(design, formula, n_permutations, seed=None, *, schemes=Non
         ``"between-subject"``. Variables sharing a scheme are permuted
         jointly. How the default is derived, also for crossed groupings, is
         described in :mod:`clusterlmer.schemes`.
+    aliases : bool, optional
+        Report derived schemes by their iEEG names (``"within-channel"``)
+        where they have one. Default: yes, unless ``design`` is a
+        TimeseriesData with a channel axis, whose channels are not the
+        design's groupings (schemes are then named by groupings,
+        ``"within:Subject"``).
 
     Returns
     -------
     Permutations
     """
+    if aliases is None:
+        aliases = not (isinstance(design, TimeseriesData) and design.channels is not None)
     if isinstance(design, TimeseriesData):
         design = design.design
     if not isinstance(design, pd.DataFrame):
@@ -271,7 +279,7 @@ def make_permutations(design, formula, n_permutations, seed=None, *, schemes=Non
         seed = int(np.random.SeedSequence().entropy)
     elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}.")
-    plan = assign_schemes(design, formula, schemes)
+    plan = assign_schemes(design, formula, schemes, aliases)
     units = plan.units
     check_memory({"permutation maps": permutation_maps_bytes(n_permutations, len(design), len(plan.in_use))})
     drawn = _draw(units, plan.in_use, int(n_permutations), seed)

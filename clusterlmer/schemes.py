@@ -295,7 +295,7 @@ class SchemePlan:
         return {s for s in self.resolved.values() if s.kind != NONE}
 
 
-def assign_schemes(design, formula, schemes=None) -> SchemePlan:
+def assign_schemes(design, formula, schemes=None, aliases=True) -> SchemePlan:
     """Choose and check the permutation scheme of every fixed-effect variable.
 
     A variable's scheme is derived from where it varies in ``design`` (see
@@ -315,6 +315,10 @@ def assign_schemes(design, formula, schemes=None) -> SchemePlan:
         ``"between:G"``, ``"between:G within:H"`` or ``"none"``, G and H
         groupings as the formula writes them, or an alias of
         :data:`~clusterlmer.scheme_names.ALIASES`.
+    aliases : bool
+        Name derived schemes by their iEEG aliases where they have one
+        (``"within-channel"``); False names them by their groupings
+        (``"within:Subject"``), for data whose "channels" are a sample axis.
 
     Returns
     -------
@@ -351,10 +355,10 @@ def assign_schemes(design, formula, schemes=None) -> SchemePlan:
             varies[name] = "constant"
         else:
             derived, problem, note = _derive(design, name, units)
-            varies[name] = units.name(derived, True)
+            varies[name] = units.name(derived, aliases)
         resolved[name] = scheme if explicit else derived
         used[name] = schemes[name] if explicit else varies[name]
-        aliased = not explicit or schemes[name] in ALIASES
+        aliased = (not explicit and aliases) or (explicit and schemes[name] in ALIASES)
         _check_scheme(design, name, resolved[name], used[name], derived, units, explicit, aliased)
         if explicit:
             continue

@@ -125,3 +125,14 @@ def test_plot_and_files_keep_the_channels(result, tmp_path):
     loaded = cl.load_result(tmp_path / "res.h5")
     assert loaded.fit.channels == tuple(CHANNELS)
     pd.testing.assert_frame_equal(loaded.clusters, result.clusters)
+
+
+def test_schemes_are_named_by_grouping_when_channels_are_a_sample_axis(result):
+    """'within-channel' would read as the EEG channels: derived schemes are spelled by grouping, with the
+    same draws as the alias (an alias and its spelling draw the same row maps)."""
+    assert result.schemes == {"cond": "within:subject"}
+    d = _data()
+    flat = cl.make_permutations(d.design, FORMULA, 99, seed=3)
+    assert flat.schemes == {"cond": "within-channel"}
+    np.testing.assert_array_equal(flat.row_maps["cond"],
+                                  cl.make_permutations(d, FORMULA, 99, seed=3).row_maps["cond"])
