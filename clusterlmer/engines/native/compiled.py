@@ -18,9 +18,9 @@ This module chooses and calls the compiled version: one per block shape
 from __future__ import annotations
 
 import numpy as np
-from numba import literally, njit, typeof
+from numba import typeof
 
-from .kernel import kernel
+from .kernel import criterion_gradient
 
 __all__ = ["criterion_gradient", "run", "specialised"]
 
@@ -65,17 +65,3 @@ def run(*args):
         if literal == tuple(args[-3:]) and list(sig[:-3]) == types:
             _ENTRY_POINTS[key] = compiled.entry_point
             break
-
-
-@njit(cache=True)
-def criterion_gradient(theta, fit, design, W11, W21, W22, ZX1, ZX2, XtX, Zy1, Zy2, Xy, yy,
-                       tidx0, tidx2, segments, active, n_active, n, reml, gradient, crit, grad, fixed, K1, M2, P):
-    """:func:`.kernel.kernel`, compiled once per ``K1, M2, P`` (see :func:`specialised`).
-
-    Loops of one or two iterations dominate a fit of a small structure;
-    with their lengths known at compile time they are unrolled (about twice
-    as fast for the bundled sample's random-slope model). The compiled
-    versions are cached on disk, so a shape costs its compilation once.
-    """
-    kernel(theta, fit, design, W11, W21, W22, ZX1, ZX2, XtX, Zy1, Zy2, Xy, yy, tidx0, tidx2, segments, active,
-            n_active, n, reml, gradient, crit, grad, fixed, literally(K1), literally(M2), literally(P))
