@@ -1,4 +1,4 @@
-"""Command line: long tables (``--long``) and channel neighbours (``--adjacency``).
+"""Command line: reading the data (MAT files, long tables with ``--long``) and channel neighbours (``--adjacency``).
 
 The flags are checked together before anything is read (:func:`check_long_options`,
 :func:`check_adjacency_file`); the table is read and pivoted by
@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import os
 
-__all__ = ["ADJACENCY_HELP", "add_long_options", "check_long_options", "check_adjacency_file", "load_long_table",
-           "adjacency_option"]
+__all__ = ["ADJACENCY_HELP", "add_long_options", "check_long_options", "check_adjacency_file", "describe_data",
+           "load_data", "load_long_table", "adjacency_option"]
 
 #: Data files read as tables: without --long they are refused with the flags to add.
 TABLE_TYPES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt", ".parquet", ".pq")
@@ -104,3 +104,33 @@ def adjacency_option(args, data):
         raise ValueError(f"these data have {len(data.channels)} channels: say which are neighbours with --adjacency: "
                          f"{ADJACENCY_HELP}.")
     return read_adjacency(spec, data.channels) if spec.lower().endswith(ADJACENCY_FILE_TYPES) else spec
+
+
+def load_data(args):
+    """The TimeseriesData of ``args.data``: a MAT file, or a table with ``--long``."""
+    import clusterlmer as cl
+
+    if not os.path.exists(args.data):
+        raise FileNotFoundError(f"no such data file: {args.data!r}")
+    # The formula's left-hand side names the variable analysed: 'power ~ ...' fits the file's 'power'.
+    response = cl.parse_formula(args.formula).response
+    if args.long:
+        return load_long_table(args, response)
+    if args.data_key is not None and args.data_key != response:
+        raise ValueError(f"--data-key {args.data_key!r} differs from the formula's response {response!r}; the "
+                         f"formula's left-hand side names the variable analysed. Write the formula as "
+                         f"'{args.data_key} ~ ...' (--data-key is then not needed).")
+    return cl.load_mat(args.data, data_key=response, check_channels=not args.no_check_channels)
+
+
+def describe_data(args, data):
+    """Which variable was analysed (printed with the results, so a failed run prints nothing here)."""
+    shape = " x ".join(str(n) for n in data.values.shape[1:])
+    if not args.long:
+        source = f"the variable {data.response!r}"
+    else:
+        column = data.response or args.value  # --value, or the one column of --channels
+        source = f"the column {column!r}" if column else "one column per channel"
+    channels = "" if data.channels is None else f"; channels {', '.join(data.channels)}"
+    print(f"Data: {args.data}: responses from {source} ({data.n_obs} {'series' if args.long else 'rows'} x {shape} "
+          f"samples{channels}); design columns {', '.join(map(str, data.design.columns))}.")

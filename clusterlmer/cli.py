@@ -13,7 +13,7 @@ import numpy as np
 
 from ._checks import called_from_cli, check_writable
 from ._cli_tables import (ADJACENCY_HELP, add_long_options, adjacency_option, check_adjacency_file,
-                          check_long_options, load_long_table)
+                          check_long_options, describe_data, load_data)
 from .cluster import CLUSTER_STATS, QUANTILE_METHODS, TAILS
 from .design import CODINGS
 from .engines import ENGINE_CHOICES
@@ -106,39 +106,10 @@ def _demo(args) -> int:
     return 0
 
 
-def _load(args):
-    import clusterlmer as cl
-
-    if not os.path.exists(args.data):
-        raise FileNotFoundError(f"no such data file: {args.data!r}")
-    # The formula's left-hand side names the variable analysed: 'power ~ ...' fits the file's 'power'.
-    response = cl.parse_formula(args.formula).response
-    if args.long:
-        return load_long_table(args, response)
-    if args.data_key is not None and args.data_key != response:
-        raise ValueError(f"--data-key {args.data_key!r} differs from the formula's response {response!r}; the "
-                         f"formula's left-hand side names the variable analysed. Write the formula as "
-                         f"'{args.data_key} ~ ...' (--data-key is then not needed).")
-    return cl.load_mat(args.data, data_key=response, check_channels=not args.no_check_channels)
-
-
-def _print_data(args, data):
-    """Which variable was analysed (printed with the results, so a failed run prints nothing here)."""
-    shape = " x ".join(str(n) for n in data.values.shape[1:])
-    if not args.long:
-        source = f"the variable {data.response!r}"
-    else:
-        column = data.response or args.value  # --value, or the one column of --channels
-        source = f"the column {column!r}" if column else "one column per channel"
-    channels = "" if data.channels is None else f"; channels {', '.join(data.channels)}"
-    print(f"Data: {args.data}: responses from {source} ({data.n_obs} {'series' if args.long else 'rows'} x {shape} "
-          f"samples{channels}); design columns {', '.join(map(str, data.design.columns))}.")
-
-
 def _run(args) -> int:
     import clusterlmer as cl
 
-    data = _load(args)
+    data = load_data(args)
     adjacency = adjacency_option(args, data)
     with _dask_client(args) as client:
         res = cl.permutation_cluster_lmer(
@@ -147,7 +118,7 @@ def _run(args) -> int:
             cluster_stat=args.cluster_stat, quantile_method=args.quantile_method, schemes=args.schemes,
             n_jobs=args.jobs, adjacency=adjacency,
             checkpoint=args.checkpoint, progress=not args.no_progress, client=client, **_fit_kwargs(args))
-    _print_data(args, data)
+    describe_data(args, data)
     print(res.summary())
     _write_outputs(res, args.out, args.plot)
     return 0
@@ -213,9 +184,9 @@ def _submit_jobs(cluster, n_jobs, timeout=120):
 def _fit(args) -> int:
     import clusterlmer as cl
 
-    data = _load(args)
+    data = load_data(args)
     fit = cl.fit_timeseries(data, args.formula, **_fit_kwargs(args))
-    _print_data(args, data)
+    describe_data(args, data)
     print(fit.summary())
     _print_peaks(fit, [t for t in fit.terms if t != "(Intercept)"])
     if args.out:

@@ -48,6 +48,18 @@ def check_columns(frame, names, what):
                              f"{_preview(np.flatnonzero(na), 6)}); fill them or drop those rows.")
 
 
+def check_frame(df, what):
+    """Require a DataFrame with rows and unique column names; ``what`` names it in the messages."""
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"df must be a pandas DataFrame, got {type(df).__name__}.")
+    if len(df) == 0:
+        raise ValueError(f"{what} has no rows: there is nothing to fit.")
+    dup = df.columns[df.columns.duplicated()].unique().tolist()
+    if dup:
+        raise ValueError(f"{what} has duplicated column names: {_preview(dup)}. Rename them so each column is "
+                         "unique.")
+
+
 def group_codes(frame, cols) -> np.ndarray:
     """Group code 0..G-1 (order of first appearance) of rows sharing ``cols``."""
     return frame.groupby(list(cols), sort=False).ngroup().to_numpy()
@@ -217,13 +229,7 @@ def from_dataframe(df, values, *, times=None) -> TimeseriesData:
     -------
     TimeseriesData
     """
-    if not isinstance(df, pd.DataFrame):
-        raise TypeError(f"df must be a pandas DataFrame, got {type(df).__name__}.")
-    if len(df) == 0:
-        raise ValueError("df has no rows: there is nothing to fit.")
-    dup = df.columns[df.columns.duplicated()].unique().tolist()
-    if dup:
-        raise ValueError(f"df has duplicated column names: {_preview(dup)}. Rename them so each column is unique.")
+    check_frame(df, "df")
     single = isinstance(values, str)
     if not single and values is not None and not isinstance(values, (list, tuple, pd.Index, np.ndarray)):
         raise TypeError(

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ._checks import option_hint
-from .data import TimeseriesData, _preview
+from .data import TimeseriesData, _preview, check_frame
 
 __all__ = ["from_long", "read_table", "TIME_DECIMALS"]
 
@@ -290,14 +290,7 @@ def from_long(df, *, time, values=None, value=None, channel=None, series=None, d
     >>> data = cl.from_long(trials, time="Time", value="amp", channel="electrode",
     ...                     series="trial")                                      # doctest: +SKIP
     """
-    if not isinstance(df, pd.DataFrame):
-        raise TypeError(f"df must be a pandas DataFrame, got {type(df).__name__}.")
-    if len(df) == 0:
-        raise ValueError("the table has no rows: there is nothing to fit.")
-    dup = df.columns[df.columns.duplicated()].unique().tolist()
-    if dup:
-        raise ValueError(f"the table has duplicated column names: {_preview(dup)}. Rename them so each column is "
-                         "unique.")
+    check_frame(df, "the table")
     names, single, channel, series, identity = _roles(df, time, values, value, channel, series, design)
     _check_columns(df, time, names, channel)
     df = df.reset_index(drop=True)
