@@ -18,6 +18,7 @@ import numpy as np
 
 from ._checks import check_option, option_hint
 from ._memory import check_run_memory
+from ._null_blocks import nan_counts
 from .adjacency import data_adjacency
 from .checkpoint import Checkpoint, check_checkpoint_path, fingerprint
 from .cluster import CLUSTER_STATS, QUANTILE_METHODS, TAILS, cluster_test, smallest_cluster_p
@@ -341,6 +342,7 @@ class AnalysisPlan:
     client: object
     adjacency: object = None
     min_neighbours: int = 0
+    mapped_null: bool = False  # the null kept in the checkpoint file (larger than half the memory)
 
     @property
     def unpermuted(self) -> list:
@@ -393,8 +395,9 @@ def check_analysis_arguments(data, formula, *, n_permutations=1000, seed=None, s
         raise ValueError("min_neighbours applies to cluster_stat 'sum' and 'size', not 'tfce' (neither FieldTrip "
                          "nor MNE defines it there); leave it at 0.")
     model = parse_formula(formula)
-    check_run_memory(data, model, n_permutations, terms=terms, schemes=schemes, cluster_stat=cluster_stat,
-                     n_jobs=n_jobs, client=client)  # before anything large is allocated
+    mapped_null = check_run_memory(data, model, n_permutations, terms=terms, schemes=schemes,
+                                   cluster_stat=cluster_stat, n_jobs=n_jobs, client=client,
+                                   checkpoint=checkpoint)  # before anything large is allocated
     fit = check_fit_arguments(data, formula, reml=reml, ddf=ddf, coding=coding, test=test, optimizer=optimizer,
                               optimizer_options=optimizer_options, levels=levels, engine=engine)
     perms = make_permutations(data, model, n_permutations, seed, schemes=schemes)
@@ -403,7 +406,8 @@ def check_analysis_arguments(data, formula, *, n_permutations=1000, seed=None, s
     if fit.engine_note:
         warnings.warn(fit.engine_note, UserWarning, stacklevel=stacklevel)
     return AnalysisPlan(fit, perms, statistic, terms, tail, alpha, cluster_alpha, cluster_stat, quantile_method,
-                        int(cross_check), n_jobs, checkpoint, progress, client, adjacency, int(min_neighbours))
+                        int(cross_check), n_jobs, checkpoint, progress, client, adjacency, int(min_neighbours),
+                        mapped_null)
 
 
 def _permute_and_cluster(data, plan: AnalysisPlan, fit, start):
@@ -436,7 +440,8 @@ def _permute_and_cluster(data, plan: AnalysisPlan, fit, start):
     shift = response_exponents(Y, np.isfinite(Y))
     if shift.any():  # fitted at another scale than before the rescaling existed: never mix the two
         keys["response scaling"] = fingerprint(shift)
-    store = Checkpoint(checkpoint, keys, (len(tested),) + data.sample_shape, n_permutations)
+    store = Checkpoint(checkpoint, keys, (len(tested),) + data.sample_shape, n_permutations,
+                       mapped=plan.mapped_null)
     if store.resumed:
         print(f"clusterlmer: resuming from {store.path}: {store.resumed} of {n_permutations} permutations "
               "already done.", file=sys.stderr)
@@ -456,7 +461,7 @@ def _permute_and_cluster(data, plan: AnalysisPlan, fit, start):
                                                     clusteralpha=cluster_alpha, clusterstat=cluster_stat,
                                                     quantile_method=quantile_method, adjacency=plan.adjacency,
                                                     min_neighbours=plan.min_neighbours)
-        failures[term] = np.isnan(null[term]).sum(axis=-1)
+        failures[term] = nan_counts(null[term])
     return PermutationClusterResult(
         fit=fit,
         statistic=statistic,

@@ -15,11 +15,13 @@ Conventions (those of the original method's MATLAB ``cluster_test``, after E. Sp
 * tail = 0 halves ``clusteralpha`` and doubles every p (capped at 1).
 * NaN (a failed fit) never crosses a threshold, in the observed map or the null.
 
-The null is labelled in one :func:`scipy.ndimage.label` call over the whole
-null, moved to ``(n_permutations, ...)`` (contiguous, which labels about twice
-as fast), with a structuring element that has no neighbours along the
-permutation axis, so permutations never merge and no Python loop runs over
-permutations.
+The null is labelled in one :func:`scipy.ndimage.label` call per block of
+permutations (one block unless the null exceeds
+:data:`clusterlmer._null_blocks.BLOCK_BYTES`), moved to ``(n_permutations,
+...)`` (contiguous, which labels about twice as fast), with a structuring
+element that has no neighbours along the permutation axis, so permutations
+never merge and no Python loop runs over single permutations. The null may be
+a memory-mapped array: only one block of it is in memory at a time.
 
 With ``adjacency=`` (a channel neighbour graph, see :mod:`clusterlmer.adjacency`)
 the data are channels x time (x freq) and clusters follow the graph instead of
@@ -31,13 +33,13 @@ are computed by the same code for both.
 from __future__ import annotations
 
 import numbers
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from ._checks import check_option
+from ._null_blocks import finite_abs_max, null_thresholds, per_permutation
 
 __all__ = ["Cluster", "ClusterTestInfo", "cluster_test", "CLUSTER_STATS", "QUANTILE_METHODS", "TAILS"]
 
@@ -275,7 +277,6 @@ def cluster_test(datobs, datrnd, tail=0, alpha=0.05, clusteralpha=0.05, clusters
         structure = _ndimage().generate_binary_structure(datobs.ndim, datobs.ndim if connectivity == "full" else 1)
         null_structure = np.zeros((3,) + structure.shape, bool)
         null_structure[1] = structure  # no neighbours across permutations
-    datrnd = np.ascontiguousarray(np.moveaxis(datrnd, -1, 0))  # (n_permutations, *datobs.shape)
     if clusterstat == "tfce":
         return _tfce_test(datobs, datrnd, tail, alpha, structure, null_structure, tfce, quantile_method,
                           connectivity)
@@ -323,18 +324,6 @@ def _check_inputs(datobs, datrnd, tail, alpha, clusteralpha, clusterstat, quanti
                                  f"{' or None' if key == 'dh' else ''}, got {value!r}.")
             params[key] = value
     return datobs, datrnd, int(tail), params
-
-
-def _thresholds(datrnd, clusteralpha, method):
-    """Per-sample (lower, upper) quantiles of the (permutation-first) null; NaN where it is all NaN."""
-    q = np.array([clusteralpha, 1 - clusteralpha])
-    if np.isnan(datrnd).any():
-        with warnings.catch_warnings():  # all-NaN samples -> NaN threshold, never crossed
-            warnings.simplefilter("ignore", RuntimeWarning)
-            lo, up = np.nanquantile(datrnd, q, axis=0, method=method)
-    else:
-        lo, up = np.quantile(datrnd, q, axis=0, method=method)
-    return lo, up
 
 
 def _observed_clusters(x, mask, clusterstat, structure):
@@ -405,15 +394,15 @@ def _make_clusters(found, tail):
 def _cluster_test(datobs, datrnd, tail, alpha, clusteralpha, clusterstat, method, connectivity,
                   structure, null_structure):
     """Core of the threshold-based test (sum / size)."""
-    nperm = datrnd.shape[0]
+    nperm = datrnd.shape[-1]
     if tail == 0:
         clusteralpha = clusteralpha / 2
-    lower, upper = _thresholds(datrnd, clusteralpha, method)
+    lower, upper = null_thresholds(datrnd, [clusteralpha, 1 - clusteralpha], method)
     pmap = np.ones(datobs.shape)
     found, null_max, null_min = [], None, None
     # NaN compares False, so NaN samples (observed or null) are never candidates.
     if tail in (0, 1):
-        null_max = _null_max(datrnd, datrnd >= upper, clusterstat, null_structure)
+        null_max = per_permutation(datrnd, lambda x: _null_max(x, x >= upper, clusterstat, null_structure))
         for cmask, stat in _observed_clusters(datobs, datobs >= upper, clusterstat, structure):
             p = _exceed_p(null_max, stat, nperm)
             pmap[cmask] = p
@@ -421,7 +410,7 @@ def _cluster_test(datobs, datrnd, tail, alpha, clusteralpha, clusterstat, method
     if tail in (0, -1):
         # Negate so that "larger is more extreme" for the sum too; size is already positive.
         sign = -1.0 if clusterstat == "sum" else 1.0
-        neg_null = _null_max(-datrnd, datrnd <= lower, clusterstat, null_structure)
+        neg_null = per_permutation(datrnd, lambda x: _null_max(-x, x <= lower, clusterstat, null_structure))
         null_min = sign * neg_null
         for cmask, stat in _observed_clusters(-datobs, datobs <= lower, clusterstat, structure):
             p = _exceed_p(neg_null, stat, nperm)  # sum: #{null_min < obs}
@@ -457,10 +446,9 @@ def _tfce_scores(x, structure, heights, dh, E, H):
 
 def _tfce_test(datobs, datrnd, tail, alpha, structure, null_structure, params, method, connectivity):
     """Core of the TFCE test: per-sample scores against the per-permutation maximum score."""
-    nperm = datrnd.shape[0]
+    nperm = datrnd.shape[-1]
     E, H, dh = params["E"], params["H"], params["dh"]
-    finite = [np.abs(a[np.isfinite(a)]) for a in (datobs, datrnd)]
-    top = max((f.max() for f in finite if f.size), default=0.0)
+    top = max(finite_abs_max(datobs[..., None]), finite_abs_max(datrnd))
     if dh is None:
         dh = top / _TFCE_N_STEPS if top > 0 else 1.0
     heights = dh * np.arange(1, int(np.ceil(top / dh)) + 1)
@@ -469,8 +457,8 @@ def _tfce_test(datobs, datrnd, tail, alpha, structure, null_structure, params, m
     sides, null_max, null_min = [], None, None
     for sign in ((1, -1) if tail == 0 else (tail,)):
         obs = _tfce_scores(sign * datobs, structure, heights, dh, E, H)
-        null = _tfce_scores(sign * datrnd, null_structure, heights, dh, E, H)
-        nmax = null.reshape(nperm, -1).max(axis=1)
+        nmax = per_permutation(datrnd, lambda x: _tfce_scores(sign * x, null_structure, heights, dh, E, H)
+                               .reshape(len(x), -1).max(axis=1))
         nmax[nmax == 0] = np.nan  # no sample reached the first height: no cluster in that permutation
         if sign == 1:
             null_max = nmax

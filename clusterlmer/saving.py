@@ -150,14 +150,30 @@ def save_result(result, path):
 # attributes, so that a file damaged after writing is refused by load_result instead of read as other
 # numbers. Files without them (written before) are read unchecked.
 DIGEST = "sha256"
+_BLOCK_BYTES = 256 * 2 ** 20  # large arrays are written and hashed in blocks of rows of about this size
 ATTRS_DIGEST = "attrs_sha256"
 
 
+def _row_blocks(arr, block_bytes=_BLOCK_BYTES):
+    """Consecutive slices along the first axis of about ``block_bytes`` each (the whole array when 0-D)."""
+    if arr.ndim == 0 or arr.nbytes <= block_bytes:
+        yield slice(None)
+        return
+    step = max(1, block_bytes // max(1, arr.nbytes // arr.shape[0]))
+    for start in range(0, arr.shape[0], step):
+        yield slice(start, start + step)
+
+
 def array_digest(arr) -> str:
-    """The SHA-256 of an array's dtype, shape and bytes (stored in each dataset's ``DIGEST`` attribute)."""
-    arr = np.ascontiguousarray(arr)  # no copy when it already is (as every array read back from a file)
+    """The SHA-256 of an array's dtype, shape and bytes (stored in each dataset's ``DIGEST`` attribute).
+
+    Hashed a block of rows at a time, so a null held in a memory-mapped file is never copied whole.
+    """
+    arr = np.asarray(arr)
     h = hashlib.sha256(f"{arr.dtype.str}{arr.shape}".encode())
-    h.update(memoryview(arr.reshape(-1)).cast("B"))
+    for rows in _row_blocks(arr):
+        part = np.ascontiguousarray(arr[rows])  # no copy when it already is (as every array read back from a file)
+        h.update(memoryview(part.reshape(-1)).cast("B"))
     return h.hexdigest()
 
 
@@ -170,7 +186,12 @@ def attrs_digest(node) -> str:
 def _create(group, name, value, **kwargs):
     """A dataset that carries the SHA-256 of its array."""
     value = np.asarray(value)
-    ds = group.create_dataset(name, data=value, **kwargs)
+    if value.ndim == 0 or value.nbytes <= _BLOCK_BYTES:
+        ds = group.create_dataset(name, data=value, **kwargs)
+    else:  # a large (possibly memory-mapped) null: written a block of rows at a time
+        ds = group.create_dataset(name, shape=value.shape, dtype=value.dtype, **kwargs)
+        for rows in _row_blocks(value):
+            ds[rows] = value[rows]
     ds.attrs[DIGEST] = array_digest(value)
     return ds
 
