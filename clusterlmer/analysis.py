@@ -481,5 +481,6 @@ def _permute_and_cluster(data, plan: AnalysisPlan, fit, start):
         cluster_stat=cluster_stat,
         quantile_method=quantile_method,
         run={"n_jobs": n_jobs, "elapsed_s": time.perf_counter() - start, "resumed": store.resumed,
-             "worker_restarts": restarts, "checkpoint": store.path, "permutations": perms.summary_lines()},
+             "worker_restarts": restarts, "checkpoint": store.path,
+             "null_in_checkpoint": store.mapped, "permutations": perms.summary_lines()},
     )

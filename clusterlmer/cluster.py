@@ -76,10 +76,8 @@ class Cluster:
     ----------
     sign : int
         +1 (stat >= upper threshold) or -1 (stat <= lower threshold).
-    mask : ndarray of bool
-        Shape of ``datobs``; True inside the cluster.
     indices : tuple of ndarray
-        ``np.nonzero(mask)``.
+        ``np.nonzero(mask)``: the cluster's samples, one index array per axis.
     stat : float
         ``"sum"``: sum of the statistic (negative for negative clusters);
         ``"size"``: number of samples (positive for both signs); ``"tfce"``:
@@ -89,20 +87,35 @@ class Cluster:
     start, stop : int or tuple of int
         First and last index (inclusive). ``int`` for 1-D data, one entry
         per axis (the bounding box) for N-D data.
+    shape : tuple of int
+        Shape of ``datobs``.
+
+    Notes
+    -----
+    The boolean ``mask`` is built from ``indices`` when asked for: a noisy
+    64-channel time-frequency map can hold thousands of clusters, whose masks
+    would take 1 byte per sample each.
     """
 
     sign: int
-    mask: np.ndarray
     indices: tuple
     stat: float
     p: float
     start: object
     stop: object
+    shape: tuple
 
     @property
     def size(self):
         """Number of samples in the cluster."""
-        return int(self.indices[0].size)
+        return int(np.asarray(self.indices[0]).size)
+
+    @property
+    def mask(self) -> np.ndarray:
+        """Boolean map of ``shape``, True inside the cluster."""
+        mask = np.zeros(self.shape, dtype=bool)
+        mask[tuple(np.asarray(i, dtype=np.intp) for i in self.indices)] = True
+        return mask
 
 
 @dataclass(frozen=True, eq=False)
@@ -326,18 +339,27 @@ def _check_inputs(datobs, datrnd, tail, alpha, clusteralpha, clusterstat, quanti
     return datobs, datrnd, int(tail), params
 
 
-def _observed_clusters(x, mask, clusterstat, structure):
-    """Label ``mask``; return [(cluster mask, stat)], stat = sum of ``x`` or size; ``sum`` drops singletons."""
+def _components(mask, structure):
+    """Connected components of ``mask``: one array of flat indices (ascending, C order) per label."""
     labels, n = _label(mask, structure)
+    idx = np.flatnonzero(labels)
+    lab = labels.ravel()[idx]
+    order = np.argsort(lab, kind="stable")  # stable: each component's indices stay ascending
+    idx = idx[order]
+    bounds = np.searchsorted(lab[order], np.arange(1, n + 2))
+    return [idx[bounds[k]:bounds[k + 1]] for k in range(n)]
+
+
+def _observed_clusters(x, mask, clusterstat, structure):
+    """Components of ``mask``: [(flat indices, stat)], stat = sum of ``x`` or size; ``sum`` drops singletons."""
     out = []
-    for lab in range(1, n + 1):
-        cmask = labels == lab
-        size = int(cmask.sum())
+    flat_x = x.ravel()
+    for flat in _components(mask, structure):
         if clusterstat == "sum":
-            if size > 1:
-                out.append((cmask, float(x[cmask].sum())))
+            if flat.size > 1:
+                out.append((flat, float(flat_x[flat].sum())))  # C order, as x[mask].sum() adds them
         else:
-            out.append((cmask, float(size)))
+            out.append((flat, float(flat.size)))
     return out
 
 
@@ -369,25 +391,19 @@ def _exceed_p(null, obs, nperm):
     return (np.count_nonzero(null > obs) + 1) / (nperm + 1)
 
 
-def _bbox(cmask):
-    """(indices, start, stop); start/stop are ints in 1-D, per-axis tuples otherwise."""
-    indices = np.nonzero(cmask)
-    start = tuple(int(i.min()) for i in indices)
-    stop = tuple(int(i.max()) for i in indices)
-    if cmask.ndim == 1:
-        return indices, start[0], stop[0]
-    return indices, start, stop
-
-
-def _make_clusters(found, tail):
-    """Sort (sign, mask, stat, p) tuples: positive first, then by decreasing |stat|; double p for tail 0."""
+def _make_clusters(found, tail, shape):
+    """Sort (sign, flat indices, stat, p) tuples: positive first, then by decreasing |stat|; double p for tail 0."""
     found = sorted(found, key=lambda c: (-c[0], -abs(c[2])))  # sorted() is stable: ties keep label order
     scale = 2.0 if tail == 0 else 1.0
     clusters = []
-    for sign, cmask, stat, p in found:
-        indices, start, stop = _bbox(cmask)
-        clusters.append(Cluster(sign=sign, mask=cmask, indices=indices, stat=stat, p=min(1.0, scale * p),
-                                start=start, stop=stop))
+    for sign, flat, stat, p in found:
+        indices = np.unravel_index(flat, shape)  # np.nonzero(mask), as flat indices ascend
+        start = tuple(int(i.min()) for i in indices)
+        stop = tuple(int(i.max()) for i in indices)
+        if len(shape) == 1:
+            start, stop = start[0], stop[0]
+        clusters.append(Cluster(sign=sign, indices=indices, stat=stat, p=min(1.0, scale * p), start=start,
+                                stop=stop, shape=tuple(shape)))
     return clusters
 
 
@@ -403,23 +419,23 @@ def _cluster_test(datobs, datrnd, tail, alpha, clusteralpha, clusterstat, method
     # NaN compares False, so NaN samples (observed or null) are never candidates.
     if tail in (0, 1):
         null_max = per_permutation(datrnd, lambda x: _null_max(x, x >= upper, clusterstat, null_structure))
-        for cmask, stat in _observed_clusters(datobs, datobs >= upper, clusterstat, structure):
+        for flat, stat in _observed_clusters(datobs, datobs >= upper, clusterstat, structure):
             p = _exceed_p(null_max, stat, nperm)
-            pmap[cmask] = p
-            found.append((1, cmask, stat, p))
+            pmap.ravel()[flat] = p
+            found.append((1, flat, stat, p))
     if tail in (0, -1):
         # Negate so that "larger is more extreme" for the sum too; size is already positive.
         sign = -1.0 if clusterstat == "sum" else 1.0
         neg_null = per_permutation(datrnd, lambda x: _null_max(-x, x <= lower, clusterstat, null_structure))
         null_min = sign * neg_null
-        for cmask, stat in _observed_clusters(-datobs, datobs <= lower, clusterstat, structure):
+        for flat, stat in _observed_clusters(-datobs, datobs <= lower, clusterstat, structure):
             p = _exceed_p(neg_null, stat, nperm)  # sum: #{null_min < obs}
-            pmap[cmask] = np.minimum(pmap[cmask], p)
-            found.append((-1, cmask, sign * stat, p))
+            pmap.ravel()[flat] = np.minimum(pmap.ravel()[flat], p)
+            found.append((-1, flat, sign * stat, p))
     if tail == 0:
         pmap = np.minimum(1.0, 2 * pmap)
     info = ClusterTestInfo(
-        clusters=_make_clusters(found, tail),
+        clusters=_make_clusters(found, tail, datobs.shape),
         threshold_lower=lower if tail in (0, -1) else None,
         threshold_upper=upper if tail in (0, 1) else None,
         null_max=null_max, null_min=null_min, tail=tail, alpha=alpha, clusterstat=clusterstat,
@@ -476,12 +492,10 @@ def _tfce_test(datobs, datrnd, tail, alpha, structure, null_structure, params, m
     found = []
     for sign, obs, p in sides:
         p_used = np.minimum(1.0, 2 * p) if tail == 0 else p
-        labels, n = _label((obs > 0) & (p_used < alpha), structure)
-        for lab in range(1, n + 1):
-            cmask = labels == lab
-            found.append((sign, cmask, float(obs[cmask].max()), float(p[cmask].min())))
+        for flat in _components((obs > 0) & (p_used < alpha), structure):
+            found.append((sign, flat, float(obs.ravel()[flat].max()), float(p.ravel()[flat].min())))
     info = ClusterTestInfo(
-        clusters=_make_clusters(found, tail), threshold_lower=None, threshold_upper=None,
+        clusters=_make_clusters(found, tail, datobs.shape), threshold_lower=None, threshold_upper=None,
         null_max=null_max, null_min=null_min, tail=tail, alpha=alpha, clusterstat="tfce",
         clusteralpha=None, quantile_method=method, connectivity=connectivity, n_permutations=nperm,
         tfce_scores=signed_scores, tfce_params={"E": E, "H": H, "dh": float(dh)})

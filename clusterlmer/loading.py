@@ -192,7 +192,12 @@ def _read_result(f) -> PermutationClusterResult:
                 raise _Damaged(f"the dataset {name!r} of the term {term!r} has shape {arr.shape}, not {want}")
         ig = _group(g, "cluster_info")
         n_clusters = int(_attr(ig, "n_clusters", parse=False))
-        clusters = [Cluster(**_get_fields(_group(ig, f"cluster{j}"), Cluster)) for j in range(n_clusters)]
+        # A cluster's shape is its statistic map's; files written before it was a field hold a mask instead.
+        clusters = []
+        for j in range(n_clusters):
+            fields = _get_fields(_group(ig, f"cluster{j}"), Cluster, skip=("shape",))
+            fields["indices"] = tuple(np.asarray(i, dtype=np.intp) for i in fields["indices"])
+            clusters.append(Cluster(**fields, shape=per_term["stat"][term].shape))
         per_term["cluster_info"][term] = ClusterTestInfo(clusters=clusters,
                                                          **_get_fields(ig, ClusterTestInfo, skip=("clusters",)))
     clusters = _get_frame(_group(f, "clusters"))

@@ -276,7 +276,10 @@ def _write_h5(result, path):
                 _put_dataclass(ig, info, skip=("clusters",))
                 ig.attrs["n_clusters"] = len(info.clusters)
                 for j, c in enumerate(info.clusters):
-                    _put_dataclass(ig.create_group(f"cluster{j}"), c)
+                    cg = ig.create_group(f"cluster{j}")
+                    _put_dataclass(cg, c, skip=("shape", "indices"))  # shape: the stat's
+                    # one row per axis, as a dataset: a large cluster's indices outgrow an HDF5 attribute
+                    _create(cg, "indices", np.asarray(c.indices, dtype=np.int64).reshape(len(c.indices), -1))
             _seal(f)
         os.replace(tmp, path)
     finally:
