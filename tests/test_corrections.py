@@ -152,13 +152,15 @@ def test_a_file_written_before_corrections_existed_reads_as_it_meant(swept, tmp_
     assert back.correction == "cluster" and back.thresholds == () and back.threshold_sweep is None
 
 
-def test_max_correction_on_channels():
+def test_max_correction_on_channels(tmp_path):
     res = cl.permutation_cluster_lmer(_data(), FORMULA, correction="max", **RUN)
     stat, null = res.stat["cond"], res.null["cond"]
     np.testing.assert_array_equal(res.p_clust["cond"], _loop_max_p(stat, null, 1))
     assert res.correction == "max" and res.cluster_stat == "max"
     assert len(res.clusters) and set(res.clusters["peak_channel"]) <= {"E1", "E2", "E3", "E4"}
     assert ONSET_CAVEAT not in res.summary() and "max-statistic correction" in res.summary()
+    fig = res.plot(tmp_path / "max.png")
+    assert "max-statistic correction" in fig._suptitle.get_text() and (tmp_path / "max.png").stat().st_size > 10_000
 
 
 def test_tfce_by_correction_is_the_cluster_stat_tfce_run():
