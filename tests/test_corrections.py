@@ -72,6 +72,23 @@ def test_max_statistic_p_equals_a_plain_loop(tail):
     np.testing.assert_array_equal(covered, h)
 
 
+@pytest.mark.parametrize("tail", [1, 0])
+def test_max_statistic_in_blocks_of_permutations_gives_the_same_numbers(monkeypatch, tail):
+    # A null too large for the memory is read a few permutations at a time (and may be a mapped file).
+    from clusterlmer import _null_blocks
+
+    rng = np.random.default_rng(2)
+    obs, null = rng.standard_normal((6, 20)) * 2, rng.standard_normal((6, 20, 53))
+    null[..., 9] = np.nan
+    whole = max_statistic_test(obs, null, tail=tail)
+    monkeypatch.setattr(_null_blocks, "BLOCK_BYTES", 6 * 20 * 8 * 4)  # 4 permutations per block
+    blocks = max_statistic_test(obs, null, tail=tail)
+    np.testing.assert_array_equal(whole[1], blocks[1])
+    for name in ("null_max", "null_min"):
+        a, b = getattr(whole[2], name), getattr(blocks[2], name)
+        assert (a is None and b is None) or np.array_equal(a, b, equal_nan=True)
+
+
 def test_max_statistic_controls_the_family_wise_error():
     # The observed map exchangeable with its n permutations: P(any sample p <= alpha) <= alpha.
     rng = np.random.default_rng(11)
