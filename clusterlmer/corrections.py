@@ -23,7 +23,7 @@ import warnings
 
 import numpy as np
 
-from ._checks import check_option, option_hint
+from ._checks import check_option, in_cli, option_hint
 from ._null_blocks import per_permutation
 from .cluster import CLUSTER_STATS, ClusterTestInfo, _check_inputs, _components, _make_clusters, _ndimage, cluster_test
 
@@ -63,8 +63,9 @@ def resolve_correction(correction, cluster_stat):
     if cluster_stat not in (None, correction):
         what = ("scores every sample by threshold-free cluster enhancement" if correction == "tfce" else
                 "compares every sample with the largest statistic of each permutation and forms no clusters")
+        given = f"--cluster-stat {cluster_stat}" if in_cli() else f"cluster_stat={cluster_stat!r}"
         raise ValueError(f"{option_hint(f'correction={correction!r}', f'--correction {correction}')} {what}, so "
-                         f"cluster_stat={cluster_stat!r} does not apply; leave cluster_stat out.")
+                         f"{given} does not apply; leave it out.")
     return correction, correction
 
 

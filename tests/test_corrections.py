@@ -193,7 +193,7 @@ def test_tfce_by_correction_is_the_cluster_stat_tfce_run():
 @pytest.mark.parametrize("kwargs, match", [
     (dict(correction="bonferroni"), "Invalid value for the 'correction' parameter"),
     (dict(correction="cluster", cluster_stat="tfce"), "cluster_stat='tfce' is threshold-free"),
-    (dict(correction="max", cluster_stat="sum"), "forms no clusters, so cluster_stat='sum' does not apply"),
+    (dict(correction="max", cluster_stat="sum"), "forms no clusters, so cluster_stat='sum' does not apply; leave"),
     (dict(correction="tfce", cluster_stat="size"), "cluster_stat='size' does not apply"),
     (dict(correction="max", thresholds=[0.01]), "correction='max' has no such threshold"),
     (dict(cluster_stat="tfce", thresholds=[0.01]), "correction='tfce' has no such threshold"),
@@ -225,7 +225,7 @@ def test_cli_correction_and_thresholds(capsys, tmp_path):
     assert code == 0, err
     assert "max-statistic correction" in out
     code, out, err = run_cli(capsys, base + ["--correction", "max", "--cluster-stat", "sum"])
-    assert code == 1 and "--correction max compares every sample" in err
+    assert code == 1 and "--correction max compares every sample" in err and "--cluster-stat sum does not" in err
     code, out, err = run_cli(capsys, base + ["--correction", "tfce", "--thresholds", "0.01"])
     assert code == 1 and "--correction cluster" in err
     code, out, err = run_cli(capsys, base + ["--thresholds", "2"])
