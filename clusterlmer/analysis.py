@@ -21,14 +21,15 @@ from ._memory import check_run_memory
 from ._null_blocks import nan_counts
 from .adjacency import data_adjacency
 from .checkpoint import Checkpoint, check_checkpoint_path, fingerprint
-from .cluster import CLUSTER_STATS, QUANTILE_METHODS, TAILS, cluster_test, smallest_cluster_p
+from .cluster import QUANTILE_METHODS, TAILS, smallest_cluster_p
+from .corrections import check_correction_options, correct, resolve_correction, threshold_sweep
 from .crosscheck import ReferenceProcess
 from .data import TimeseriesData, _preview
 from .engines import ENGINE_CHOICES, engine_properties, get_engine
 from .fit import FitPlan, check_fit_arguments, fit_plan
 from .formula import parse_formula
 from .permute import Permutations, make_permutations
-from .results import STATISTICS, PermutationClusterResult, cluster_table
+from .results import STATISTICS, PermutationClusterResult, cluster_table, sweep_table
 from .run import check_client, resolve_n_jobs, run_permutations
 from .samples import fit_sample_sets, response_exponents, sample_responses
 from .spec import ModelSpec
@@ -187,11 +188,11 @@ def _warn_if_alpha_unreachable(n_permutations, alpha, tail, stacklevel):
 
 
 def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, statistic="F", terms=None,
-                             tail=None, alpha=0.05, cluster_alpha=0.05, cluster_stat="sum",
-                             quantile_method="hazen", schemes=None, reml=True, ddf="satterthwaite",
-                             coding="reference", test="marginal", optimizer="bobyqa", optimizer_options=None,
-                             levels=None, engine="auto", cross_check=3, n_jobs=1, checkpoint=None,
-                             progress=True, client=None, adjacency=None,
+                             tail=None, alpha=0.05, cluster_alpha=0.05, cluster_stat=None, correction=None,
+                             thresholds=None, quantile_method="hazen", schemes=None, reml=True,
+                             ddf="satterthwaite", coding="reference", test="marginal", optimizer="bobyqa",
+                             optimizer_options=None, levels=None, engine="auto", cross_check=3, n_jobs=1,
+                             checkpoint=None, progress=True, client=None, adjacency=None,
                              min_neighbours=0) -> PermutationClusterResult:
     """Mixed model per sample with a cluster-based permutation test across samples.
 
@@ -219,9 +220,15 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
     cluster_alpha : float
         Per-sample threshold: the ``1 - cluster_alpha`` quantile of each
         sample's permutation distribution (halved per tail for ``tail=0``).
-    cluster_stat : {"sum", "size", "tfce"}
+    cluster_stat : {"sum", "size", "tfce"}, optional
         Cluster statistic (sum of the statistic over the cluster, number of
-        samples) or threshold-free cluster enhancement on the same null.
+        samples; default ``"sum"``); ``"tfce"`` means ``correction="tfce"``.
+    correction : {"cluster", "max", "tfce"}, optional
+        Clusters (default), the max statistic (:func:`clusterlmer.max_statistic_test`)
+        or TFCE, on the same null; a contradicting ``cluster_stat`` is refused.
+    thresholds : list of float, optional
+        Cluster-forming alphas (as ``cluster_alpha``) at which the cluster test
+        is rerun on the same null (``result.threshold_sweep``, ``summary()``).
     quantile_method : str
         numpy quantile method for the thresholds: ``"hazen"`` is MATLAB's
         ``quantile`` (default); ``"linear"`` reproduces the Python notebook.
@@ -298,11 +305,11 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
     """
     plan = check_analysis_arguments(
         data, formula, n_permutations=n_permutations, seed=seed, statistic=statistic, terms=terms, tail=tail,
-        alpha=alpha, cluster_alpha=cluster_alpha, cluster_stat=cluster_stat, quantile_method=quantile_method,
-        schemes=schemes, reml=reml, ddf=ddf, coding=coding, test=test, optimizer=optimizer,
-        optimizer_options=optimizer_options, levels=levels, engine=engine, cross_check=cross_check, n_jobs=n_jobs,
-        checkpoint=checkpoint, progress=progress, client=client, adjacency=adjacency,
-        min_neighbours=min_neighbours, stacklevel=3)
+        alpha=alpha, cluster_alpha=cluster_alpha, cluster_stat=cluster_stat, correction=correction,
+        thresholds=thresholds, quantile_method=quantile_method, schemes=schemes, reml=reml, ddf=ddf,
+        coding=coding, test=test, optimizer=optimizer, optimizer_options=optimizer_options, levels=levels,
+        engine=engine, cross_check=cross_check, n_jobs=n_jobs, checkpoint=checkpoint, progress=progress,
+        client=client, adjacency=adjacency, min_neighbours=min_neighbours, stacklevel=3)
     start = time.perf_counter()
     # The engine's cross-check (R starting, a few refits) runs in a worker process beside the
     # observed fit and the permutations.
@@ -343,6 +350,8 @@ class AnalysisPlan:
     adjacency: object = None
     min_neighbours: int = 0
     mapped_null: bool = False  # the null kept in the checkpoint file (larger than half the memory)
+    correction: str = "cluster"
+    thresholds: tuple = ()
 
     @property
     def unpermuted(self) -> list:
@@ -351,11 +360,12 @@ class AnalysisPlan:
 
 
 def check_analysis_arguments(data, formula, *, n_permutations=1000, seed=None, statistic="F", terms=None,
-                             tail=None, alpha=0.05, cluster_alpha=0.05, cluster_stat="sum",
-                             quantile_method="hazen", schemes=None, reml=True, ddf="satterthwaite",
-                             coding="reference", test="marginal", optimizer="bobyqa", optimizer_options=None,
-                             levels=None, engine="auto", cross_check=3, n_jobs=1, checkpoint=None, progress=True,
-                             client=None, adjacency=None, min_neighbours=0, stacklevel=2) -> AnalysisPlan:
+                             tail=None, alpha=0.05, cluster_alpha=0.05, cluster_stat=None, correction=None,
+                             thresholds=None, quantile_method="hazen", schemes=None, reml=True,
+                             ddf="satterthwaite", coding="reference", test="marginal", optimizer="bobyqa",
+                             optimizer_options=None, levels=None, engine="auto", cross_check=3, n_jobs=1,
+                             checkpoint=None, progress=True, client=None, adjacency=None, min_neighbours=0,
+                             stacklevel=2) -> AnalysisPlan:
     """Check every argument of :func:`permutation_cluster_lmer` before anything is fitted.
 
     Builds the model (:func:`clusterlmer.fit.check_fit_arguments`) and draws
@@ -369,7 +379,7 @@ def check_analysis_arguments(data, formula, *, n_permutations=1000, seed=None, s
             f"data must be a TimeseriesData (from cl.load_mat, cl.from_dataframe or cl.datasets), got {type(data).__name__}."
         )
     check_option("statistic", statistic, STATISTICS)
-    check_option("cluster_stat", cluster_stat, CLUSTER_STATS)
+    correction, cluster_stat = resolve_correction(correction, cluster_stat)
     if tail is None:
         tail = 1 if statistic == "F" else 0
     check_option("tail", tail, TAILS)
@@ -382,7 +392,7 @@ def check_analysis_arguments(data, formula, *, n_permutations=1000, seed=None, s
     for name, value in (("alpha", alpha), ("cluster_alpha", cluster_alpha)):
         if not isinstance(value, (int, float)) or not 0 < value < 1:
             raise ValueError(f"{name} must be a number between 0 and 1, got {value!r}.")
-    _warn_if_alpha_unreachable(n_permutations, alpha, tail, stacklevel + 1)
+    _warn_if_alpha_unreachable(n_permutations, alpha, 1 if correction == "max" else tail, stacklevel + 1)
     n_jobs = resolve_n_jobs(n_jobs)
     check_client(client, n_jobs)
     # Everything is checked before the observed fit: a bad value found after the permutations loses them.
@@ -391,9 +401,7 @@ def check_analysis_arguments(data, formula, *, n_permutations=1000, seed=None, s
     _check_arguments(terms, schemes, levels, optimizer_options, cross_check, progress)
     checkpoint = check_checkpoint_path(checkpoint)
     adjacency = data_adjacency(data, adjacency, min_neighbours)
-    if min_neighbours and cluster_stat == "tfce":
-        raise ValueError("min_neighbours applies to cluster_stat 'sum' and 'size', not 'tfce' (neither FieldTrip "
-                         "nor MNE defines it there); leave it at 0.")
+    thresholds = check_correction_options(correction, thresholds, min_neighbours)
     model = parse_formula(formula)
     mapped_null = check_run_memory(data, model, n_permutations, terms=terms, schemes=schemes,
                                    cluster_stat=cluster_stat, n_jobs=n_jobs, client=client,
@@ -407,7 +415,7 @@ def check_analysis_arguments(data, formula, *, n_permutations=1000, seed=None, s
         warnings.warn(fit.engine_note, UserWarning, stacklevel=stacklevel)
     return AnalysisPlan(fit, perms, statistic, terms, tail, alpha, cluster_alpha, cluster_stat, quantile_method,
                         int(cross_check), n_jobs, checkpoint, progress, client, adjacency, int(min_neighbours),
-                        mapped_null)
+                        mapped_null, correction, thresholds)
 
 
 def _permute_and_cluster(data, plan: AnalysisPlan, fit, start):
@@ -454,14 +462,16 @@ def _permute_and_cluster(data, plan: AnalysisPlan, fit, start):
         raise
 
     stat, null, p_clust, info, failures = {}, {}, {}, {}, {}
+    tests = dict(tail=tail, alpha=alpha, cluster_stat=cluster_stat, quantile_method=quantile_method,
+                 adjacency=plan.adjacency, min_neighbours=plan.min_neighbours)
     for i, term in enumerate(tested):
         stat[term] = np.asarray(_observed_statistic(fit, term, statistic))
         null[term] = np.moveaxis(store.values[:, i], 0, -1)
-        _, p_clust[term], info[term] = cluster_test(stat[term], null[term], tail=tail, alpha=alpha,
-                                                    clusteralpha=cluster_alpha, clusterstat=cluster_stat,
-                                                    quantile_method=quantile_method, adjacency=plan.adjacency,
-                                                    min_neighbours=plan.min_neighbours)
+        p_clust[term], info[term] = correct(stat[term], null[term], correction=plan.correction,
+                                            cluster_alpha=cluster_alpha, **tests)
         failures[term] = nan_counts(null[term])
+    sweep = threshold_sweep(stat, null, plan.thresholds, done=(cluster_alpha, info), **tests)
+    where = dict(times=fit.times, freqs=fit.freqs, statistic=statistic, channels=fit.channels, stat=stat)
     return PermutationClusterResult(
         fit=fit,
         statistic=statistic,
@@ -470,7 +480,7 @@ def _permute_and_cluster(data, plan: AnalysisPlan, fit, start):
         null=null,
         p_clust=p_clust,
         cluster_info=info,
-        clusters=cluster_table(info, fit.times, fit.freqs, statistic=statistic, channels=fit.channels, stat=stat),
+        clusters=cluster_table(info, **where),
         refit_failures=failures,
         n_permutations=int(n_permutations),
         seed=perms.seed,
@@ -480,6 +490,9 @@ def _permute_and_cluster(data, plan: AnalysisPlan, fit, start):
         cluster_alpha=float(cluster_alpha),
         cluster_stat=cluster_stat,
         quantile_method=quantile_method,
+        correction=plan.correction,
+        thresholds=plan.thresholds,
+        threshold_sweep=sweep_table(sweep, **where) if sweep else None,
         run={"n_jobs": n_jobs, "elapsed_s": time.perf_counter() - start, "resumed": store.resumed,
              "worker_restarts": restarts, "checkpoint": store.path,
              "null_in_checkpoint": store.mapped, "permutations": perms.summary_lines()},

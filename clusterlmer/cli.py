@@ -15,6 +15,7 @@ from ._checks import called_from_cli, check_writable
 from ._cli_tables import (ADJACENCY_HELP, add_long_options, adjacency_option, check_adjacency_file,
                           check_long_options, describe_data, load_data)
 from .cluster import CLUSTER_STATS, QUANTILE_METHODS, TAILS
+from .corrections import CORRECTIONS
 from .design import CODINGS
 from .engines import ENGINE_CHOICES
 from .engines.base import DDF_METHODS, OPTIMIZERS, TESTS
@@ -115,7 +116,8 @@ def _run(args) -> int:
         res = cl.permutation_cluster_lmer(
             data, args.formula, n_permutations=args.nperm, seed=args.seed, statistic=args.statistic,
             terms=args.terms, tail=args.tail, alpha=args.alpha, cluster_alpha=args.cluster_alpha,
-            cluster_stat=args.cluster_stat, quantile_method=args.quantile_method, schemes=args.schemes,
+            cluster_stat=args.cluster_stat, correction=args.correction, thresholds=args.thresholds,
+            quantile_method=args.quantile_method, schemes=args.schemes,
             n_jobs=args.jobs, adjacency=adjacency,
             checkpoint=args.checkpoint, progress=not args.no_progress, client=client, **_fit_kwargs(args))
     describe_data(args, data)
@@ -315,7 +317,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--alpha", type=_unit_interval, default=0.05, help="cluster significance level (default 0.05)")
     g.add_argument("--cluster-alpha", type=_unit_interval, default=0.05,
                    help="per-sample threshold quantile (default 0.05)")
-    g.add_argument("--cluster-stat", default="sum", choices=CLUSTER_STATS, help="cluster statistic")
+    g.add_argument("--cluster-stat", choices=CLUSTER_STATS,
+                   help="cluster statistic (default sum; tfce means --correction tfce)")
+    g.add_argument("--correction", choices=CORRECTIONS,
+                   help="across samples, on the same permutations: cluster (default), max (each sample against "
+                   "the largest statistic of each permutation) or tfce")
+    g.add_argument("--thresholds", nargs="+", type=_unit_interval, metavar="ALPHA",
+                   help="also run the cluster test at these cluster-forming alphas on the same permutations "
+                   "(e.g. 0.05 0.01 0.001); the summary compares them")
     other_methods = ", ".join(m for m in QUANTILE_METHODS if m not in ("hazen", "linear"))
     g.add_argument("--quantile-method", default="hazen", choices=QUANTILE_METHODS, metavar="METHOD",
                    help="numpy quantile method for thresholds: hazen (default, MATLAB's quantile), linear (the "

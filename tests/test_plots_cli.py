@@ -228,7 +228,7 @@ def _subparser(name):
 
 @pytest.mark.parametrize("command, options", [
     ("run", ["--formula", "--data-key", "--no-check-channels", "--scheme", "--nperm", "--seed", "--jobs", "--no-progress", "--statistic", "--terms",
-             "--tail", "--alpha", "--cluster-alpha", "--cluster-stat", "--quantile-method", "--checkpoint", "--ml",
+             "--tail", "--alpha", "--cluster-alpha", "--cluster-stat", "--correction", "--thresholds", "--quantile-method", "--checkpoint", "--ml",
              "--ddf", "--coding", "--test", "--optimizer", "--engine", "--cross-check", "--out", "--plot",
              "--scheduler", "--slurm", "--slurm-jobs", "--slurm-cores", "--slurm-memory", "--slurm-walltime", "--slurm-queue",
              "--slurm-account", "--slurm-extra", "--slurm-python", "--slurm-log-dir", "--adjacency", *LONG_OPTIONS]),
