@@ -19,13 +19,14 @@ import numpy as np
 from ._checks import check_option, option_hint
 from ._memory import check_run_memory
 from ._null_blocks import nan_counts
+from ._analysis_checks import check_argument_types, check_term_names, warn_if_alpha_unreachable
 from .adjacency import data_adjacency
 from .checkpoint import Checkpoint, check_checkpoint_path, fingerprint
-from .cluster import QUANTILE_METHODS, TAILS, smallest_cluster_p
+from .cluster import QUANTILE_METHODS, TAILS
 from .corrections import check_correction_options, correct, resolve_correction, threshold_sweep
 from .crosscheck import ReferenceProcess
 from .data import TimeseriesData, _preview
-from .engines import ENGINE_CHOICES, engine_properties, get_engine
+from .engines import ENGINE_CHOICES, engine_properties
 from .fit import FitPlan, check_fit_arguments, fit_plan
 from .formula import parse_formula
 from .permute import Permutations, make_permutations
@@ -155,45 +156,13 @@ def _term_variables(term, fixed_variables):
     return [v for v in term.split(":") if v in fixed_variables]
 
 
-def _check_arguments(terms, schemes, levels, optimizer_options, cross_check, progress):
-    """Types of the arguments no other check covers before the observed fit."""
-    if terms is not None and not isinstance(terms, str) and not (
-            isinstance(terms, (list, tuple)) and all(isinstance(t, str) for t in terms)):
-        raise TypeError(f"terms must be a term name, a list of term names or None, got {terms!r}.")
-    for name, value in (("schemes", schemes), ("levels", levels), ("optimizer_options", optimizer_options)):
-        if value is not None and not isinstance(value, dict):
-            raise TypeError(f"{name} must be a dict or None, got {type(value).__name__}.")
-    if isinstance(cross_check, bool) or not isinstance(cross_check, (int, np.integer)) or cross_check < 0:
-        raise ValueError(f"cross_check must be 0 or a positive number of samples, got {cross_check!r}.")
-    if not isinstance(progress, (bool, np.bool_)):
-        raise TypeError(f"progress must be True or False, got {progress!r}.")
-
-
-def _check_term_names(terms, plan):
-    """Tested term names against the model's, before the observed fit (minutes with R)."""
-    wanted = [terms] if isinstance(terms, str) else list(terms)
-    model_terms, _ = get_engine(plan.engine).describe(plan.spec, plan.options)
-    unknown = [t for t in wanted if t not in model_terms and t != "(Intercept)"]
-    if unknown:
-        raise ValueError(f"terms {_preview(unknown)} are not in the model; its terms are {_preview(model_terms)}.")
-
-
-def _warn_if_alpha_unreachable(n_permutations, alpha, tail, stacklevel):
-    smallest = smallest_cluster_p(n_permutations, tail)
-    if smallest >= alpha:
-        need = int(np.floor((2 if tail == 0 else 1) / alpha))  # smallest n with 1 / (n + 1) < alpha (per tail)
-        warnings.warn(f"with {n_permutations} permutations the smallest possible cluster p is {smallest:.3g}, "
-                      f"not below alpha = {alpha:g}: no cluster can be significant. Use at least {need} "
-                      "permutations (1000 or more for a publication).", UserWarning, stacklevel=stacklevel)
-
-
 def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, statistic="F", terms=None,
                              tail=None, alpha=0.05, cluster_alpha=0.05, cluster_stat=None, correction=None,
                              thresholds=None, quantile_method="hazen", schemes=None, reml=True,
                              ddf="satterthwaite", coding="reference", test="marginal", optimizer="bobyqa",
                              optimizer_options=None, levels=None, engine="auto", cross_check=3, n_jobs=1,
                              checkpoint=None, progress=True, client=None, adjacency=None,
-                             min_neighbours=0) -> PermutationClusterResult:
+                             min_neighbours=0, family="gaussian", weights=None) -> PermutationClusterResult:
     """Mixed model per sample with a cluster-based permutation test across samples.
 
     Parameters
@@ -235,8 +204,10 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
     schemes : dict, optional
         Permutation scheme per fixed-effect variable, overriding the one
         derived from the design; see :func:`clusterlmer.make_permutations`.
-    reml, ddf, coding, test, optimizer, optimizer_options, levels
-        As :func:`clusterlmer.fit_timeseries`.
+    reml, ddf, coding, test, optimizer, optimizer_options, levels, family, weights
+        As :func:`clusterlmer.fit_timeseries` (``family``: a GLMM, fitted
+        and refitted by ``lme4::glmer``; statistic F is its Wald chi-square
+        / DF1, t its Wald z).
     engine : {"auto", "r", "native"}
         As :func:`clusterlmer.fit_timeseries`, decided once on the observed
         design and used for every permutation: ``"auto"`` (default) runs
@@ -259,7 +230,8 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
     checkpoint : str or path-like, optional
         HDF5 file keeping finished permutations; rerunning with the same
         arguments resumes from it and gives the same result as an
-        uninterrupted run. A checkpoint of another analysis is refused,
+        uninterrupted run. A null larger than half the available memory is
+        kept in this file, mapped (see the README's memory section). A checkpoint of another analysis is refused,
         including one written with another engine (native and R statistics
         differ by ~1e-6, so one null must come from one engine).
     progress : bool
@@ -309,7 +281,8 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
         thresholds=thresholds, quantile_method=quantile_method, schemes=schemes, reml=reml, ddf=ddf,
         coding=coding, test=test, optimizer=optimizer, optimizer_options=optimizer_options, levels=levels,
         engine=engine, cross_check=cross_check, n_jobs=n_jobs, checkpoint=checkpoint, progress=progress,
-        client=client, adjacency=adjacency, min_neighbours=min_neighbours, stacklevel=3)
+        client=client, adjacency=adjacency, min_neighbours=min_neighbours, family=family, weights=weights,
+        stacklevel=3)
     start = time.perf_counter()
     # The engine's cross-check (R starting, a few refits) runs in a worker process beside the
     # observed fit and the permutations.
@@ -365,7 +338,7 @@ def check_analysis_arguments(data, formula, *, n_permutations=1000, seed=None, s
                              ddf="satterthwaite", coding="reference", test="marginal", optimizer="bobyqa",
                              optimizer_options=None, levels=None, engine="auto", cross_check=3, n_jobs=1,
                              checkpoint=None, progress=True, client=None, adjacency=None, min_neighbours=0,
-                             stacklevel=2) -> AnalysisPlan:
+                             family="gaussian", weights=None, stacklevel=2) -> AnalysisPlan:
     """Check every argument of :func:`permutation_cluster_lmer` before anything is fitted.
 
     Builds the model (:func:`clusterlmer.fit.check_fit_arguments`) and draws
@@ -392,13 +365,13 @@ def check_analysis_arguments(data, formula, *, n_permutations=1000, seed=None, s
     for name, value in (("alpha", alpha), ("cluster_alpha", cluster_alpha)):
         if not isinstance(value, (int, float)) or not 0 < value < 1:
             raise ValueError(f"{name} must be a number between 0 and 1, got {value!r}.")
-    _warn_if_alpha_unreachable(n_permutations, alpha, 1 if correction == "max" else tail, stacklevel + 1)
+    warn_if_alpha_unreachable(n_permutations, alpha, 1 if correction == "max" else tail, stacklevel + 1)
     n_jobs = resolve_n_jobs(n_jobs)
     check_client(client, n_jobs)
     # Everything is checked before the observed fit: a bad value found after the permutations loses them.
     check_option("quantile_method", quantile_method, QUANTILE_METHODS)
     check_option("engine", engine, ENGINE_CHOICES)
-    _check_arguments(terms, schemes, levels, optimizer_options, cross_check, progress)
+    check_argument_types(terms, schemes, levels, optimizer_options, cross_check, progress)
     checkpoint = check_checkpoint_path(checkpoint)
     adjacency = data_adjacency(data, adjacency, min_neighbours)
     thresholds = check_correction_options(correction, thresholds, min_neighbours)
@@ -407,10 +380,11 @@ def check_analysis_arguments(data, formula, *, n_permutations=1000, seed=None, s
                                    cluster_stat=cluster_stat, n_jobs=n_jobs, client=client,
                                    checkpoint=checkpoint)  # before anything large is allocated
     fit = check_fit_arguments(data, formula, reml=reml, ddf=ddf, coding=coding, test=test, optimizer=optimizer,
-                              optimizer_options=optimizer_options, levels=levels, engine=engine)
+                              optimizer_options=optimizer_options, levels=levels, engine=engine, family=family,
+                              weights=weights)
     perms = make_permutations(data, model, n_permutations, seed, schemes=schemes)
     if terms is not None:
-        _check_term_names(terms, fit)
+        check_term_names(terms, fit)
     if fit.engine_note:
         warnings.warn(fit.engine_note, UserWarning, stacklevel=stacklevel)
     return AnalysisPlan(fit, perms, statistic, terms, tail, alpha, cluster_alpha, cluster_stat, quantile_method,

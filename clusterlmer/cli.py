@@ -19,6 +19,7 @@ from .corrections import CORRECTIONS
 from .design import CODINGS
 from .engines import ENGINE_CHOICES
 from .engines.base import DDF_METHODS, OPTIMIZERS, TESTS
+from .families import FAMILIES
 from .scheme_names import ALIASES, NONE, SCHEME_FORMS, check_scheme_names, parse_scheme
 from .results import STATISTICS
 from .run import available_cores
@@ -55,7 +56,7 @@ def _print_peaks(fit, terms):
 
 def _fit_kwargs(args) -> dict:
     return dict(reml=not args.ml, ddf=args.ddf, coding=args.coding, test=args.test, optimizer=args.optimizer,
-                engine=args.engine, cross_check=args.cross_check)
+                engine=args.engine, cross_check=args.cross_check, family=args.family, weights=args.weights)
 
 
 def _plot_path(plot):
@@ -206,6 +207,9 @@ def _add_fit_options(p):
                    help="factor coding (default reference, as MATLAB)")
     g.add_argument("--test", default="marginal", choices=TESTS,
                    help="marginal F per term as MATLAB's anova (default) or lmerTest's type III")
+    g.add_argument("--family", default="gaussian", choices=FAMILIES,
+                   help="binomial/poisson: a GLMM fitted by lme4::glmer (Wald chi-square per term)")
+    g.add_argument("--weights", metavar="COLUMN", help="binomial: design column with each row's number of trials")
     g.add_argument("--optimizer", default="bobyqa", choices=OPTIMIZERS,
                    help="lme4 optimizer (default bobyqa with rhoend 1e-9); another one makes --engine auto use R")
     g.add_argument("--engine", default="auto", choices=ENGINE_CHOICES,

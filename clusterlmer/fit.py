@@ -14,6 +14,7 @@ from .crosscheck import start_cross_check
 from .design import build_design
 from .engines import engine_properties, get_engine, resolve_engine
 from .engines.base import FitOptions, check_fit_options
+from .families import check_glmm_response, with_trials
 from .formula import parse_formula
 from .hypotheses import sign_convention, term_hypotheses
 from .results import FitSource, TimeseriesFit
@@ -44,7 +45,7 @@ def _warn_if_all_nan(terms, F, errors, messages, stacklevel=3):
 
 def fit_timeseries(data, formula, *, reml=True, ddf="satterthwaite", coding="reference", test="marginal",
                    optimizer="bobyqa", optimizer_options=None, levels=None, terms=None,
-                   engine="auto", cross_check=3) -> TimeseriesFit:
+                   engine="auto", cross_check=3, family="gaussian", weights=None) -> TimeseriesFit:
     """Fit a linear mixed model at every sample and test each fixed-effect term.
 
     Parameters
@@ -100,6 +101,18 @@ def fit_timeseries(data, formula, *, reml=True, ddf="satterthwaite", coding="ref
         ``fit.options["cross_check"]`` and the summary; a difference above
         1e-4 is a ``RuntimeWarning``. 0 skips it (and R is then not needed);
         without R installed the check is skipped with a note.
+    family : {"gaussian", "binomial", "poisson"}
+        ``"gaussian"`` (default): a linear mixed model. Otherwise a
+        generalized linear mixed model fitted by ``lme4::glmer`` (Laplace,
+        canonical link) in the R engine: binomial responses are 0/1 per row,
+        or proportions with ``weights``; Poisson responses are counts. There
+        is no REML and no DF2: each term's Wald chi-square is reported as
+        ``F = chi2 / DF1`` with ``DF2 = Inf`` (the chi-square p), ``t`` is the
+        Wald z, and the summary says so (:mod:`clusterlmer.families`).
+    weights : str, optional
+        Binomial only: the design column holding each row's number of
+        trials (lme4's prior weights), the response being the proportion of
+        successes.
 
     Returns
     -------
@@ -124,7 +137,8 @@ def fit_timeseries(data, formula, *, reml=True, ddf="satterthwaite", coding="ref
     DF2 of 167 became 6e22; beyond about 1e+-200 the fits fail.
     """
     plan = check_fit_arguments(data, formula, reml=reml, ddf=ddf, coding=coding, test=test, optimizer=optimizer,
-                               optimizer_options=optimizer_options, levels=levels, terms=terms, engine=engine)
+                               optimizer_options=optimizer_options, levels=levels, terms=terms, engine=engine,
+                               family=family, weights=weights)
     if plan.engine_note:
         warnings.warn(plan.engine_note, UserWarning, stacklevel=2)
     return fit_plan(plan, data, cross_check)
@@ -158,7 +172,7 @@ class FitPlan:
 
 def check_fit_arguments(data, formula, *, reml=True, ddf="satterthwaite", coding="reference", test="marginal",
                         optimizer="bobyqa", optimizer_options=None, levels=None, terms=None,
-                        engine="auto") -> FitPlan:
+                        engine="auto", family="gaussian", weights=None) -> FitPlan:
     """Check every argument of :func:`fit_timeseries` and build the model once (no fit).
 
     Raises the errors :func:`fit_timeseries` documents, before any fit.
@@ -167,10 +181,12 @@ def check_fit_arguments(data, formula, *, reml=True, ddf="satterthwaite", coding
         raise TypeError(
             f"data must be a TimeseriesData (from cl.from_dataframe or cl.load_mat), got {type(data).__name__}."
         )
-    options = check_fit_options(reml, ddf, test, optimizer, optimizer_options)
+    options = check_fit_options(reml, ddf, test, optimizer, optimizer_options, family, weights)
     model = parse_formula(formula)
     check_response(data, model.response)
-    design = build_design(data.design, model, coding=coding, levels=levels, response_column=data.response)
+    check_glmm_response(data.values, data.design, family, weights)
+    design = with_trials(build_design(data.design, model, coding=coding, levels=levels,
+                                      response_column=data.response), data.design, weights)
     spec = build_spec(design)
     engine, engine_note = resolve_engine(engine, spec, options)
     wanted = None
@@ -270,6 +286,8 @@ def fit_plan(plan: FitPlan, data, cross_check=3, *, alongside=False, stacklevel=
             "coding": coding,
             "optimizer": optimizer,
             "optimizer_options": options.resolved_optimizer_options(),
+            # only for GLMMs, so that linear fits keep the options (and checkpoint fingerprints) they had
+            **({"family": options.family, "weights": options.weights} if options.family != "gaussian" else {}),
             **({"cross_check": check.result(stacklevel) if not alongside else None} if check is not None else {}),
             "hypotheses": {k: v for k, v in term_hypotheses(model.fixed_terms, design.factors, coding,
                                                              test).items()

@@ -176,19 +176,17 @@ class TimeseriesFit:
         Returns
         -------
         pandas.DataFrame
-            Columns ``Term, FStat, DF1, DF2, pValue``, one row per term.
+            Columns ``Term, FStat, DF1, DF2, pValue``, one row per term; a
+            GLMM (``family`` not Gaussian) adds ``Chi2Stat`` (the Wald
+            chi-square, ``FStat * DF1``; ``DF2`` is Inf).
         """
         idx = self._sample_index(t, time, channel)
         sel = (slice(None),) + idx
-        return pd.DataFrame(
-            {
-                "Term": list(self.terms),
-                "FStat": self.F[sel],
-                "DF1": self.df1[sel],
-                "DF2": self.df2[sel],
-                "pValue": self.p[sel],
-            }
-        )
+        table = {"Term": list(self.terms), "FStat": self.F[sel]}
+        if self.options.get("family", "gaussian") != "gaussian":
+            table["Chi2Stat"] = self.F[sel] * self.df1[sel]
+        table.update(DF1=self.df1[sel], DF2=self.df2[sel], pValue=self.p[sel])
+        return pd.DataFrame(table)
 
     def model_at(self, t=None, *, time=None):
         """Open one sample's model as a fitted pymer4 ``Lmer`` for post-hoc work.

@@ -12,6 +12,7 @@ import pandas as pd
 
 from .cluster import smallest_cluster_p
 from .engines import engine_properties, get_engine
+from .families import describe_family
 
 __all__ = ["fit_summary", "result_summary", "fit_health", "fit_health_counts", "ONSET_CAVEAT"]
 
@@ -102,7 +103,7 @@ def fit_summary(fit) -> str:
     lines = [
         f"Mixed-model fits per sample (clusterlmer, engine: {o['engine']})",
         f"Formula:     {fit.formula}",
-        f"Fit method:  {'REML' if o['reml'] else 'ML'}; "
+        f"Fit method:  {describe_family(o) or ('REML' if o['reml'] else 'ML')}; "
         + get_engine(o["engine"]).fit_method(o),
         f"Test:        {_TEST_NAMES[o['test']]}; DF2: {_DDF_NAMES[o['ddf']]}",
         f"Coding:      {coding}",

@@ -19,6 +19,7 @@ import numpy as np
 
 from .._checks import check_option
 from ..spec import coded_design
+from ..families import TRIALS_COLUMN
 from .base import NEEDS, BlockFit, FitOptions
 
 __all__ = ["fit_block", "fit_blocks", "fit_method", "describe", "r_session", "supports", "warm_up", "R_INSTALL_HINT"]
@@ -223,6 +224,23 @@ def fit_block(model, Y, options: FitOptions, need: str = "all") -> BlockFit:
         s.require("pbkrtest")
     Y = np.asarray(Y, dtype=float)
     k = Y.shape[1]
+    if options.family != "gaussian":
+        res = s.call(
+            "cl_fit_glmm_block",
+            s.data_frame(design.frame),
+            s.matrix(Y),
+            design.formula.text,
+            design.formula.response,
+            s.str_list(design.factors),
+            coding=design.coding,
+            family=options.family,
+            weights=TRIALS_COLUMN if options.weights is not None else s.ro.NULL,
+            test=options.test,
+            optimizer=options.optimizer,
+            opt_ctrl=s.num_list(options.resolved_optimizer_options()),
+            need=need,
+        )
+        return _block_fit(res, k)
     res = s.call(
         "cl_fit_block",
         s.data_frame(design.frame),
@@ -238,6 +256,11 @@ def fit_block(model, Y, options: FitOptions, need: str = "all") -> BlockFit:
         opt_ctrl=s.num_list(options.resolved_optimizer_options()),
         need=need,
     )
+    return _block_fit(res, k)
+
+
+def _block_fit(res, k) -> BlockFit:
+    """The BlockFit of one R engine result list for ``k`` responses."""
     terms = tuple(_as_strings(res.rx2("terms")))
     coefs = tuple(_as_strings(res.rx2("coef_names")))
     nt, nc = len(terms), len(coefs)
