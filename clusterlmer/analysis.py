@@ -193,7 +193,8 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
                              ddf="satterthwaite", coding="reference", test="marginal", optimizer="bobyqa",
                              optimizer_options=None, levels=None, engine="auto", cross_check=3, n_jobs=1,
                              checkpoint=None, progress=True, client=None, adjacency=None,
-                             min_neighbours=0) -> PermutationClusterResult:
+                             min_neighbours=0, level_order="appearance",
+                             na_action="omit") -> PermutationClusterResult:
     """Mixed model per sample with a cluster-based permutation test across samples.
 
     Parameters
@@ -288,6 +289,9 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
     min_neighbours : int
         FieldTrip's ``minnbchan``: a supra-threshold sample joins a cluster
         only with at least this many supra-threshold neighbouring channels.
+    level_order, na_action
+        As :func:`clusterlmer.fit_timeseries`; rows left out for missing
+        design values are left out of the permutations too.
 
     Returns
     -------
@@ -309,7 +313,8 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
         thresholds=thresholds, quantile_method=quantile_method, schemes=schemes, reml=reml, ddf=ddf,
         coding=coding, test=test, optimizer=optimizer, optimizer_options=optimizer_options, levels=levels,
         engine=engine, cross_check=cross_check, n_jobs=n_jobs, checkpoint=checkpoint, progress=progress,
-        client=client, adjacency=adjacency, min_neighbours=min_neighbours, stacklevel=3)
+        client=client, adjacency=adjacency, min_neighbours=min_neighbours, level_order=level_order,
+        na_action=na_action, stacklevel=3)
     start = time.perf_counter()
     # The engine's cross-check (R starting, a few refits) runs in a worker process beside the
     # observed fit and the permutations.
@@ -318,7 +323,7 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
     check = None
     try:
         fit, check = fit_plan(plan.fit, data, plan.cross_check, alongside=reference or True)
-        result = _permute_and_cluster(data, plan, fit, start)
+        result = _permute_and_cluster(plan.fit.missing.restrict(data), plan, fit, start)
         if check is not None:
             fit.options["cross_check"] = check.result(stacklevel=2)
     finally:
@@ -365,7 +370,7 @@ def check_analysis_arguments(data, formula, *, n_permutations=1000, seed=None, s
                              ddf="satterthwaite", coding="reference", test="marginal", optimizer="bobyqa",
                              optimizer_options=None, levels=None, engine="auto", cross_check=3, n_jobs=1,
                              checkpoint=None, progress=True, client=None, adjacency=None, min_neighbours=0,
-                             stacklevel=2) -> AnalysisPlan:
+                             level_order="appearance", na_action="omit", stacklevel=2) -> AnalysisPlan:
     """Check every argument of :func:`permutation_cluster_lmer` before anything is fitted.
 
     Builds the model (:func:`clusterlmer.fit.check_fit_arguments`) and draws
@@ -407,8 +412,11 @@ def check_analysis_arguments(data, formula, *, n_permutations=1000, seed=None, s
                                    cluster_stat=cluster_stat, n_jobs=n_jobs, client=client,
                                    checkpoint=checkpoint)  # before anything large is allocated
     fit = check_fit_arguments(data, formula, reml=reml, ddf=ddf, coding=coding, test=test, optimizer=optimizer,
-                              optimizer_options=optimizer_options, levels=levels, engine=engine)
-    perms = make_permutations(data, model, n_permutations, seed, schemes=schemes)
+                              optimizer_options=optimizer_options, levels=levels, engine=engine,
+                              level_order=level_order, na_action=na_action)
+    if fit.missing.note():
+        warnings.warn(fit.missing.note(), UserWarning, stacklevel=stacklevel)
+    perms = make_permutations(fit.missing.restrict(data), model, n_permutations, seed, schemes=schemes)
     if terms is not None:
         _check_term_names(terms, fit)
     if fit.engine_note:

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .cluster import smallest_cluster_p
+from .coding import coding_text
 from .engines import engine_properties, get_engine
 
 __all__ = ["fit_summary", "result_summary", "fit_health", "fit_health_counts", "ONSET_CAVEAT"]
@@ -90,14 +91,9 @@ def _hypotheses_lines(options, levels, terms, note) -> list:
 def fit_summary(fit) -> str:
     """The text of :meth:`clusterlmer.TimeseriesFit.summary`: model, methods, coding, fit health and peak effects."""
     o, d = fit.options, fit.diagnostics
-    if o["coding"] == "reference":
-        coding = "reference (treatment); reference levels: " + (
-            ", ".join(f"{k} = {v!r}" for k, v in fit.reference_levels.items()) or "no factors"
-        )
-    else:
-        coding = "effects (sum to zero, last level -1); levels: " + (
-            ", ".join(f"{k} = {v}" for k, v in fit.levels.items()) or "no factors"
-        )
+    # Fits saved before per-factor codings existed record one coding for every factor.
+    codings = o.get("codings") or {k: o["coding"] for k in fit.levels}
+    coding = coding_text(codings, fit.levels, o["coding"].split(";")[0])
     times = np.asarray(fit.times)
     lines = [
         f"Mixed-model fits per sample (clusterlmer, engine: {o['engine']})",
@@ -111,6 +107,10 @@ def fit_summary(fit) -> str:
         f"observations: {int(d['n_obs'].max()) if len(d) else 0}",
         f"Fits:        {fit_health(d)}",
     ]
+    if o.get("rows_omitted"):
+        per = ", ".join(f"{k!r} {v}" for k, v in o.get("rows_omitted_by_variable", {}).items())
+        lines.append(f"Missing:     {o['rows_omitted']} row(s) with missing values in model variables left out "
+                     f"({per}; na_action='omit', as lme4's na.omit)")
     check = o.get("cross_check")
     if check is not None:
         lines.append("Cross-check: " + (f"R engine refit at samples {check['samples']}: largest relative "
