@@ -15,8 +15,9 @@ from ._checks import called_from_cli, check_writable
 from ._cli_tables import (ADJACENCY_HELP, add_long_options, adjacency_option, check_adjacency_file,
                           check_long_options, describe_data, load_data)
 from .cluster import CLUSTER_STATS, QUANTILE_METHODS, TAILS
+from .coding import CODINGS, LEVEL_ORDERS, coding_flag, coding_from_flags
 from .corrections import CORRECTIONS
-from .design import CODINGS
+from .missing import NA_ACTIONS
 from .engines import ENGINE_CHOICES
 from .engines.base import DDF_METHODS, OPTIMIZERS, TESTS
 from .scheme_names import ALIASES, NONE, SCHEME_FORMS, check_scheme_names, parse_scheme
@@ -54,8 +55,9 @@ def _print_peaks(fit, terms):
 
 
 def _fit_kwargs(args) -> dict:
-    return dict(reml=not args.ml, ddf=args.ddf, coding=args.coding, test=args.test, optimizer=args.optimizer,
-                engine=args.engine, cross_check=args.cross_check)
+    return dict(reml=not args.ml, ddf=args.ddf, coding=coding_from_flags(args.coding), test=args.test,
+                optimizer=args.optimizer, engine=args.engine, cross_check=args.cross_check,
+                level_order=args.level_order, na_action=args.na_action)
 
 
 def _plot_path(plot):
@@ -202,8 +204,15 @@ def _add_fit_options(p):
     g.add_argument("--ml", action="store_true", help="fit by ML (MATLAB fitlme's default) instead of REML")
     g.add_argument("--ddf", default="satterthwaite", choices=DDF_METHODS,
                    help="denominator degrees of freedom (default satterthwaite; MATLAB's default is residual)")
-    g.add_argument("--coding", default="reference", choices=CODINGS,
-                   help="factor coding (default reference, as MATLAB)")
+    g.add_argument("--coding", action="append", type=coding_flag, metavar="CODING|VAR=CODING",
+                   help=f"factor coding, {'/'.join(CODINGS)} (R's contr.treatment/sum/helmert/poly; default "
+                   "reference, as MATLAB); VAR=CODING codes one variable (repeat the flag), e.g. --coding effects "
+                   "--coding dose=poly")
+    g.add_argument("--level-order", default="appearance", choices=LEVEL_ORDERS,
+                   help="factor levels in order of first appearance (default, MATLAB) or sorted as R's factor()")
+    g.add_argument("--na-action", default="omit", choices=NA_ACTIONS,
+                   help="rows with a missing value in a model variable: left out as lme4's na.omit (default) or "
+                   "an error")
     g.add_argument("--test", default="marginal", choices=TESTS,
                    help="marginal F per term as MATLAB's anova (default) or lmerTest's type III")
     g.add_argument("--optimizer", default="bobyqa", choices=OPTIMIZERS,

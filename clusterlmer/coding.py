@@ -36,8 +36,8 @@ import warnings
 
 import numpy as np
 
-__all__ = ["CODINGS", "LEVEL_ORDERS", "contrast", "check_coding", "coding_label", "coding_text", "factor_codings",
-           "sorted_levels", "zero_sum"]
+__all__ = ["CODINGS", "LEVEL_ORDERS", "contrast", "check_coding", "coding_flag", "coding_from_flags", "coding_label",
+           "coding_text", "factor_codings", "sorted_levels", "zero_sum"]
 
 CODINGS = ("reference", "effects", "helmert", "poly")
 LEVEL_ORDERS = ("appearance", "sorted")
@@ -191,3 +191,32 @@ def coding_label(default, codings) -> str:
     """One string for the fit's options and saved settings: ``"effects"``, or ``"reference; dose: poly"``."""
     other = {k: v for k, v in codings.items() if v != default}
     return default + "".join(f"; {k}: {v}" for k, v in other.items())
+
+
+def coding_flag(text):
+    """One ``--coding`` value, ``CODING`` or ``VAR=CODING``, as a (variable or ``"*"``, coding) pair."""
+    import argparse
+
+    name, sep, value = (part.strip() for part in text.partition("="))
+    if not sep:
+        name, value = DEFAULT, name
+    if not name or value not in CODINGS:
+        raise argparse.ArgumentTypeError(f"expected CODING or VAR=CODING with CODING one of {', '.join(CODINGS)}, "
+                                         f"got {text!r}")
+    return name, value
+
+
+def coding_from_flags(pairs):
+    """The ``coding=`` argument of repeated ``--coding`` flags (None: ``"reference"``).
+
+    Raises ``ValueError`` when a variable (or the default) is given two codings.
+    """
+    out = {}
+    for name, value in pairs or []:
+        if out.get(name, value) != value:
+            what = "the default coding" if name == DEFAULT else f"{name!r}"
+            raise ValueError(f"--coding gives {what} two codings ({out[name]!r} and {value!r}).")
+        out[name] = value
+    if not out:
+        return "reference"
+    return out[DEFAULT] if list(out) == [DEFAULT] else out
