@@ -88,6 +88,15 @@ def _hypotheses_lines(options, levels, terms, note) -> list:
     return lines
 
 
+def _missing_lines(options, label) -> list:
+    """The rows left out for missing design values (:mod:`clusterlmer.missing`), when there were some."""
+    if not options.get("rows_omitted"):
+        return []
+    per = ", ".join(f"{k!r} {v}" for k, v in options.get("rows_omitted_by_variable", {}).items())
+    return [f"{label}{options['rows_omitted']} row(s) with missing values in model variables left out ({per}; "
+            "na_action='omit', as lme4's na.omit)"]
+
+
 def fit_summary(fit) -> str:
     """The text of :meth:`clusterlmer.TimeseriesFit.summary`: model, methods, coding, fit health and peak effects."""
     o, d = fit.options, fit.diagnostics
@@ -107,10 +116,7 @@ def fit_summary(fit) -> str:
         f"observations: {int(d['n_obs'].max()) if len(d) else 0}",
         f"Fits:        {fit_health(d)}",
     ]
-    if o.get("rows_omitted"):
-        per = ", ".join(f"{k!r} {v}" for k, v in o.get("rows_omitted_by_variable", {}).items())
-        lines.append(f"Missing:     {o['rows_omitted']} row(s) with missing values in model variables left out "
-                     f"({per}; na_action='omit', as lme4's na.omit)")
+    lines += _missing_lines(o, "Missing:     ")
     check = o.get("cross_check")
     if check is not None:
         lines.append("Cross-check: " + (f"R engine refit at samples {check['samples']}: largest relative "
@@ -205,6 +211,7 @@ def result_summary(result) -> str:
         f"Observed fits: {fit_health(fit.diagnostics)}",
         f"Engine:        {_engine_text(fit.options)}",
     ]
+    lines += _missing_lines(fit.options, "Missing:       ")
     smallest = smallest_cluster_p(result.n_permutations, 1 if result.correction == "max" else result.tail)
     if smallest >= result.alpha:
         lines.append(f"Note:          with {result.n_permutations} permutations the smallest possible cluster p is "

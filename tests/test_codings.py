@@ -199,7 +199,8 @@ def test_permutations_see_the_complete_rows_only(small):
     keep = np.setdiff1d(np.arange(data.n_obs), dropped)
     complete = cl.TimeseriesData(design=data.design.iloc[keep].reset_index(drop=True), values=data.values[keep],
                                  times=data.times)
-    kwargs = dict(n_permutations=20, seed=2, engine="native", cross_check=0, progress=False)
+    kwargs = dict(n_permutations=20, seed=2, engine="native", cross_check=0, progress=False,
+                  coding={"*": "effects", "region": "helmert"}, level_order="sorted")
     formula = "data ~ hit_miss * region + (1|sid) + (1|sid:ch)"
     with pytest.warns(UserWarning, match="4 of 48 rows have missing values"):
         a = cl.permutation_cluster_lmer(data, formula, **kwargs)
@@ -211,6 +212,8 @@ def test_permutations_see_the_complete_rows_only(small):
         np.testing.assert_array_equal(a.null[term], b.null[term])
         np.testing.assert_array_equal(a.stat[term], b.stat[term])
     assert a.fit.options["rows_omitted"] == 4 and b.fit.options["rows_omitted"] == 0
+    assert "Missing:       4 row(s) with missing values in model variables left out ('hit_miss' 2, 'region' 3" \
+        in a.summary() and "Missing:" not in b.summary()
     with pytest.raises(ValueError, match="column 'hit_miss': 2 row"):
         cl.permutation_cluster_lmer(data, formula, na_action="fail", **kwargs)
 
