@@ -193,8 +193,7 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
                              ddf="satterthwaite", coding="reference", test="marginal", optimizer="bobyqa",
                              optimizer_options=None, levels=None, engine="auto", cross_check=3, n_jobs=1,
                              checkpoint=None, progress=True, client=None, adjacency=None,
-                             min_neighbours=0, level_order="appearance",
-                             na_action="omit") -> PermutationClusterResult:
+                             min_neighbours=0, level_order="appearance", na_action="omit") -> PermutationClusterResult:
     """Mixed model per sample with a cluster-based permutation test across samples.
 
     Parameters
@@ -236,8 +235,8 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
     schemes : dict, optional
         Permutation scheme per fixed-effect variable, overriding the one
         derived from the design; see :func:`clusterlmer.make_permutations`.
-    reml, ddf, coding, test, optimizer, optimizer_options, levels
-        As :func:`clusterlmer.fit_timeseries`.
+    reml, ddf, coding, test, optimizer, optimizer_options, levels, level_order, na_action
+        As :func:`clusterlmer.fit_timeseries` (rows it leaves out are not permuted).
     engine : {"auto", "r", "native"}
         As :func:`clusterlmer.fit_timeseries`, decided once on the observed
         design and used for every permutation: ``"auto"`` (default) runs
@@ -289,9 +288,6 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
     min_neighbours : int
         FieldTrip's ``minnbchan``: a supra-threshold sample joins a cluster
         only with at least this many supra-threshold neighbouring channels.
-    level_order, na_action
-        As :func:`clusterlmer.fit_timeseries`; rows left out for missing
-        design values are left out of the permutations too.
 
     Returns
     -------
@@ -413,9 +409,7 @@ def check_analysis_arguments(data, formula, *, n_permutations=1000, seed=None, s
                                    checkpoint=checkpoint)  # before anything large is allocated
     fit = check_fit_arguments(data, formula, reml=reml, ddf=ddf, coding=coding, test=test, optimizer=optimizer,
                               optimizer_options=optimizer_options, levels=levels, engine=engine,
-                              level_order=level_order, na_action=na_action)
-    if fit.missing.note():
-        warnings.warn(fit.missing.note(), UserWarning, stacklevel=stacklevel)
+                              level_order=level_order, na_action=na_action, stacklevel=stacklevel + 1)
     perms = make_permutations(fit.missing.restrict(data), model, n_permutations, seed, schemes=schemes)
     if terms is not None:
         _check_term_names(terms, fit)

@@ -204,15 +204,13 @@ def _add_fit_options(p):
     g.add_argument("--ml", action="store_true", help="fit by ML (MATLAB fitlme's default) instead of REML")
     g.add_argument("--ddf", default="satterthwaite", choices=DDF_METHODS,
                    help="denominator degrees of freedom (default satterthwaite; MATLAB's default is residual)")
-    g.add_argument("--coding", action="append", type=coding_flag, metavar="CODING|VAR=CODING",
-                   help=f"factor coding, {'/'.join(CODINGS)} (R's contr.treatment/sum/helmert/poly; default "
-                   "reference, as MATLAB); VAR=CODING codes one variable (repeat the flag), e.g. --coding effects "
-                   "--coding dose=poly")
+    g.add_argument("--coding", action="append", type=coding_flag, metavar="CODING|VAR=CODING", help=f"factor coding, "
+                   f"{'/'.join(CODINGS)} as R's contr.treatment/sum/helmert/poly (default reference, as MATLAB); "
+                   "VAR=CODING codes one variable (repeatable), e.g. --coding effects --coding dose=poly")
     g.add_argument("--level-order", default="appearance", choices=LEVEL_ORDERS,
                    help="factor levels in order of first appearance (default, MATLAB) or sorted as R's factor()")
-    g.add_argument("--na-action", default="omit", choices=NA_ACTIONS,
-                   help="rows with a missing value in a model variable: left out as lme4's na.omit (default) or "
-                   "an error")
+    g.add_argument("--na-action", default="omit", choices=NA_ACTIONS, help="rows with a missing value in a model "
+                   "variable: left out as lme4's na.omit (default) or an error")
     g.add_argument("--test", default="marginal", choices=TESTS,
                    help="marginal F per term as MATLAB's anova (default) or lmerTest's type III")
     g.add_argument("--optimizer", default="bobyqa", choices=OPTIMIZERS,

@@ -201,9 +201,9 @@ def build_design(design: pd.DataFrame, formula: ModelFormula, *, coding="referen
         raise DesignError(f"levels names {_preview(stray)}: {why}. Give levels for fixed-effect factors only.")
     stray = [k for k in named if k not in formula.fixed_variables and k not in formula.slope_variables]
     if stray:
-        raise DesignError(f"coding names {_preview(map(repr, stray))}, which {'is' if len(stray) == 1 else 'are'} not a "
-                          "fixed-effect or random-slope variable of the formula; name the factors to code (or '*' "
-                          "for every factor not named).")
+        raise DesignError(f"coding names {_preview(map(repr, stray))}, which {'is' if len(stray) == 1 else 'are'} "
+                          "not a fixed-effect or random-slope variable of the formula; name the factors to code (or "
+                          "'*' for every factor not named).")
 
     frame, factors, numeric, converted = {}, {}, [], []
     expanded = formula.fixed_terms

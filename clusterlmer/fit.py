@@ -140,9 +140,7 @@ def fit_timeseries(data, formula, *, reml=True, ddf="satterthwaite", coding="ref
     """
     plan = check_fit_arguments(data, formula, reml=reml, ddf=ddf, coding=coding, test=test, optimizer=optimizer,
                                optimizer_options=optimizer_options, levels=levels, terms=terms, engine=engine,
-                               level_order=level_order, na_action=na_action)
-    if plan.missing.note():
-        warnings.warn(plan.missing.note(), UserWarning, stacklevel=2)
+                               level_order=level_order, na_action=na_action, stacklevel=3)
     if plan.engine_note:
         warnings.warn(plan.engine_note, UserWarning, stacklevel=2)
     return fit_plan(plan, data, cross_check)
@@ -179,10 +177,12 @@ class FitPlan:
 
 def check_fit_arguments(data, formula, *, reml=True, ddf="satterthwaite", coding="reference", test="marginal",
                         optimizer="bobyqa", optimizer_options=None, levels=None, terms=None,
-                        engine="auto", level_order="appearance", na_action="omit") -> FitPlan:
+                        engine="auto", level_order="appearance", na_action="omit", stacklevel=2) -> FitPlan:
     """Check every argument of :func:`fit_timeseries` and build the model once (no fit).
 
-    Raises the errors :func:`fit_timeseries` documents, before any fit.
+    Raises the errors :func:`fit_timeseries` documents, before any fit, and
+    warns (at ``stacklevel`` counted from here) when rows are left out for
+    missing design values.
     """
     if not isinstance(data, TimeseriesData):
         raise TypeError(
@@ -192,6 +192,8 @@ def check_fit_arguments(data, formula, *, reml=True, ddf="satterthwaite", coding
     model = parse_formula(formula)
     check_response(data, model.response)
     missing = missing_rows(data, model, na_action)
+    if missing.note():
+        warnings.warn(missing.note(), UserWarning, stacklevel=stacklevel)
     design = build_design(missing.restrict(data).design, model, coding=coding, levels=levels,
                           level_order=level_order, response_column=data.response)
     spec = build_spec(design)

@@ -73,8 +73,8 @@ class MissingRows:
         per = ", ".join(f"{c!r} {k}" for c, k in self.by_column.items())
         fail = option_hint("na_action='fail'", "--na-action fail")
         return (f"{n} of {self.n_total} rows have missing values in model variables (missing per variable: "
-                f"{per}; rows {_preview(self.dropped, 6)}) and are left out, as lme4's na.omit leaves them out. Pass {fail} "
-                "to refuse such data instead.")
+                f"{per}; rows {_preview(self.dropped, 6)}) and are left out, as lme4's na.omit leaves them out. "
+                f"Pass {fail} to refuse such data instead.")
 
     def record(self) -> dict:
         """What the fit's options keep: the action, rows left out, and per variable."""
