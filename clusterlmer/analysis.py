@@ -162,7 +162,8 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
                              ddf="satterthwaite", coding="reference", test="marginal", optimizer="bobyqa",
                              optimizer_options=None, levels=None, engine="auto", cross_check=3, n_jobs=1,
                              checkpoint=None, progress=True, client=None, adjacency=None,
-                             min_neighbours=0, family="gaussian", weights=None) -> PermutationClusterResult:
+                             min_neighbours=0, family="gaussian", weights=None, level_order="appearance",
+                             na_action="omit") -> PermutationClusterResult:
     """Mixed model per sample with a cluster-based permutation test across samples.
 
     Parameters
@@ -204,10 +205,9 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
     schemes : dict, optional
         Permutation scheme per fixed-effect variable, overriding the one
         derived from the design; see :func:`clusterlmer.make_permutations`.
-    reml, ddf, coding, test, optimizer, optimizer_options, levels, family, weights
-        As :func:`clusterlmer.fit_timeseries` (``family``: a GLMM, fitted
-        and refitted by ``lme4::glmer``; statistic F is its Wald chi-square
-        / DF1, t its Wald z).
+    reml, ddf, coding, test, optimizer, optimizer_options, levels, level_order, na_action, family, weights
+        As :func:`clusterlmer.fit_timeseries` (rows it leaves out are not permuted; ``family``: a GLMM,
+        fitted and refitted by ``lme4::glmer``, statistic F its Wald chi-square / DF1, t its Wald z).
     engine : {"auto", "r", "native"}
         As :func:`clusterlmer.fit_timeseries`, decided once on the observed
         design and used for every permutation: ``"auto"`` (default) runs
@@ -282,7 +282,7 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
         coding=coding, test=test, optimizer=optimizer, optimizer_options=optimizer_options, levels=levels,
         engine=engine, cross_check=cross_check, n_jobs=n_jobs, checkpoint=checkpoint, progress=progress,
         client=client, adjacency=adjacency, min_neighbours=min_neighbours, family=family, weights=weights,
-        stacklevel=3)
+        level_order=level_order, na_action=na_action, stacklevel=3)
     start = time.perf_counter()
     # The engine's cross-check (R starting, a few refits) runs in a worker process beside the
     # observed fit and the permutations.
@@ -291,7 +291,7 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
     check = None
     try:
         fit, check = fit_plan(plan.fit, data, plan.cross_check, alongside=reference or True)
-        result = _permute_and_cluster(data, plan, fit, start)
+        result = _permute_and_cluster(plan.fit.missing.restrict(data), plan, fit, start)
         if check is not None:
             fit.options["cross_check"] = check.result(stacklevel=2)
     finally:
@@ -338,7 +338,8 @@ def check_analysis_arguments(data, formula, *, n_permutations=1000, seed=None, s
                              ddf="satterthwaite", coding="reference", test="marginal", optimizer="bobyqa",
                              optimizer_options=None, levels=None, engine="auto", cross_check=3, n_jobs=1,
                              checkpoint=None, progress=True, client=None, adjacency=None, min_neighbours=0,
-                             family="gaussian", weights=None, stacklevel=2) -> AnalysisPlan:
+                             family="gaussian", weights=None, level_order="appearance", na_action="omit",
+                             stacklevel=2) -> AnalysisPlan:
     """Check every argument of :func:`permutation_cluster_lmer` before anything is fitted.
 
     Builds the model (:func:`clusterlmer.fit.check_fit_arguments`) and draws
@@ -381,8 +382,9 @@ def check_analysis_arguments(data, formula, *, n_permutations=1000, seed=None, s
                                    checkpoint=checkpoint)  # before anything large is allocated
     fit = check_fit_arguments(data, formula, reml=reml, ddf=ddf, coding=coding, test=test, optimizer=optimizer,
                               optimizer_options=optimizer_options, levels=levels, engine=engine, family=family,
-                              weights=weights)
-    perms = make_permutations(data, model, n_permutations, seed, schemes=schemes)
+                              weights=weights, level_order=level_order, na_action=na_action,
+                              stacklevel=stacklevel + 1)
+    perms = make_permutations(fit.missing.restrict(data), model, n_permutations, seed, schemes=schemes)
     if terms is not None:
         check_term_names(terms, fit)
     if fit.engine_note:

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .cluster import smallest_cluster_p
+from .coding import coding_text
 from .engines import engine_properties, get_engine
 from .families import describe_family
 
@@ -88,17 +89,21 @@ def _hypotheses_lines(options, levels, terms, note) -> list:
     return lines
 
 
+def _missing_lines(options, label) -> list:
+    """The rows left out for missing design values (:mod:`clusterlmer.missing`), when there were some."""
+    if not options.get("rows_omitted"):
+        return []
+    per = ", ".join(f"{k!r} {v}" for k, v in options.get("rows_omitted_by_variable", {}).items())
+    return [f"{label}{options['rows_omitted']} row(s) with missing values in model variables left out ({per}; "
+            "na_action='omit', as lme4's na.omit)"]
+
+
 def fit_summary(fit) -> str:
     """The text of :meth:`clusterlmer.TimeseriesFit.summary`: model, methods, coding, fit health and peak effects."""
     o, d = fit.options, fit.diagnostics
-    if o["coding"] == "reference":
-        coding = "reference (treatment); reference levels: " + (
-            ", ".join(f"{k} = {v!r}" for k, v in fit.reference_levels.items()) or "no factors"
-        )
-    else:
-        coding = "effects (sum to zero, last level -1); levels: " + (
-            ", ".join(f"{k} = {v}" for k, v in fit.levels.items()) or "no factors"
-        )
+    # Fits saved before per-factor codings existed record one coding for every factor.
+    codings = o.get("codings") or {k: o["coding"] for k in fit.levels}
+    coding = coding_text(codings, fit.levels, o["coding"].split(";")[0])
     times = np.asarray(fit.times)
     lines = [
         f"Mixed-model fits per sample (clusterlmer, engine: {o['engine']})",
@@ -112,6 +117,7 @@ def fit_summary(fit) -> str:
         f"observations: {int(d['n_obs'].max()) if len(d) else 0}",
         f"Fits:        {fit_health(d)}",
     ]
+    lines += _missing_lines(o, "Missing:     ")
     check = o.get("cross_check")
     if check is not None:
         lines.append("Cross-check: " + (f"R engine refit at samples {check['samples']}: largest relative "
@@ -206,6 +212,7 @@ def result_summary(result) -> str:
         f"Observed fits: {fit_health(fit.diagnostics)}",
         f"Engine:        {_engine_text(fit.options)}",
     ]
+    lines += _missing_lines(fit.options, "Missing:       ")
     smallest = smallest_cluster_p(result.n_permutations, 1 if result.correction == "max" else result.tail)
     if smallest >= result.alpha:
         lines.append(f"Note:          with {result.n_permutations} permutations the smallest possible cluster p is "

@@ -15,16 +15,28 @@ cl_control <- function(optimizer, opt_ctrl) {
 }
 
 # Factors with the level order and coding chosen in Python. Reference coding
-# is R's default (treatment, first level as base); effects coding is set on
-# the factor itself so fixed and random-slope terms both use it.
+# is R's default (treatment, first level as base); the other codings are set
+# on the factor itself so fixed and random-slope terms both use them.
+# `coding` is one coding for every factor or a named list, one per factor.
+cl_contrast <- function(levels, coding) {
+  k <- length(levels)
+  if (identical(coding, "effects")) {
+    cm <- stats::contr.sum(levels)
+    colnames(cm) <- levels[-k]
+    cm
+  } else if (identical(coding, "helmert")) {
+    stats::contr.helmert(levels)
+  } else if (identical(coding, "poly")) {
+    stats::contr.poly(k)
+  } else NULL
+}
+
 cl_prepare_design <- function(design, factors, coding) {
   for (nm in names(factors)) {
     f <- factor(as.character(design[[nm]]), levels = as.character(factors[[nm]]))
-    if (identical(coding, "effects") && nlevels(f) > 1L) {
-      cm <- stats::contr.sum(levels(f))
-      colnames(cm) <- levels(f)[-nlevels(f)]
-      contrasts(f) <- cm
-    }
+    cod <- if (is.list(coding)) as.character(coding[[nm]]) else coding
+    cm <- if (nlevels(f) > 1L) cl_contrast(levels(f), cod) else NULL
+    if (!is.null(cm)) contrasts(f) <- cm
     design[[nm]] <- f
   }
   design

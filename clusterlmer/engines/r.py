@@ -148,6 +148,11 @@ def _as_strings(x):
     return [str(s) for s in x]
 
 
+def _codings(s, design):
+    """Each factor's coding as a named R list (``cl_prepare_design`` sets R's contrasts from it)."""
+    return s.vectors.ListVector({k: s.vectors.StrVector([v]) for k, v in design.codings.items()})
+
+
 def describe(model, options: FitOptions):
     """Term labels and coefficient names of the fixed part, without fitting.
 
@@ -164,7 +169,7 @@ def describe(model, options: FitOptions):
     design = coded_design(model)
     s = r_session()
     frame = s.data_frame(design.frame)
-    frame = s.call("cl_prepare_design", frame, s.str_list(design.factors), design.coding)
+    frame = s.call("cl_prepare_design", frame, s.str_list(design.factors), _codings(s, design))
     res = s.call("cl_describe", frame, design.formula.text, design.formula.response)
     terms = _as_strings(res.rx2("terms"))
     if options.test != "marginal":
@@ -232,7 +237,7 @@ def fit_block(model, Y, options: FitOptions, need: str = "all") -> BlockFit:
             design.formula.text,
             design.formula.response,
             s.str_list(design.factors),
-            coding=design.coding,
+            coding=_codings(s, design),
             family=options.family,
             weights=TRIALS_COLUMN if options.weights is not None else s.ro.NULL,
             test=options.test,
@@ -248,7 +253,7 @@ def fit_block(model, Y, options: FitOptions, need: str = "all") -> BlockFit:
         design.formula.text,
         design.formula.response,
         s.str_list(design.factors),
-        coding=design.coding,
+        coding=_codings(s, design),
         reml=bool(options.reml),
         ddf=options.ddf,
         test=options.test,
