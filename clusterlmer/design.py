@@ -37,6 +37,7 @@ import pandas as pd
 from ._checks import check_option
 from .data import _preview
 from .formula import ModelFormula
+from .transforms import TransformError, compute_columns
 
 __all__ = ["ModelDesign", "build_design", "DesignError"]
 
@@ -67,6 +68,12 @@ class ModelDesign:
     converted : tuple of str
         Numeric two-valued columns coded as factors because they interact
         with another variable (see the module notes).
+    sources : dict of str to ndarray
+        The numeric source columns of the formula's transformations (see
+        :mod:`clusterlmer.transforms`), from which a permutation recomputes
+        them. The transformations' values are columns of ``frame`` named by
+        their labels (``poly(x, 2)1``, ``poly(x, 2)2`` for poly's columns),
+        never coded as factors.
     """
 
     frame: pd.DataFrame
@@ -75,6 +82,7 @@ class ModelDesign:
     formula: ModelFormula
     numeric: tuple = field(default=())
     converted: tuple = field(default=())
+    sources: dict = field(default_factory=dict)
 
     @property
     def reference_levels(self) -> dict:
@@ -83,9 +91,9 @@ class ModelDesign:
 
     def subset(self, rows) -> "ModelDesign":
         """The same design restricted to ``rows`` (a boolean mask or indices)."""
-        frame = self.frame.iloc[np.flatnonzero(rows) if np.asarray(rows).dtype == bool else rows]
-        return ModelDesign(frame.reset_index(drop=True), self.factors, self.coding, self.formula, self.numeric,
-                           self.converted)
+        idx = np.flatnonzero(rows) if np.asarray(rows).dtype == bool else rows
+        return ModelDesign(self.frame.iloc[idx].reset_index(drop=True), self.factors, self.coding, self.formula,
+                           self.numeric, self.converted, {k: v[idx] for k, v in self.sources.items()})
 
 
 def _label_text(values) -> list:
@@ -183,9 +191,17 @@ def build_design(design: pd.DataFrame, formula: ModelFormula, *, coding="referen
                if grouping else "the formula's fixed or random-slope terms do not use them")
         raise DesignError(f"levels names {_preview(stray)}: {why}. Give levels for fixed-effect factors only.")
 
+    try:
+        computed = compute_columns(formula.transforms.values(), design, levels)
+    except TransformError as exc:
+        raise DesignError(str(exc)) from None
+
     frame, factors, numeric, converted = {}, {}, [], []
     expanded = formula.fixed_terms
+    model_variables = formula.model_variables
     for name in formula.variables:
+        if name not in model_variables and name not in formula.grouping_variables:
+            continue  # used only inside transformations, which are computed below
         series = design[name]
         missing = series.isna().to_numpy()
         if missing.any():
@@ -194,8 +210,7 @@ def build_design(design: pd.DataFrame, formula: ModelFormula, *, coding="referen
                 f"column {name!r} has {missing.sum()} missing value(s) (rows {_preview(rows, 6)}). "
                 "Fill them or drop those rows before fitting."
             )
-        in_model = name in formula.fixed_variables or name in formula.slope_variables
-        if not in_model:
+        if name not in model_variables:
             frame[name] = _label_text(series)
             continue
         if _is_factor(series, name, levels):
@@ -230,12 +245,24 @@ def build_design(design: pd.DataFrame, formula: ModelFormula, *, coding="referen
                 _warn_extrapolated(name, distinct, partners)
             frame[name] = values
             numeric.append(name)
+    for name, values in computed.items():
+        # A transformation stays numeric, as in R: its user chose numbers on purpose.
+        if values.ndim == 1 and name in expanded.variables and np.all(values == values[0]):
+            raise DesignError(f"{name} has the same value ({values[0]:g}) in every row, so it cannot explain "
+                              "anything. Remove it from the formula or check its column(s).")
+        partners = expanded.interacting(name)
+        if values.ndim == 1 and partners and not values.min() <= 0 <= values.max():
+            _warn_extrapolated(name, np.unique(values), partners)
+        for col, j in zip(formula.transforms[name].columns, range(values.shape[-1] if values.ndim == 2 else 1)):
+            frame[col] = values[:, j] if values.ndim == 2 else values
+        numeric.append(name)
+    sources = {s: design[s].to_numpy(dtype=float) for t in formula.transforms.values() for s in t.sources}
     for name in formula.grouping_variables:
         if design[name].nunique() < 2:
             raise DesignError(
                 f"grouping factor {name!r} has a single level: random effects need at least two groups."
             )
-    return ModelDesign(pd.DataFrame(frame), factors, coding, formula, tuple(numeric), tuple(converted))
+    return ModelDesign(pd.DataFrame(frame), factors, coding, formula, tuple(numeric), tuple(converted), sources)
 
 
 def _and(names) -> str:

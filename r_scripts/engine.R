@@ -16,8 +16,17 @@ cl_control <- function(optimizer, opt_ctrl) {
 
 # Factors with the level order and coding chosen in Python. Reference coding
 # is R's default (treatment, first level as base); effects coding is set on
-# the factor itself so fixed and random-slope terms both use it.
-cl_prepare_design <- function(design, factors, coding) {
+# the factor itself so fixed and random-slope terms both use it. `matrices`
+# names the columns Python computed for each poly() term: they become one
+# matrix variable, so the term has one label and k columns (name1..namek).
+cl_prepare_design <- function(design, factors, coding, matrices = list()) {
+  for (nm in names(matrices)) {
+    cols <- as.character(matrices[[nm]])
+    m <- as.matrix(design[cols])
+    dimnames(m) <- list(NULL, as.character(seq_along(cols)))
+    design[cols] <- NULL
+    design[[nm]] <- m
+  }
   for (nm in names(factors)) {
     f <- factor(as.character(design[[nm]]), levels = as.character(factors[[nm]]))
     if (identical(coding, "effects") && nlevels(f) > 1L) {
@@ -158,14 +167,14 @@ cl_describe <- function(design, formula, response) {
 # per-fit diagnostics. A fit that fails yields NA and its error message.
 # need = "statistic" (permutations) leaves out the DF and p: no Satterthwaite
 # derivatives, the same F; Kenward-Roger's F needs its DF and stays complete.
-cl_fit_block <- function(design, Y, formula, response, factors,
+cl_fit_block <- function(design, Y, formula, response, factors, matrices = list(),
                          coding = "reference", reml = TRUE,
                          ddf = "satterthwaite", test = "marginal",
                          optimizer = "bobyqa", opt_ctrl = list(), need = "all") {
   full <- identical(need, "all")
   Y <- as.matrix(Y)
   k <- ncol(Y)
-  design <- cl_prepare_design(design, factors, coding)
+  design <- cl_prepare_design(design, factors, coding, matrices)
   design[[response]] <- Y[, 1L]
   desc <- cl_describe(design, formula, response)
   term_names <- desc$terms
