@@ -380,7 +380,7 @@ def compute_columns(transforms, design, levels=None) -> dict:
         if bad.size:
             raise TransformError(
                 f"{t.label} is not finite in {bad.size} of {len(design)} rows (rows {_preview(bad, 6)}, where "
-                f"{', '.join(f'{s} = {_preview(values[s][bad], 4)}' for s in t.sources)}): R would give NaN or "
+                f"{', '.join(f'{s} = ' + _preview([f'{v:g}' for v in values[s][bad]], 4) for s in t.sources)}): R would give NaN or "
                 "an infinity there, which lme4 drops or refuses. Drop those rows or transform the column "
                 "another way (e.g. log(x + 1)).")
         out[t.label] = result
