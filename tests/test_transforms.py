@@ -285,6 +285,12 @@ def test_auto_picks_native_and_the_analysis_permutes(reference):
     res = cl.permutation_cluster_lmer(ts, formula, n_permutations=20, seed=3, progress=False, cross_check=0)
     assert res.terms == ("poly(Days, 2)",) and res.schemes == {"Days": "within-channel"}
     assert np.isfinite(res.null["poly(Days, 2)"]).all()
+    # R refits every permuted design from the columns recomputed in Python: the same null.
+    res_r = cl.permutation_cluster_lmer(ts, formula, n_permutations=20, seed=3, progress=False, engine="r")
+    np.testing.assert_allclose(res_r.null["poly(Days, 2)"], res.null["poly(Days, 2)"], rtol=1e-6)
+    assert len(np.unique(np.round(res.null["poly(Days, 2)"], 6))) > 10  # the permutations moved the term
+    with pytest.raises(ValueError, match=r"pymer4 model is not available for a formula with transformations"):
+        fit.model_at(0)
 
 
 @needs_r
