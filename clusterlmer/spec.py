@@ -35,6 +35,7 @@ import pandas as pd
 
 from .design import ModelDesign
 from .formula import expand_fixed_terms
+from .transforms import recompute, with_recomputed
 
 __all__ = ["FixedSpec", "ModelSpec", "RandomEffectsTerm", "as_spec", "build_spec", "coded_design"]
 
@@ -399,26 +400,16 @@ class ModelSpec:
         values = dict(self.values)
         for v in moved:
             values[v] = self.values[v][maps[v]]
-        transforms = [t for t in self.formula.transforms.values() if any(s in maps for s in t.sources)]
-        computed = {}
-        if transforms:
-            sources = self.design.sources
-            moved_sources = {s: (a[maps[s]] if s in maps else a) for s, a in sources.items()}
-            computed = {t.label: t.evaluate(moved_sources) for t in transforms}
-            values.update({k: v for k, v in computed.items() if k in self.values})
-            moved += tuple(k for k in computed if k in self.values)
+        computed = recompute(self.design, maps) if self.formula.transforms else {}
+        values.update({k: v for k, v in computed.items() if k in self.values})
+        moved += tuple(k for k in computed if k in self.values)
 
         def make_design():
             frame = self.design.frame.copy()
             for name in moved:
                 if name not in computed:
                     frame[name] = frame[name].to_numpy()[maps[name]]
-            for t in transforms:
-                vals = computed[t.label].reshape(len(frame), -1)
-                for j, col in enumerate(t.columns):
-                    frame[col] = vals[:, j]
-            return replace(self.design, frame=frame,
-                           sources=moved_sources if transforms else self.design.sources)
+            return with_recomputed(replace(self.design, frame=frame), computed, maps)
 
         spec = self._derived(values, make_design)
         spec.moved = moved

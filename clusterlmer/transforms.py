@@ -40,7 +40,8 @@ from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["FUNCTIONS", "Transform", "TransformError", "compute_columns", "parse_call", "parse_transform", "r_design"]
+__all__ = ["FUNCTIONS", "Transform", "TransformError", "compute_columns", "parse_call", "parse_transform", "r_design",
+           "recompute", "with_recomputed"]
 
 ELEMENTWISE = {"log": np.log, "log2": np.log2, "log10": np.log10, "exp": np.exp, "sqrt": np.sqrt, "abs": np.abs}
 FUNCTIONS = ("I", *ELEMENTWISE, "scale", "poly")
@@ -385,6 +386,34 @@ def compute_columns(transforms, design, levels=None) -> dict:
                 "another way (e.g. log(x + 1)).")
         out[t.label] = result
     return out
+
+
+def recompute(design, maps) -> dict:
+    """The transformations of ``design`` whose sources ``maps`` moves, recomputed (label -> values).
+
+    ``maps``: variable -> row map (row ``i`` takes the values of row ``maps[v][i]``) over the rows of
+    ``design`` (a :class:`clusterlmer.design.ModelDesign`).
+    """
+    moved = [t for t in design.formula.transforms.values() if any(s in maps for s in t.sources)]
+    if not moved:
+        return {}
+    sources = {s: (a[maps[s]] if s in maps else a) for s, a in design.sources.items()}
+    return {t.label: t.evaluate(sources) for t in moved}
+
+
+def with_recomputed(design, computed, maps):
+    """``design`` with the columns of the transformations in ``computed`` replaced, sources moved by ``maps``."""
+    if not computed:
+        return design
+    from dataclasses import replace
+
+    frame = design.frame.copy()
+    for label, values in computed.items():
+        values = values.reshape(len(frame), -1)
+        for j, col in enumerate(design.formula.transforms[label].columns):
+            frame[col] = values[:, j]
+    sources = {s: (a[maps[s]] if s in maps else a) for s, a in design.sources.items()}
+    return replace(design, frame=frame, sources=sources)
 
 
 def r_names(transforms, taken) -> dict:

@@ -227,6 +227,17 @@ def test_permuting_a_source_recomputes_its_transformations():
     pd.testing.assert_frame_equal(permuted.design.frame, expected.design.frame, rtol=1e-12, atol=1e-12)
 
 
+def test_permutations_apply_to_a_coded_design_recomputes_its_transformations():
+    frame = _frame()
+    formula = parse_formula("y ~ poly(x, 2) * cond + log(x) + (1|sid)")
+    perms = cl.make_permutations(frame, formula, 3, seed=2)
+    coded = build_design(frame, formula, response_column="y")
+    for k in range(3):
+        expected = build_design(perms[k], formula, response_column="y")
+        pd.testing.assert_frame_equal(perms.apply(k, coded).frame, expected.frame, rtol=1e-12, atol=1e-12)
+    assert not np.allclose(perms.apply(1, coded).frame["log(x)"], coded.frame["log(x)"])
+
+
 # ---------------------------------------------------------------------------
 # Parity with R's own evaluation
 # ---------------------------------------------------------------------------
