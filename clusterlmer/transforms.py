@@ -322,7 +322,10 @@ def parse_call(text: str, pos: int):
     kind, fn = reader.take()
     if kind != "name" or reader.peek()[1] != "(":
         raise TransformError(f"expected a function call at {text[pos:pos + 20]!r}.")
-    node = reader.call(fn)
+    try:
+        node = reader.call(fn)
+    except RecursionError:
+        raise TransformError(f"the transformation at {text[pos:pos + 20]!r} is nested too deeply.") from None
     if _nested_poly(node):
         raise TransformError("poly() must be a whole term, e.g. poly(x, 2), not part of another expression.")
     sources = tuple(dict.fromkeys(_names(node, [])))

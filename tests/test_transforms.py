@@ -147,6 +147,7 @@ def test_formula_reads_transformations_as_variables():
     ("y ~ I(poly(x, 2)^2) + (1|g)", r"poly\(\) must be a whole term"),
     ("y ~ I(2) + (1|g)", r"I\(2\) uses no column"),
     ("y ~ I(TRUE) + (1|g)", r"'TRUE' is an R keyword"),
+    ("y ~ I(" + "(" * 5000 + "x" + ")" * 5000 + ") + (1|g)", r"nested too deeply"),
     ("y ~ x + (1 + poly(x, 2)|g)", r"poly\(x, 2\) has several columns and cannot be a random slope"),
     ("y ~ x + (1|log(g))", r"a grouping factor must be a column name, found 'log\(g\)'"),
     ("log(y) ~ x + (1|g)", r"the left-hand side must be a single name"),
