@@ -31,7 +31,17 @@ cl_contrast <- function(levels, coding) {
   } else NULL
 }
 
-cl_prepare_design <- function(design, factors, coding) {
+# `matrices` names the columns Python computed for each poly() term: they
+# become one matrix variable, so the term has one label and k columns
+# (name1..namek).
+cl_prepare_design <- function(design, factors, coding, matrices = list()) {
+  for (nm in names(matrices)) {
+    cols <- as.character(matrices[[nm]])
+    m <- as.matrix(design[cols])
+    dimnames(m) <- list(NULL, as.character(seq_along(cols)))
+    design[cols] <- NULL
+    design[[nm]] <- m
+  }
   for (nm in names(factors)) {
     f <- factor(as.character(design[[nm]]), levels = as.character(factors[[nm]]))
     cod <- if (is.list(coding)) as.character(coding[[nm]]) else coding
@@ -170,14 +180,14 @@ cl_describe <- function(design, formula, response) {
 # per-fit diagnostics. A fit that fails yields NA and its error message.
 # need = "statistic" (permutations) leaves out the DF and p: no Satterthwaite
 # derivatives, the same F; Kenward-Roger's F needs its DF and stays complete.
-cl_fit_block <- function(design, Y, formula, response, factors,
+cl_fit_block <- function(design, Y, formula, response, factors, matrices = list(),
                          coding = "reference", reml = TRUE,
                          ddf = "satterthwaite", test = "marginal",
                          optimizer = "bobyqa", opt_ctrl = list(), need = "all") {
   full <- identical(need, "all")
   Y <- as.matrix(Y)
   k <- ncol(Y)
-  design <- cl_prepare_design(design, factors, coding)
+  design <- cl_prepare_design(design, factors, coding, matrices)
   design[[response]] <- Y[, 1L]
   desc <- cl_describe(design, formula, response)
   term_names <- desc$terms
@@ -306,13 +316,13 @@ cl_fit_block <- function(design, Y, formula, response, factors,
 # effects (what car::Anova(type = 3) and summary()'s z tests compute):
 # F = chi2 / DF1 with DF2 = Inf, whose p equals the chi-square p; the sign of
 # a one-row contrast gives the signed z.
-cl_fit_glmm_block <- function(design, Y, formula, response, factors,
+cl_fit_glmm_block <- function(design, Y, formula, response, factors, matrices = list(),
                               coding = "reference", family = "binomial", weights = NULL,
                               test = "marginal", optimizer = "bobyqa", opt_ctrl = list(),
                               need = "all") {
   Y <- as.matrix(Y)
   k <- ncol(Y)
-  design <- cl_prepare_design(design, factors, coding)
+  design <- cl_prepare_design(design, factors, coding, matrices)
   design[[response]] <- Y[, 1L]
   desc <- cl_describe(design, formula, response)
   term_names <- desc$terms
