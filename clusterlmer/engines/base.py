@@ -11,7 +11,7 @@ from .._checks import check_option, option_hint
 __all__ = ["FitOptions", "BlockFit", "DDF_METHODS", "TESTS", "OPTIMIZERS", "NEEDS", "check_fit_options"]
 
 DDF_METHODS = ("satterthwaite", "residual", "kenward-roger", "none")
-TESTS = ("marginal", "type3")
+TESTS = ("marginal", "type3", "type2", "type1")
 OPTIMIZERS = ("bobyqa", "nloptwrap", "Nelder_Mead")
 # What a fit_block call computes: everything, or what a permutation keeps (F,
 # DF1, estimates and SEs: the same F as "all", without the DF computation);
@@ -46,7 +46,7 @@ def check_fit_options(reml, ddf, test, optimizer, optimizer_options) -> FitOptio
     ----------
     reml : bool
     ddf : {"satterthwaite", "residual", "kenward-roger", "none"}
-    test : {"marginal", "type3"}
+    test : {"marginal", "type3", "type2", "type1"}
     optimizer : {"bobyqa", "nloptwrap", "Nelder_Mead"}
     optimizer_options : dict or None
         Numeric lme4 optimizer controls.
@@ -82,7 +82,10 @@ class BlockFit:
     """Results for ``k`` responses fitted under one design.
 
     Term arrays have shape ``(n_terms, k)``; coefficient arrays ``(n_coef, k)``;
-    per-fit arrays ``(k,)``.
+    per-fit arrays ``(k,)``. ``coef_df`` and ``coef_se`` are the DF and standard
+    error of each coefficient's t test as lmerTest's ``summary()`` reports it
+    (``coef_se`` is ``se`` except under Kenward-Roger, whose SE is pbkrtest's
+    adjusted one); NaN when the fit computed the statistic only.
     """
 
     terms: tuple
@@ -100,3 +103,5 @@ class BlockFit:
     singular: np.ndarray
     messages: list
     errors: list
+    coef_df: np.ndarray
+    coef_se: np.ndarray
