@@ -1,0 +1,183 @@
+"""lmerTest's type I / II / III tables and coefficient tables, against a standalone Rscript and SAS.
+
+Parity: every case is fitted by ``clusterlmer.fit_timeseries`` (the R engine,
+and the native engine where it fits the options) and by
+``r_scripts/lmer_reference.R`` in its own ``Rscript`` process (plain
+``lmerTest::lmer``, ``anova(type = "I"/"II"/"III")`` and ``summary()``'s
+coefficients); FStat, DF2 and p of every term and Estimate, SE, t, DF and p
+of every coefficient agree to a relative 1e-6. Cases: lmerTest's ham (a
+three-way factorial, and ``Product * Age`` with a numeric covariate), ham
+with an empty cell (a rank-deficient X), carrots (``sens2 * Homesize`` with a
+correlated random slope, and ``sens2 * Homesize * sens1``), the two-factor
+example of SAS's GLM report lmerTest tests type II on, and lme4's cake with
+one empty cell per recipe (marginal with effects coding against type III).
+
+SAS: lmerTest's own tests (tests/test_compare_sas.R of lmerTestR) pin SAS
+PROC MIXED numbers for models clusterlmer expresses: type II F of ``y ~ a*b +
+(1|f)``, of carrots' ``sens2*Homesize + (1+sens2|Consumer)`` and ``sens2 *
+Homesize * sens1 + (1|Product)`` (also type III), of ham's ``Product*Age +
+(1|Consumer)``, and carrots' ``sens2*Frequency*Income + (1+sens2|Consumer)``
+(SAS's last-level reference coding) type III p and DenDF and the p of all 28
+coefficients. They are compared with R's ``all.equal`` rule (mean relative
+difference) at lmerTest's tolerances.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import clusterlmer as cl
+from conftest import run_rscript
+from test_parity_lmertest import REFERENCE_SCRIPT, assert_same_parse
+
+pytest.importorskip("rpy2")
+RSCRIPT = shutil.which("Rscript")
+pytestmark = pytest.mark.skipif(RSCRIPT is None, reason="Rscript is not on PATH")
+RTOL = 1e-6
+# The native optimum is exact where bobyqa stops short of a flat optimum: F, DF, SE and t agree to
+# 4e-7 (carrots' 12 products), and a small p moves many times more than its F or t (measured: up to
+# 1.9e-5, carrots' sens2 * Homesize * sens1 coefficients; 3.8e-6 on ham).
+P_RTOL_NATIVE = 5e-5
+
+_EXPORT_R = r"""
+suppressPackageStartupMessages(library(lmerTest))
+out <- commandArgs(trailingOnly = TRUE)[1]
+w <- function(d, name) utils::write.csv(d, file.path(out, paste0(name, ".csv")), row.names = FALSE)
+ham <- data.frame(Consumer = paste0("C", ham$Consumer), Product = paste0("P", ham$Product),
+                  Information = paste0("I", ham$Information), Gender = paste0("G", ham$Gender),
+                  Age = as.numeric(ham$Age), y = as.numeric(ham$Informed.liking))
+w(ham, "ham")
+w(subset(ham, !(Product == "P4" & Information == "I2" & Gender == "G2")), "ham_gap")
+car <- data.frame(Consumer = paste0("C", carrots$Consumer), Product = as.character(carrots$Product),
+                  Homesize = paste0("H", carrots$Homesize), Frequency = paste0("F", carrots$Frequency),
+                  Income = paste0("I", carrots$Income), sens1 = carrots$sens1, sens2 = carrots$sens2,
+                  y = carrots$Preference)
+car <- car[!is.na(car$y), ]
+w(car, "carrots")
+w(car[!is.na(carrots$Income[!is.na(carrots$Preference)]), ], "carrots_income")
+w(data.frame(a = paste0("a", c(1,1,1,2,2,2,2,2,1,2)), b = paste0("b", c(1,1,2,1,2,2,2,2,2,1)),
+             f = paste0("f", c(1,2,1,2,1,2,1,2,1,2)), y = c(12,14,11,20,17,23,35,46,15,16)), "glm_report")
+cake <- data.frame(replicate = paste0("R", cake$replicate), recipe = as.character(cake$recipe),
+                   temperature = paste0("T", cake$temperature), y = cake$angle)
+w(subset(cake, !((recipe == "A" & temperature == "T175") | (recipe == "B" & temperature == "T185") |
+                 (recipe == "C" & temperature == "T195"))), "cake_gap")
+"""
+
+HAM3 = "y ~ Product * Information * Gender + (1|Consumer)"
+HAM_AGE = "y ~ Product * Age + (1|Consumer)"
+CARROTS_SLOPE = "y ~ sens2 * Homesize + (1 + sens2|Consumer)"
+CARROTS_3 = "y ~ sens2 * Homesize * sens1 + (1|Product)"
+GLM_REPORT = "y ~ a * b + (1|f)"
+CAKE = "y ~ recipe * temperature + (1|recipe:replicate)"
+
+CASES = [
+    # data set, formula, options
+    ("ham", HAM3, dict(test="type1")),
+    ("ham", HAM3, dict(test="type2", coding="effects")),
+    ("ham_gap", HAM3, dict(test="type1")),
+    ("ham_gap", HAM3, dict(test="type2")),
+    ("ham", HAM_AGE, dict(test="type2")),
+    ("ham", HAM_AGE, dict(test="type2", ddf="kenward-roger")),
+    ("carrots", CARROTS_SLOPE, dict(test="type2")),
+    ("carrots", CARROTS_3, dict(test="type2")),
+    ("carrots", CARROTS_3, dict(test="type1", reml=False, ddf="residual")),
+    ("glm_report", GLM_REPORT, dict(test="type2")),
+    ("glm_report", GLM_REPORT, dict(test="type1", ddf="none")),
+    ("cake_gap", CAKE, dict(test="type3", coding="effects")),
+    ("cake_gap", CAKE, dict(test="marginal", coding="effects")),
+]
+
+
+@pytest.fixture(scope="module")
+def tables(tmp_path_factory):
+    root = tmp_path_factory.mktemp("anova_types")
+    proc = run_rscript(_EXPORT_R, str(root), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return root
+
+
+def _data(tables, name):
+    path = tables / f"{name}.csv"
+    return path, pd.read_csv(path)
+
+
+def _fit(frame, formula, **options):
+    with warnings.catch_warnings():  # Age is numeric next to an interaction: said once per fit
+        warnings.filterwarnings("ignore", message=".*is numeric.*interacts")
+        return cl.fit_timeseries(cl.from_dataframe(frame, "y"), formula, **options)
+
+
+def _compare(ours, ref, cols, tolerances, label, floors=None):
+    """Largest relative difference per column of two aligned tables; asserts each is within its tolerance.
+
+    ``floors``: per column, a number or a column of ``ref`` bounding the scale from below (an
+    estimate of exactly 0 is compared relative to its SE, a t of 0 absolutely); infinities must be equal.
+    """
+    floors = floors or {}
+    diffs = {}
+    for col in cols:
+        a, b = ours[col].to_numpy(float), ref[col].to_numpy(float)
+        assert not np.isnan(a).any() and not np.isnan(b).any(), f"{label}: NaN {col}"
+        inf = np.isinf(b)
+        assert np.array_equal(a[inf], b[inf]) and not np.isinf(a[~inf]).any(), f"{label}: {col} Inf mismatch"
+        floor = floors.get(col, 0.0)
+        floor = np.abs(ref[floor].to_numpy(float)) if isinstance(floor, str) else floor
+        scale = np.maximum(np.abs(b), floor)
+        rel = np.abs(a - b)[~inf] / np.where(scale == 0, 1.0, scale)[~inf]
+        diffs[col] = float(rel.max()) if rel.size else 0.0
+        assert diffs[col] <= tolerances[col], f"{label}: {col} differs by {diffs[col]:.2e}"
+    print(f"[{label}] " + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()))
+    return diffs
+
+
+def _aligned(ours, ref, key):
+    """Rows of ``ours`` and ``ref`` in the same order: per sample, by ``key`` or (None) by position."""
+    if key is None:
+        ours, ref = (t.assign(k=t.groupby("sample").cumcount()) for t in (ours, ref))
+        key = "k"
+    m = ours.merge(ref, on=["sample", key], suffixes=("", "_ref"), validate="one_to_one")
+    assert len(m) == len(ref) == len(ours), "the tables' rows differ"
+    return m, m[[c for c in m.columns if c.endswith("_ref")]].rename(columns=lambda c: c[:-4])
+
+
+def compare_fit(fit, anova_ref, coef_ref, label, rtol, p_rtol, names=True):
+    """Assert the fit's ANOVA and coefficient tables at every sample equal lmerTest's."""
+    ours, ref = _aligned(fit.to_frame(), anova_ref, "Term")
+    assert np.array_equal(ours["DF1"], ref["DF1"]), f"{label}: DF1 differs"
+    tol = {"FStat": rtol, "DF2": rtol, "pValue": p_rtol}
+    _compare(ours, ref, list(tol), tol, f"{label} anova")
+    coefs = fit.to_frame(coefficients=True).dropna(subset=["Estimate"])  # dropped columns: not in lme4's table
+    ours, ref = _aligned(coefs, coef_ref, None)  # effects-coded names differ (R numbers the levels)
+    if names:
+        assert list(ours["Name"]) == list(ref["Name"]), f"{label}: coefficient names differ"
+    tol = {"Estimate": rtol, "SE": rtol, "tStat": rtol, "DF": rtol, "pValue": p_rtol}
+    _compare(ours, ref, list(tol), tol, f"{label} coefficients", floors={"Estimate": "SE", "tStat": 1.0})
+
+
+@pytest.mark.parametrize("name, formula, options", CASES,
+                         ids=[f"{c[0]}-{c[1].split('~')[1].split('+')[0].strip()}-"
+                              + "-".join(str(v) for v in c[2].values()) for c in CASES])
+def test_matches_lmertest(tables, tmp_path, name, formula, options):
+    path, frame = _data(tables, name)
+    assert_same_parse(path, frame)
+    options = {"ddf": "satterthwaite", "coding": "reference", "reml": True, **options}
+    cmd = [RSCRIPT, str(REFERENCE_SCRIPT), "--csv", str(path), "--formula", formula, "--reml",
+           "TRUE" if options["reml"] else "FALSE", "--ddf", options["ddf"], "--coding", options["coding"],
+           "--test", options["test"], "--out", str(tmp_path / "anova.csv"),
+           "--coefficients", str(tmp_path / "coef.csv")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    anova_ref, coef_ref = pd.read_csv(tmp_path / "anova.csv"), pd.read_csv(tmp_path / "coef.csv")
+    label = f"{name} {formula} {options}"
+    engines = ["r"] + (["native"] if options["ddf"] != "kenward-roger" else [])
+    for engine in engines:
+        fit = _fit(frame, formula, engine=engine, cross_check=0, **options)
+        assert fit.options["engine"] == engine and fit.diagnostics["converged"].all()
+        compare_fit(fit, anova_ref, coef_ref, f"{engine}: {label}", RTOL, RTOL if engine == "r" else P_RTOL_NATIVE,
+                    names=options["coding"] == "reference")
