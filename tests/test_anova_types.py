@@ -33,6 +33,11 @@ import pandas as pd
 import pytest
 
 import clusterlmer as cl
+from clusterlmer.design import build_design
+from clusterlmer.engines import get_engine
+from clusterlmer.engines.base import FitOptions
+from clusterlmer.formula import parse_formula
+from clusterlmer.spec import build_spec
 from conftest import run_rscript
 from test_parity_lmertest import REFERENCE_SCRIPT, assert_same_parse
 
@@ -175,9 +180,91 @@ def test_matches_lmertest(tables, tmp_path, name, formula, options):
     assert proc.returncode == 0, proc.stderr
     anova_ref, coef_ref = pd.read_csv(tmp_path / "anova.csv"), pd.read_csv(tmp_path / "coef.csv")
     label = f"{name} {formula} {options}"
-    engines = ["r"] + (["native"] if options["ddf"] != "kenward-roger" else [])
+    engines = ["r", "native"] if options["ddf"] != "kenward-roger" else ["auto"]
     for engine in engines:
-        fit = _fit(frame, formula, engine=engine, cross_check=0, **options)
+        if engine == "auto":  # Kenward-Roger is R's (pbkrtest): "auto" says so and uses R
+            with pytest.warns(UserWarning, match="engine='auto' uses the R engine: ddf='kenward-roger'"):
+                fit = _fit(frame, formula, engine=engine, cross_check=0, **options)
+            engine = "r"
+        else:
+            fit = _fit(frame, formula, engine=engine, cross_check=0, **options)
         assert fit.options["engine"] == engine and fit.diagnostics["converged"].all()
         compare_fit(fit, anova_ref, coef_ref, f"{engine}: {label}", RTOL, RTOL if engine == "r" else P_RTOL_NATIVE,
                     names=options["coding"] == "reference")
+
+
+# --------------------------------------------------------------------------
+# SAS PROC MIXED numbers pinned by lmerTest's tests/test_compare_sas.R
+# --------------------------------------------------------------------------
+
+def _all_equal(current, target, tolerance):
+    """R's ``all.equal`` on numbers: the mean relative difference is within ``tolerance``."""
+    current, target = np.asarray(current, float), np.asarray(target, float)
+    assert current.shape == target.shape
+    diff = np.mean(np.abs(current - target)) / np.mean(np.abs(target))
+    return diff <= tolerance, diff
+
+
+SAS_F = [
+    # data set, formula, test, SAS's F per term (lmerTest's order), lmerTest's tolerance
+    ("glm_report", GLM_REPORT, "type2", [3.90131, 1.32753, 0.99565], 1e-5),
+    ("carrots", CARROTS_SLOPE, "type2", [54.8361, 5.16138, 1.03035], 1e-4),
+    ("ham", HAM_AGE, "type2", [2.48135, .005387, 1.48451], 1e-5),
+    ("carrots", CARROTS_3, "type2", [16.4842, 14.0010, .526076, 1.18144, .107570, .335177, 1.05946], 1e-4),
+    ("carrots", CARROTS_3, "type3", [16.9140, 14.0010, .481148, 1.18144, .074201, .335177, 1.05946], 1e-4),
+]
+
+
+@pytest.mark.parametrize("name, formula, test, sas, tolerance", SAS_F,
+                         ids=[f"{c[0]}-{c[2]}-{len(c[3])}terms" for c in SAS_F])
+def test_sas_f(tables, name, formula, test, sas, tolerance):
+    _, frame = _data(tables, name)
+    fit = _fit(frame, formula, test=test, cross_check=0)  # engine="auto": native
+    assert fit.options["engine"] == "native"
+    ok, diff = _all_equal(fit.F[:, 0], sas, tolerance)
+    print(f"[SAS] {name} {formula} {test}: mean relative difference {diff:.1e}")
+    assert ok, (fit.anova(0), sas)
+
+
+def test_sas_carrots_type3_and_coefficients(tables):
+    """``sens2*Frequency*Income + (1+sens2|Consumer)`` with SAS's coding (last level the reference)."""
+    _, frame = _data(tables, "carrots_income")
+    # contr.SAS makes the last level the reference: the same columns as treatment coding with it first.
+    levels = {"Frequency": ["F5", "F1", "F2", "F3", "F4"], "Income": ["I4", "I1", "I2", "I3"]}
+    fit = _fit(frame, "y ~ sens2 * Frequency * Income + (1 + sens2|Consumer)", test="type3", levels=levels,
+               cross_check=0)
+    assert fit.options["engine"] == "native"
+    ok, diff = _all_equal(fit.p[:, 0], [2e-5, 0.15512, 0.06939, 0.08223, 0.52459, 0.03119, 0.48344], 1e-4)
+    assert ok, fit.anova(0)
+    assert np.array_equal(np.round(fit.df2[:, 0]), np.full(7, 83.0))
+    coefs = fit.coefficients(0).dropna(subset=["Estimate"])  # lme4 drops the columns of empty cells
+    sas = [1e-10, 0.005061, 0.6865554, 0.342613, 0.129157, 0.088231, 0.846000, 0.354472, 0.526318, 0.020646,
+           0.010188, 0.031242, 0.055356, 0.694689, 0.099382, 0.28547, 0.977774, 0.855653, 0.427737, 0.321086,
+           0.417465, 0.204385, 0.784437, 0.681434, 0.106180, 0.149122, 0.390870, 0.273686]
+    ok_coef, diff_coef = _all_equal(coefs["pValue"], sas, 1e-4)
+    print(f"[SAS] carrots type III p: {diff:.1e}; coefficient p: {diff_coef:.1e}")
+    assert ok_coef, coefs
+
+
+@pytest.mark.parametrize("test", ["type1", "type2"])
+def test_permutations_get_their_own_contrasts(tables, test):
+    """Type I/II contrasts follow X'X, which a permutation moves: each permuted design is tested on its own.
+
+    The native engine's statistic-only fit of a permuted design (what a permutation computes: no
+    DF, no coefficient DF) gives the F that lme4/lmerTest give for that design, and the full fit's.
+    """
+    _, frame = _data(tables, "ham")
+    model = parse_formula(HAM3)
+    spec = build_spec(build_design(frame, model, response_column="y"))
+    y = frame[["y"]].to_numpy(float)
+    perm = np.random.default_rng(5).permutation(len(frame))
+    moved = spec.permuted({"Information": perm, "Gender": perm[::-1]})
+    options = FitOptions(test=test)
+    native = get_engine("native")
+    quick, full = native.fit_block(moved, y, options, need="statistic"), native.fit_block(moved, y, options)
+    lme4 = get_engine("r").fit_block(moved, y, options)
+    observed = native.fit_block(spec, y, options, need="statistic")
+    assert np.isnan(quick.coef_df).all() and np.isnan(quick.df2).all() and np.isfinite(full.coef_df).all()
+    np.testing.assert_allclose(quick.F, full.F, rtol=1e-12)
+    np.testing.assert_allclose(quick.F, lme4.F, rtol=RTOL)
+    assert np.abs(quick.F / observed.F - 1).max() > 1e-3  # the permutation moved the statistics
