@@ -87,7 +87,7 @@ def fit_timeseries(data, formula, *, reml=True, ddf="satterthwaite", coding="ref
         accepts (nested random intercepts in closed form; slopes, ``||``,
         crossed and partially crossed groupings by lme4's penalized least
         squares with exact derivatives), REML/ML, Satterthwaite/residual/none,
-        marginal and type III tests; equal to lmerTest within the precision of
+        marginal and type I/II/III tests; equal to lmerTest within the precision of
         lme4's optimizer; a rank-deficient fixed-effect design (an
         interaction with empty cells) is fitted as lme4 does, the columns
         lme4 drops dropped; an option it lacks (Kenward-Roger, lme4 optimizer

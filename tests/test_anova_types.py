@@ -268,3 +268,26 @@ def test_permutations_get_their_own_contrasts(tables, test):
     np.testing.assert_allclose(quick.F, full.F, rtol=1e-12)
     np.testing.assert_allclose(quick.F, lme4.F, rtol=RTOL)
     assert np.abs(quick.F / observed.F - 1).max() > 1e-3  # the permutation moved the statistics
+
+
+def test_cli_type2_and_coefficients(tables, tmp_path, capsys):
+    """``clusterlmer fit --test type2 --coefficients FILE`` prints and writes what the Python API gives."""
+    from conftest import run_cli
+
+    _, frame = _data(tables, "ham")
+    path = tmp_path / "ham_long.csv"
+    frame.assign(Time=0.0).to_csv(path, index=False)
+    out = tmp_path / "coef.csv"
+    code, printed, err = run_cli(capsys, ["fit", path, "--long", "--time", "Time", "--channels", "y", "--formula",
+                                          HAM_AGE, "--test", "type2", "--engine", "native", "--cross-check", "0",
+                                          "--coefficients", out])
+    assert code == 0, err
+    assert "lmerTest type II F-test" in printed and "Coefficients there" in printed and "tStat" in printed
+    expected = _fit(frame, HAM_AGE, test="type2", engine="native", cross_check=0).coefficients(0)
+    written = pd.read_csv(out)
+    assert list(written["Name"]) == list(expected["Name"])
+    for col in ("Estimate", "SE", "tStat", "DF", "pValue"):
+        np.testing.assert_allclose(written[col], expected[col], rtol=1e-12, err_msg=col)
+    code, _, err = run_cli(capsys, ["fit", path, "--long", "--time", "Time", "--channels", "y", "--formula",
+                                    HAM_AGE, "--test", "type4"])
+    assert code == 2 and "type4" in err
