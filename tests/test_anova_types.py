@@ -291,3 +291,17 @@ def test_cli_type2_and_coefficients(tables, tmp_path, capsys):
     code, _, err = run_cli(capsys, ["fit", path, "--long", "--time", "Time", "--channels", "y", "--formula",
                                     HAM_AGE, "--test", "type4"])
     assert code == 2 and "type4" in err
+
+
+def test_type2_does_not_depend_on_term_order_and_type1_does():
+    """lmerTest's check on SAS's GLM example: type II of ``a*b`` and ``b*a`` agree row for row; type I do not."""
+    frame = pd.DataFrame({"a": [f"a{x}" for x in (1, 1, 1, 2, 2, 2, 2, 2, 1, 2)],
+                          "b": [f"b{x}" for x in (1, 1, 2, 1, 2, 2, 2, 2, 2, 1)],
+                          "f": [f"f{x}" for x in (1, 2, 1, 2, 1, 2, 1, 2, 1, 2)],
+                          "y": [12.0, 14, 11, 20, 17, 23, 35, 46, 15, 16]})
+    fits = {(formula, test): _fit(frame, formula, test=test, engine="native", cross_check=0).anova(0)
+            for formula in ("y ~ a * b + (1|f)", "y ~ b * a + (1|f)") for test in ("type2", "type1")}
+    ab, ba = fits["y ~ a * b + (1|f)", "type2"], fits["y ~ b * a + (1|f)", "type2"].iloc[[1, 0, 2]]
+    np.testing.assert_allclose(ab[["FStat", "DF2", "pValue"]], ba[["FStat", "DF2", "pValue"]], rtol=1e-8)
+    ab1, ba1 = fits["y ~ a * b + (1|f)", "type1"], fits["y ~ b * a + (1|f)", "type1"].iloc[[1, 0, 2]]
+    assert abs(ab1["FStat"].iloc[0] / ba1["FStat"].iloc[0] - 1) > 0.01  # a first vs a after b: unbalanced
