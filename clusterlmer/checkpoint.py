@@ -10,7 +10,8 @@ and each fit is deterministic, the resumed result equals an uninterrupted one.
 The file is always replaced atomically (written next to the target, then
 renamed), so a process killed while saving leaves the previous checkpoint
 intact. Saving is throttled for large nulls so that writing never costs more
-than a few percent of the run.
+than a few percent of the run. A null too large for the memory is kept in the
+checkpoint file itself and written in place (see :mod:`clusterlmer._mapped_null`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import time
 
 import numpy as np
 
+from ._mapped_null import create_mapped, is_mapped, open_mapped
 from ._memory import check_memory
 
 __all__ = ["Checkpoint", "CheckpointError", "check_checkpoint_path", "fingerprint"]
@@ -167,33 +169,37 @@ class Checkpoint:
         Permutations wanted in this run. A file with more finished
         permutations contributes its first ``n_permutations`` (permutations
         are drawn prefix-stably); a file with fewer is extended.
+    mapped : bool
+        Keep the null in the file itself, mapped into memory
+        (:mod:`clusterlmer._mapped_null`), for nulls larger than the memory;
+        ``values`` is then a :class:`numpy.memmap`. Needs ``path``. Either
+        layout resumes from a file of the other.
     """
 
-    def __init__(self, path, keys: dict, shape: tuple, n_permutations: int):
+    def __init__(self, path, keys: dict, shape: tuple, n_permutations: int, *, mapped=False):
         self.path = None if path is None else os.fspath(path)
         self.keys = dict(keys)
         self.shape = tuple(shape)
         self.n_permutations = int(n_permutations)
-        check_memory({"null statistics": self.n_permutations * int(np.prod(self.shape)) * 8})
-        self.values = np.full((self.n_permutations,) + self.shape, np.nan)
-        self.done = np.zeros(self.n_permutations, dtype=bool)
+        self.mapped = bool(mapped)
         self.resumed = 0
         self._last_save = 0.0
         self._save_cost = 0.0
         self._dirty = False
+        if self.mapped:
+            if self.path is None:
+                raise ValueError("a null kept in a mapped file needs a checkpoint path.")
+            self._open_mapped()
+            return
+        check_memory({"null statistics": self.n_permutations * int(np.prod(self.shape)) * 8})
+        self.values = np.full((self.n_permutations,) + self.shape, np.nan)
+        self.done = np.zeros(self.n_permutations, dtype=bool)
         if self.path is not None and os.path.exists(self.path):
             self._load()
 
-    def _load(self):
-        import h5py
-
-        _require_checkpoint(self.path)
-        try:
-            with h5py.File(self.path, "r") as f:
-                stored = json.loads(f.attrs["keys"])
-                values, done = f["values"][()], f["done"][()]
-        except Exception as exc:  # h5py's errors on a damaged file are unhelpful as they stand
-            raise CheckpointError(_damaged(self.path, exc)) from None
+    def _check_stored(self, f):
+        """Refuse a stored checkpoint of another analysis or another statistics shape."""
+        stored = json.loads(f.attrs["keys"])
         differs = [k for k in sorted(set(stored) | set(self.keys)) if stored.get(k) != self.keys.get(k)
                    and not (k not in stored and _COVERED_BY.get(k) in stored)]
         if differs:
@@ -202,14 +208,50 @@ class Checkpoint:
                 f"{', '.join(_difference(k, stored.get(k), self.keys.get(k)) for k in differs)}). Rerun with "
                 f"the arguments that wrote it, or pass another checkpoint path to start afresh{_OLD}."
             )
-        if values.shape[1:] != self.shape:
+        if f["values"].shape[1:] != self.shape:
             raise CheckpointError(
-                f"the checkpoint {self.path!r} holds statistics of shape {values.shape[1:]}, "
+                f"the checkpoint {self.path!r} holds statistics of shape {f['values'].shape[1:]}, "
                 f"this analysis has {self.shape}. Pass another checkpoint path to start afresh{_OLD}."
             )
+
+    def _load(self):
+        import h5py
+
+        _require_checkpoint(self.path)
+        try:
+            with h5py.File(self.path, "r") as f:
+                self._check_stored(f)
+                values, done = f["values"][()], f["done"][()].astype(bool)
+        except CheckpointError:
+            raise
+        except Exception as exc:  # h5py's errors on a damaged file are unhelpful as they stand
+            raise CheckpointError(_damaged(self.path, exc)) from None
         n = min(len(done), self.n_permutations)
         self.values[:n] = values[:n]
         self.done[:n] = done[:n]
+        self.resumed = int(self.done.sum())
+
+    def _open_mapped(self):
+        """Map the null from the checkpoint file, first (re)writing the file in the mapped layout if needed."""
+        import h5py
+
+        attrs = {"format": FORMAT, "version": _VERSION, "keys": json.dumps(self.keys, sort_keys=True)}
+        if os.path.exists(self.path):
+            _require_checkpoint(self.path)
+            try:
+                with h5py.File(self.path, "r") as f:
+                    self._check_stored(f)
+                    if not (is_mapped(f) and len(f["done"]) == self.n_permutations):
+                        create_mapped(self.path, attrs, self.shape, self.n_permutations,
+                                      previous=(f["values"], f["done"]))
+            except CheckpointError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - as in _load
+                raise CheckpointError(_damaged(self.path, exc)) from None
+        else:
+            create_mapped(self.path, attrs, self.shape, self.n_permutations)
+        self.values, self._done_flags = open_mapped(self.path)
+        self.done = np.asarray(self._done_flags, dtype=bool)
         self.resumed = int(self.done.sum())
 
     @property
@@ -235,9 +277,18 @@ class Checkpoint:
         """Write the checkpoint now (atomically) if anything changed."""
         if self.path is None or not self._dirty:
             return
+        start = time.perf_counter()
+        if self.mapped:
+            # Statistics reach the disk before the flags that say they are finished.
+            self.values.flush()
+            self._done_flags[:] = self.done
+            self._done_flags.flush()
+            self._dirty = False
+            self._last_save = time.perf_counter()
+            self._save_cost = self._last_save - start
+            return
         import h5py
 
-        start = time.perf_counter()
         tmp = f"{self.path}.tmp-{os.getpid()}"
         try:
             with h5py.File(tmp, "w") as f:

@@ -15,11 +15,13 @@ Conventions (those of the original method's MATLAB ``cluster_test``, after E. Sp
 * tail = 0 halves ``clusteralpha`` and doubles every p (capped at 1).
 * NaN (a failed fit) never crosses a threshold, in the observed map or the null.
 
-The null is labelled in one :func:`scipy.ndimage.label` call over the whole
-null, moved to ``(n_permutations, ...)`` (contiguous, which labels about twice
-as fast), with a structuring element that has no neighbours along the
-permutation axis, so permutations never merge and no Python loop runs over
-permutations.
+The null is labelled in one :func:`scipy.ndimage.label` call per block of
+permutations (one block unless the null exceeds
+:data:`clusterlmer._null_blocks.BLOCK_BYTES`), moved to ``(n_permutations,
+...)`` (contiguous, which labels about twice as fast), with a structuring
+element that has no neighbours along the permutation axis, so permutations
+never merge and no Python loop runs over single permutations. The null may be
+a memory-mapped array: only one block of it is in memory at a time.
 
 With ``adjacency=`` (a channel neighbour graph, see :mod:`clusterlmer.adjacency`)
 the data are channels x time (x freq) and clusters follow the graph instead of
@@ -31,13 +33,12 @@ are computed by the same code for both.
 from __future__ import annotations
 
 import numbers
-import warnings
-from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
 from ._checks import check_option
+from .cluster_types import Cluster, ClusterTestInfo
+from ._null_blocks import finite_abs_max, null_thresholds, per_permutation
 
 __all__ = ["Cluster", "ClusterTestInfo", "cluster_test", "CLUSTER_STATS", "QUANTILE_METHODS", "TAILS"]
 
@@ -64,110 +65,6 @@ QUANTILE_METHODS = ("inverted_cdf", "averaged_inverted_cdf", "closest_observatio
                     "lower", "higher", "midpoint", "nearest")
 _TFCE_DEFAULTS = {"E": 0.5, "H": 2.0, "dh": None}
 _TFCE_N_STEPS = 100  # default dh = max|stat| / 100, MNE's suggested resolution
-
-
-@dataclass(frozen=True, eq=False)
-class Cluster:
-    """One observed cluster.
-
-    Attributes
-    ----------
-    sign : int
-        +1 (stat >= upper threshold) or -1 (stat <= lower threshold).
-    mask : ndarray of bool
-        Shape of ``datobs``; True inside the cluster.
-    indices : tuple of ndarray
-        ``np.nonzero(mask)``.
-    stat : float
-        ``"sum"``: sum of the statistic (negative for negative clusters);
-        ``"size"``: number of samples (positive for both signs); ``"tfce"``:
-        peak TFCE score in the region (positive for both signs).
-    p : float
-        Cluster p-value, already doubled for ``tail=0`` and capped at 1.
-    start, stop : int or tuple of int
-        First and last index (inclusive). ``int`` for 1-D data, one entry
-        per axis (the bounding box) for N-D data.
-    """
-
-    sign: int
-    mask: np.ndarray
-    indices: tuple
-    stat: float
-    p: float
-    start: object
-    stop: object
-
-    @property
-    def size(self):
-        """Number of samples in the cluster."""
-        return int(self.indices[0].size)
-
-
-@dataclass(frozen=True, eq=False)
-class ClusterTestInfo:
-    """Everything :func:`cluster_test` used and found, besides ``h`` and ``p``.
-
-    Attributes
-    ----------
-    clusters : list of Cluster
-        Positive clusters, then negative ones, each by decreasing ``|stat|``.
-        ``"sum"`` leaves out single-sample clusters (they get no p). For
-        ``"tfce"``: connected regions (same connectivity) of one sign whose
-        samples all have ``p < alpha``.
-    threshold_lower, threshold_upper : ndarray or None
-        Per-sample cluster-forming thresholds (shape of ``datobs``); None for
-        the tail not tested and for ``"tfce"``.
-    null_max, null_min : ndarray or None
-        One value per permutation, NaN where that permutation had no cluster
-        of that sign; None for the tail not tested. ``null_max``: largest
-        positive cluster statistic. ``null_min``: for ``"sum"`` the most
-        negative cluster sum; for ``"size"`` and ``"tfce"`` the largest
-        negative cluster size / TFCE score on ``-stat`` (a positive number,
-        "larger is more extreme").
-    tail, alpha, clusterstat, quantile_method : as passed
-    connectivity : str
-        ``"full"`` or ``"face"`` (the lattice), or ``"adjacency"`` when
-        clusters followed a channel graph (``min_neighbours`` is not
-        recorded here).
-    clusteralpha : float or None
-        As used: halved for ``tail=0``; None for ``"tfce"`` (no thresholds).
-    n_permutations : int
-    tfce_scores : ndarray or None
-        Observed TFCE map, signed (``-score`` on the negative side).
-    tfce_params : dict or None
-        ``E``, ``H`` and ``dh`` actually used.
-    """
-
-    clusters: list
-    threshold_lower: object
-    threshold_upper: object
-    null_max: object
-    null_min: object
-    tail: int
-    alpha: float
-    clusterstat: str
-    clusteralpha: object
-    quantile_method: str
-    connectivity: str
-    n_permutations: int
-    tfce_scores: object = None
-    tfce_params: object = None
-
-    def to_frame(self):
-        """Clusters as a DataFrame: sign, stat, p, size, start, stop.
-
-        ``start``/``stop`` index the first axis (time, inclusive; the channel
-        with ``adjacency``); N-D data add ``start_1``/``stop_1``, ... for the
-        other axes.
-        """
-        rows = []
-        for c in self.clusters:
-            starts, stops = np.atleast_1d(c.start), np.atleast_1d(c.stop)
-            row = {"sign": c.sign, "stat": c.stat, "p": c.p, "size": c.size, "start": starts[0], "stop": stops[0]}
-            for ax in range(1, len(starts)):
-                row[f"start_{ax}"], row[f"stop_{ax}"] = starts[ax], stops[ax]
-            rows.append(row)
-        return pd.DataFrame(rows, columns=None if rows else ["sign", "stat", "p", "size", "start", "stop"])
 
 
 def smallest_cluster_p(n_permutations, tail) -> float:
@@ -275,7 +172,6 @@ def cluster_test(datobs, datrnd, tail=0, alpha=0.05, clusteralpha=0.05, clusters
         structure = _ndimage().generate_binary_structure(datobs.ndim, datobs.ndim if connectivity == "full" else 1)
         null_structure = np.zeros((3,) + structure.shape, bool)
         null_structure[1] = structure  # no neighbours across permutations
-    datrnd = np.ascontiguousarray(np.moveaxis(datrnd, -1, 0))  # (n_permutations, *datobs.shape)
     if clusterstat == "tfce":
         return _tfce_test(datobs, datrnd, tail, alpha, structure, null_structure, tfce, quantile_method,
                           connectivity)
@@ -325,30 +221,27 @@ def _check_inputs(datobs, datrnd, tail, alpha, clusteralpha, clusterstat, quanti
     return datobs, datrnd, int(tail), params
 
 
-def _thresholds(datrnd, clusteralpha, method):
-    """Per-sample (lower, upper) quantiles of the (permutation-first) null; NaN where it is all NaN."""
-    q = np.array([clusteralpha, 1 - clusteralpha])
-    if np.isnan(datrnd).any():
-        with warnings.catch_warnings():  # all-NaN samples -> NaN threshold, never crossed
-            warnings.simplefilter("ignore", RuntimeWarning)
-            lo, up = np.nanquantile(datrnd, q, axis=0, method=method)
-    else:
-        lo, up = np.quantile(datrnd, q, axis=0, method=method)
-    return lo, up
+def _components(mask, structure):
+    """Connected components of ``mask``: one array of flat indices (ascending, C order) per label."""
+    labels, n = _label(mask, structure)
+    idx = np.flatnonzero(labels)
+    lab = labels.ravel()[idx]
+    order = np.argsort(lab, kind="stable")  # stable: each component's indices stay ascending
+    idx = idx[order]
+    bounds = np.searchsorted(lab[order], np.arange(1, n + 2))
+    return [idx[bounds[k]:bounds[k + 1]] for k in range(n)]
 
 
 def _observed_clusters(x, mask, clusterstat, structure):
-    """Label ``mask``; return [(cluster mask, stat)], stat = sum of ``x`` or size; ``sum`` drops singletons."""
-    labels, n = _label(mask, structure)
+    """Components of ``mask``: [(flat indices, stat)], stat = sum of ``x`` or size; ``sum`` drops singletons."""
     out = []
-    for lab in range(1, n + 1):
-        cmask = labels == lab
-        size = int(cmask.sum())
+    flat_x = x.ravel()
+    for flat in _components(mask, structure):
         if clusterstat == "sum":
-            if size > 1:
-                out.append((cmask, float(x[cmask].sum())))
+            if flat.size > 1:
+                out.append((flat, float(flat_x[flat].sum())))  # C order, as x[mask].sum() adds them
         else:
-            out.append((cmask, float(size)))
+            out.append((flat, float(flat.size)))
     return out
 
 
@@ -380,57 +273,51 @@ def _exceed_p(null, obs, nperm):
     return (np.count_nonzero(null > obs) + 1) / (nperm + 1)
 
 
-def _bbox(cmask):
-    """(indices, start, stop); start/stop are ints in 1-D, per-axis tuples otherwise."""
-    indices = np.nonzero(cmask)
-    start = tuple(int(i.min()) for i in indices)
-    stop = tuple(int(i.max()) for i in indices)
-    if cmask.ndim == 1:
-        return indices, start[0], stop[0]
-    return indices, start, stop
-
-
-def _make_clusters(found, tail):
-    """Sort (sign, mask, stat, p) tuples: positive first, then by decreasing |stat|; double p for tail 0."""
+def _make_clusters(found, tail, shape):
+    """Sort (sign, flat indices, stat, p) tuples: positive first, then by decreasing |stat|; double p for tail 0."""
     found = sorted(found, key=lambda c: (-c[0], -abs(c[2])))  # sorted() is stable: ties keep label order
     scale = 2.0 if tail == 0 else 1.0
     clusters = []
-    for sign, cmask, stat, p in found:
-        indices, start, stop = _bbox(cmask)
-        clusters.append(Cluster(sign=sign, mask=cmask, indices=indices, stat=stat, p=min(1.0, scale * p),
-                                start=start, stop=stop))
+    for sign, flat, stat, p in found:
+        indices = np.unravel_index(flat, shape)  # np.nonzero(mask), as flat indices ascend
+        start = tuple(int(i.min()) for i in indices)
+        stop = tuple(int(i.max()) for i in indices)
+        if len(shape) == 1:
+            start, stop = start[0], stop[0]
+        clusters.append(Cluster(sign=sign, indices=indices, stat=stat, p=min(1.0, scale * p), start=start,
+                                stop=stop, shape=tuple(shape)))
     return clusters
 
 
 def _cluster_test(datobs, datrnd, tail, alpha, clusteralpha, clusterstat, method, connectivity,
                   structure, null_structure):
     """Core of the threshold-based test (sum / size)."""
-    nperm = datrnd.shape[0]
+    nperm = datrnd.shape[-1]
     if tail == 0:
         clusteralpha = clusteralpha / 2
-    lower, upper = _thresholds(datrnd, clusteralpha, method)
+    lower, upper = null_thresholds(datrnd, [clusteralpha, 1 - clusteralpha], method)
     pmap = np.ones(datobs.shape)
     found, null_max, null_min = [], None, None
     # NaN compares False, so NaN samples (observed or null) are never candidates.
     if tail in (0, 1):
-        null_max = _null_max(datrnd, datrnd >= upper, clusterstat, null_structure)
-        for cmask, stat in _observed_clusters(datobs, datobs >= upper, clusterstat, structure):
+        null_max = per_permutation(datrnd, lambda x: _null_max(x, x >= upper, clusterstat, null_structure))
+        for flat, stat in _observed_clusters(datobs, datobs >= upper, clusterstat, structure):
             p = _exceed_p(null_max, stat, nperm)
-            pmap[cmask] = p
-            found.append((1, cmask, stat, p))
+            pmap.ravel()[flat] = p
+            found.append((1, flat, stat, p))
     if tail in (0, -1):
         # Negate so that "larger is more extreme" for the sum too; size is already positive.
         sign = -1.0 if clusterstat == "sum" else 1.0
-        neg_null = _null_max(-datrnd, datrnd <= lower, clusterstat, null_structure)
+        neg_null = per_permutation(datrnd, lambda x: _null_max(-x, x <= lower, clusterstat, null_structure))
         null_min = sign * neg_null
-        for cmask, stat in _observed_clusters(-datobs, datobs <= lower, clusterstat, structure):
+        for flat, stat in _observed_clusters(-datobs, datobs <= lower, clusterstat, structure):
             p = _exceed_p(neg_null, stat, nperm)  # sum: #{null_min < obs}
-            pmap[cmask] = np.minimum(pmap[cmask], p)
-            found.append((-1, cmask, sign * stat, p))
+            pmap.ravel()[flat] = np.minimum(pmap.ravel()[flat], p)
+            found.append((-1, flat, sign * stat, p))
     if tail == 0:
         pmap = np.minimum(1.0, 2 * pmap)
     info = ClusterTestInfo(
-        clusters=_make_clusters(found, tail),
+        clusters=_make_clusters(found, tail, datobs.shape),
         threshold_lower=lower if tail in (0, -1) else None,
         threshold_upper=upper if tail in (0, 1) else None,
         null_max=null_max, null_min=null_min, tail=tail, alpha=alpha, clusterstat=clusterstat,
@@ -457,10 +344,9 @@ def _tfce_scores(x, structure, heights, dh, E, H):
 
 def _tfce_test(datobs, datrnd, tail, alpha, structure, null_structure, params, method, connectivity):
     """Core of the TFCE test: per-sample scores against the per-permutation maximum score."""
-    nperm = datrnd.shape[0]
+    nperm = datrnd.shape[-1]
     E, H, dh = params["E"], params["H"], params["dh"]
-    finite = [np.abs(a[np.isfinite(a)]) for a in (datobs, datrnd)]
-    top = max((f.max() for f in finite if f.size), default=0.0)
+    top = max(finite_abs_max(datobs[..., None]), finite_abs_max(datrnd))
     if dh is None:
         dh = top / _TFCE_N_STEPS if top > 0 else 1.0
     heights = dh * np.arange(1, int(np.ceil(top / dh)) + 1)
@@ -469,8 +355,8 @@ def _tfce_test(datobs, datrnd, tail, alpha, structure, null_structure, params, m
     sides, null_max, null_min = [], None, None
     for sign in ((1, -1) if tail == 0 else (tail,)):
         obs = _tfce_scores(sign * datobs, structure, heights, dh, E, H)
-        null = _tfce_scores(sign * datrnd, null_structure, heights, dh, E, H)
-        nmax = null.reshape(nperm, -1).max(axis=1)
+        nmax = per_permutation(datrnd, lambda x: _tfce_scores(sign * x, null_structure, heights, dh, E, H)
+                               .reshape(len(x), -1).max(axis=1))
         nmax[nmax == 0] = np.nan  # no sample reached the first height: no cluster in that permutation
         if sign == 1:
             null_max = nmax
@@ -488,12 +374,10 @@ def _tfce_test(datobs, datrnd, tail, alpha, structure, null_structure, params, m
     found = []
     for sign, obs, p in sides:
         p_used = np.minimum(1.0, 2 * p) if tail == 0 else p
-        labels, n = _label((obs > 0) & (p_used < alpha), structure)
-        for lab in range(1, n + 1):
-            cmask = labels == lab
-            found.append((sign, cmask, float(obs[cmask].max()), float(p[cmask].min())))
+        for flat in _components((obs > 0) & (p_used < alpha), structure):
+            found.append((sign, flat, float(obs.ravel()[flat].max()), float(p.ravel()[flat].min())))
     info = ClusterTestInfo(
-        clusters=_make_clusters(found, tail), threshold_lower=None, threshold_upper=None,
+        clusters=_make_clusters(found, tail, datobs.shape), threshold_lower=None, threshold_upper=None,
         null_max=null_max, null_min=null_min, tail=tail, alpha=alpha, clusterstat="tfce",
         clusteralpha=None, quantile_method=method, connectivity=connectivity, n_permutations=nperm,
         tfce_scores=signed_scores, tfce_params={"E": E, "H": H, "dh": float(dh)})

@@ -37,7 +37,7 @@ VERSION = 1  # the .h5 layout's version (attribute "version"): readers refuse ne
 # its mne.Info (never saved); the result's per-term arrays and clusters (groups "term<i>", "clusters")
 # and its fit.
 FIT_APART = ("diagnostics", "source", "info")
-RESULT_APART = ("fit", "stat", "null", "p_clust", "cluster_info", "clusters", "refit_failures")
+RESULT_APART = ("fit", "stat", "null", "p_clust", "cluster_info", "clusters", "refit_failures", "threshold_sweep")
 
 
 _SUFFIXES = (".mat", ".h5", ".hdf5", ".csv")
@@ -77,7 +77,7 @@ def _matlab_struct(result) -> dict:
         lme = dict(per_term[result.terms[0]])  # the 1-way original: lme.t, lme.p, lme.p_clust
     else:
         # The fields added below must not overwrite a term's struct (e.g. a predictor named "times").
-        lme, used = {}, {"times", "clusters", "settings", "freqs"}
+        lme, used = {}, {"times", "clusters", "settings", "freqs", "threshold_sweep"}
         for term, fields in per_term.items():
             name = matlab_field_name(term)
             while name in used:
@@ -86,6 +86,7 @@ def _matlab_struct(result) -> dict:
             lme[name] = fields
     clusters = result.clusters.copy()
     clusters["term"] = clusters["term"].astype(str)
+    sweep = result.threshold_sweep
     lme.update(
         times=_row(fit.times),
         clusters=clusters if len(clusters) else None,
@@ -96,6 +97,8 @@ def _matlab_struct(result) -> dict:
             "alpha": result.alpha,
             "cluster_alpha": result.cluster_alpha,
             "cluster_stat": result.cluster_stat,
+            "correction": result.correction,
+            "thresholds": np.asarray(result.thresholds, dtype=float),
             "quantile_method": result.quantile_method,
             "n_permutations": float(result.n_permutations),
             "seed": str(result.seed),
@@ -107,6 +110,8 @@ def _matlab_struct(result) -> dict:
     )
     if fit.freqs is not None:
         lme["freqs"] = _row(fit.freqs)
+    if sweep is not None and len(sweep):
+        lme["threshold_sweep"] = sweep.assign(term=sweep["term"].astype(str))
     return {"lme": lme}
 
 
@@ -150,14 +155,30 @@ def save_result(result, path):
 # attributes, so that a file damaged after writing is refused by load_result instead of read as other
 # numbers. Files without them (written before) are read unchecked.
 DIGEST = "sha256"
+_BLOCK_BYTES = 256 * 2 ** 20  # large arrays are written and hashed in blocks of rows of about this size
 ATTRS_DIGEST = "attrs_sha256"
 
 
+def _row_blocks(arr, block_bytes=_BLOCK_BYTES):
+    """Consecutive slices along the first axis of about ``block_bytes`` each (the whole array when 0-D)."""
+    if arr.ndim == 0 or arr.nbytes <= block_bytes:
+        yield slice(None)
+        return
+    step = max(1, block_bytes // max(1, arr.nbytes // arr.shape[0]))
+    for start in range(0, arr.shape[0], step):
+        yield slice(start, start + step)
+
+
 def array_digest(arr) -> str:
-    """The SHA-256 of an array's dtype, shape and bytes (stored in each dataset's ``DIGEST`` attribute)."""
-    arr = np.ascontiguousarray(arr)  # no copy when it already is (as every array read back from a file)
+    """The SHA-256 of an array's dtype, shape and bytes (stored in each dataset's ``DIGEST`` attribute).
+
+    Hashed a block of rows at a time, so a null held in a memory-mapped file is never copied whole.
+    """
+    arr = np.asarray(arr)
     h = hashlib.sha256(f"{arr.dtype.str}{arr.shape}".encode())
-    h.update(memoryview(arr.reshape(-1)).cast("B"))
+    for rows in _row_blocks(arr):
+        part = np.ascontiguousarray(arr[rows])  # no copy when it already is (as every array read back from a file)
+        h.update(memoryview(part.reshape(-1)).cast("B"))
     return h.hexdigest()
 
 
@@ -170,7 +191,12 @@ def attrs_digest(node) -> str:
 def _create(group, name, value, **kwargs):
     """A dataset that carries the SHA-256 of its array."""
     value = np.asarray(value)
-    ds = group.create_dataset(name, data=value, **kwargs)
+    if value.ndim == 0 or value.nbytes <= _BLOCK_BYTES:
+        ds = group.create_dataset(name, data=value, **kwargs)
+    else:  # a large (possibly memory-mapped) null: written a block of rows at a time
+        ds = group.create_dataset(name, shape=value.shape, dtype=value.dtype, **kwargs)
+        for rows in _row_blocks(value):
+            ds[rows] = value[rows]
     ds.attrs[DIGEST] = array_digest(value)
     return ds
 
@@ -240,6 +266,8 @@ def _write_h5(result, path):
             _put_frame(fit_group.create_group("diagnostics"), result.fit.diagnostics)
             _put_dataclass(f, result, skip=RESULT_APART)
             _put_frame(f.create_group("clusters"), result.clusters)
+            if result.threshold_sweep is not None:
+                _put_frame(f.create_group("threshold_sweep"), result.threshold_sweep)
             for i, term in enumerate(result.terms):
                 g = f.create_group(f"term{i}")
                 g.attrs["term"] = term
@@ -255,7 +283,10 @@ def _write_h5(result, path):
                 _put_dataclass(ig, info, skip=("clusters",))
                 ig.attrs["n_clusters"] = len(info.clusters)
                 for j, c in enumerate(info.clusters):
-                    _put_dataclass(ig.create_group(f"cluster{j}"), c)
+                    cg = ig.create_group(f"cluster{j}")
+                    _put_dataclass(cg, c, skip=("shape", "indices"))  # shape: the stat's
+                    # one row per axis, as a dataset: a large cluster's indices outgrow an HDF5 attribute
+                    _create(cg, "indices", np.asarray(c.indices, dtype=np.int64).reshape(len(c.indices), -1))
             _seal(f)
         os.replace(tmp, path)
     finally:

@@ -305,3 +305,12 @@ def test_type2_does_not_depend_on_term_order_and_type1_does():
     np.testing.assert_allclose(ab[["FStat", "DF2", "pValue"]], ba[["FStat", "DF2", "pValue"]], rtol=1e-8)
     ab1, ba1 = fits["y ~ a * b + (1|f)", "type1"], fits["y ~ b * a + (1|f)", "type1"].iloc[[1, 0, 2]]
     assert abs(ab1["FStat"].iloc[0] / ba1["FStat"].iloc[0] - 1) > 0.01  # a first vs a after b: unbalanced
+
+
+def test_type1_and_type2_are_refused_for_a_glmm():
+    from clusterlmer.engines.base import check_fit_options
+
+    for test in ("type1", "type2"):
+        with pytest.raises(ValueError, match="defined for linear mixed models.*test='type3'"):
+            check_fit_options(True, "satterthwaite", test, "bobyqa", None, family="binomial")
+    assert check_fit_options(True, "satterthwaite", "type3", "bobyqa", None, family="poisson").test == "type3"

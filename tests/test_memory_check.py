@@ -14,6 +14,7 @@ import pytest
 import clusterlmer as cl
 from conftest import SMALL_FORMULA, write_small_mat
 from clusterlmer._memory import GIB, available_memory, check_run_memory
+from clusterlmer._null_blocks import BLOCK_BYTES
 from clusterlmer.checkpoint import Checkpoint
 from clusterlmer.cli import main
 from clusterlmer.formula import parse_formula
@@ -36,10 +37,10 @@ def test_run_with_1e12_permutations_is_refused_before_the_observed_fit(small):
     start = time.perf_counter()
     with pytest.raises(ValueError, match=(
             rf"this run needs about [\d,.]+ GiB of memory \(null statistics: {_gib(HUGE * N_TERMS * N_SAMPLES * 8)}; "
-            rf"cluster test: {_gib(3 * HUGE * N_SAMPLES * 8)}; permutation maps: {_gib(2 * HUGE * small.n_obs * 4)}\), "
+            rf"cluster test: {_gib(3 * BLOCK_BYTES)}; permutation maps: {_gib(2 * HUGE * small.n_obs * 4)}\), "
             r"but only [\d,.]+ GiB are available\. Use fewer permutations \(n_permutations=1000 \(CLI: --nperm 1000\) "
-            r"gives cluster p down to 0\.001.*or run on a machine with more memory\. A checkpoint or a Dask cluster "
-            r"does not lower this")):
+            r"gives cluster p down to 0\.001.*or run on a machine with more memory\. Or pass checkpoint='run\.h5' "
+            r"\(CLI: --checkpoint run\.h5\): the null is then kept in that file")):
         # engine="r" would take seconds to start R and fit: the refusal comes first
         cl.permutation_cluster_lmer(small, SMALL_FORMULA, n_permutations=HUGE, engine="r", progress=False)
     assert time.perf_counter() - start < 3

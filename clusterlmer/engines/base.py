@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._checks import check_option, option_hint
+from ..families import check_family
 
 __all__ = ["FitOptions", "BlockFit", "DDF_METHODS", "TESTS", "OPTIMIZERS", "NEEDS", "check_fit_options"]
 
@@ -33,13 +34,15 @@ class FitOptions:
     test: str = "marginal"
     optimizer: str = "bobyqa"
     optimizer_options: dict = field(default_factory=dict)
+    family: str = "gaussian"  # anything else: a GLMM (clusterlmer.families), fitted by lme4::glmer
+    weights: str | None = None  # binomial: the design column with each row's number of trials
 
     def resolved_optimizer_options(self) -> dict:
         """Optimizer controls: clusterlmer's defaults, updated by the user's."""
         return {**DEFAULT_OPTIMIZER_OPTIONS.get(self.optimizer, {}), **self.optimizer_options}
 
 
-def check_fit_options(reml, ddf, test, optimizer, optimizer_options) -> FitOptions:
+def check_fit_options(reml, ddf, test, optimizer, optimizer_options, family="gaussian", weights=None) -> FitOptions:
     """Check the fit options of a public entry point and bundle them.
 
     Parameters
@@ -50,6 +53,11 @@ def check_fit_options(reml, ddf, test, optimizer, optimizer_options) -> FitOptio
     optimizer : {"bobyqa", "nloptwrap", "Nelder_Mead"}
     optimizer_options : dict or None
         Numeric lme4 optimizer controls.
+    family : {"gaussian", "binomial", "poisson"}
+        Not Gaussian: a GLMM (:mod:`clusterlmer.families`; ``reml`` becomes
+        False and ``ddf`` ``"none"``).
+    weights : str or None
+        Binomial: the design column with each row's number of trials.
 
     Returns
     -------
@@ -60,13 +68,20 @@ def check_fit_options(reml, ddf, test, optimizer, optimizer_options) -> FitOptio
     TypeError
         ``reml`` is not a bool, or an optimizer control is not a number.
     ValueError
-        An option outside its choices, or Kenward-Roger with ML.
+        An option outside its choices, Kenward-Roger with ML, or a type I/II
+        table of a GLMM.
     """
     if not isinstance(reml, (bool, np.bool_)):
         raise TypeError(f"reml must be True (REML) or False (ML, MATLAB's default), got {reml!r}.")
     check_option("ddf", ddf, DDF_METHODS)
     check_option("test", test, TESTS)
     check_option("optimizer", optimizer, OPTIMIZERS)
+    reml, ddf = check_family(family, weights, reml, ddf)
+    if family != "gaussian" and test in ("type1", "type2"):
+        # lmerTest builds them from X'X, which a GLMM's weighted fit does not test: no such table exists there.
+        raise ValueError(f"test={test!r} (lmerTest's type {'I' if test == 'type1' else 'II'} table) is defined "
+                         f"for linear mixed models; for family={family!r} use "
+                         f"{option_hint('test=' + repr('type3'), '--test type3')} or the marginal test.")
     if ddf == "kenward-roger" and not reml:
         raise ValueError(f"ddf='kenward-roger' needs a REML fit: {option_hint('use reml=True', 'leave out --ml')}, "
                          "or use another ddf method with ML.")
@@ -74,7 +89,7 @@ def check_fit_options(reml, ddf, test, optimizer, optimizer_options) -> FitOptio
     bad = {k: v for k, v in opts.items() if not isinstance(v, (int, float)) or isinstance(v, bool)}
     if bad:
         raise TypeError(f"optimizer_options values must be numbers, got {bad}.")
-    return FitOptions(bool(reml), ddf, test, optimizer, opts)
+    return FitOptions(bool(reml), ddf, test, optimizer, opts, family, weights)
 
 
 @dataclass(frozen=True, eq=False)

@@ -23,6 +23,9 @@ class UnsupportedModel(ValueError):
 
 
 def _option_problem(options):
+    if options.family != "gaussian":
+        return (f"family={options.family!r} makes a generalized linear mixed model, which lme4::glmer fits; the "
+                "native engine fits linear (Gaussian) mixed models")
     if options.ddf == "kenward-roger":
         return "ddf='kenward-roger' (pbkrtest) is not available in the native engine"
     # The native optimum is exact; silently ignoring a requested lme4 optimizer would misreport the run.
