@@ -142,6 +142,47 @@ cl_satterthwaite_F <- function(L, beta, V, vp = NULL, eps = sqrt(.Machine$double
   c(Fvalue, q, ddf, stats::pf(Fvalue, q, ddf, lower.tail = FALSE))
 }
 
+# lmerTest's contrasts of anova(type = 1, 2, 3): type 2 is lmerTest's default
+# reading of "II" (get_contrasts_type2_unfolded: a term no other term contains
+# is tested marginally).
+cl_anova_contrasts <- function(m, test) {
+  switch(test,
+         type1 = lmerTest:::get_contrasts_type1(m),
+         type2 = lmerTest:::get_contrasts_type2_unfolded(m),
+         type3 = lmerTest:::get_contrasts_type3(m),
+         stop("unknown test ", test))
+}
+
+# The t test of each coefficient as lmerTest's summary() reports it (get_coefmat,
+# contest1D): DF and the SE the t uses. Satterthwaite: 2 V_ii^2 / (g' A g) with g
+# the derivatives of V_ii; Kenward-Roger: pbkrtest's adjusted covariance (its SE)
+# and Lb_ddf, the adjusted covariance computed once for every coefficient.
+cl_coef_tests <- function(m, model, V, vp, ddf, resid_df) {
+  p <- ncol(V)
+  se <- sqrt(diag(V))
+  if (identical(ddf, "satterthwaite")) {
+    df <- vapply(seq_len(p), function(i) {
+      grad <- vapply(vp$Jac_list, function(J) J[i, i], numeric(1L))
+      2 * V[i, i]^2 / cl_qform(grad, vp$vcov_varpar)
+    }, numeric(1L))
+  } else if (identical(ddf, "kenward-roger")) {
+    Vadj <- tryCatch(pbkrtest::vcovAdj(model), error = function(e) e)
+    if (inherits(Vadj, "error")) {
+      warning("Unable to compute Kenward-Roger t-tests of the coefficients: ", conditionMessage(Vadj),
+              call. = FALSE)
+      return(list(df = rep(NA_real_, p), se = rep(NA_real_, p)))
+    }
+    df <- vapply(seq_len(p), function(i) {
+      L <- as.numeric(seq_len(p) == i)
+      pbkrtest::Lb_ddf(L = L, V0 = stats::vcov(model), Vadj = Vadj)
+    }, numeric(1L))
+    se <- sqrt(diag(as.matrix(Vadj)))
+  } else {
+    df <- rep(if (identical(ddf, "residual")) resid_df else Inf, p)
+  }
+  list(df = df, se = se)
+}
+
 # lme4's C++ predictor updates theta and Lambdat in place; give every fit its
 # own copies so each response starts exactly where a fresh lmer() would.
 cl_fresh_reTrms <- function(reTrms) {
@@ -154,6 +195,7 @@ cl_empty_result <- function(n_terms, n_coef, k) {
   na_mat <- function(r) matrix(NA_real_, nrow = r, ncol = k)
   list(F = na_mat(n_terms), df1 = na_mat(n_terms), df2 = na_mat(n_terms),
        p = na_mat(n_terms), contrast_estimate = na_mat(n_terms), estimate = na_mat(n_coef), se = na_mat(n_coef),
+       coef_df = na_mat(n_coef), coef_se = na_mat(n_coef),
        sigma = rep(NA_real_, k),
        deviance = rep(NA_real_, k),
        converged = rep(FALSE, k), singular = rep(NA_real_, k),
@@ -191,7 +233,7 @@ cl_fit_block <- function(design, Y, formula, response, factors, matrices = list(
   design[[response]] <- Y[, 1L]
   desc <- cl_describe(design, formula, response)
   term_names <- desc$terms
-  # lmerTest's type III table has no intercept row.
+  # lmerTest's type I, II and III tables have no intercept row.
   if (!identical(test, "marginal")) term_names <- setdiff(term_names, "(Intercept)")
   coef_names <- desc$coef_names
   out <- cl_empty_result(length(term_names), length(coef_names), k)
@@ -253,8 +295,8 @@ cl_fit_block <- function(design, Y, formula, response, factors, matrices = list(
         model <- lmerTest:::as_lmerModLT(m, devfun)
       }
       devfun(m@theta)  # derivatives moved the shared state; restore the optimum
-      # Type III contrasts depend on the design only: build them once per block.
-      if (is.null(L_list)) L_list <- lmerTest:::get_contrasts_type3(m)
+      # Type I/II/III contrasts depend on the fitted X only: build them once per block.
+      if (is.null(L_list)) L_list <- cl_anova_contrasts(m, test)
       stats_j <- vapply(term_names, function(term) {
         L <- L_list[[term]]
         if (is.null(L) || nrow(L) == 0L) return(rep(NA_real_, 5L))
@@ -273,7 +315,8 @@ cl_fit_block <- function(design, Y, formula, response, factors, matrices = list(
           c(w[["F"]], w[["q"]], df2, stats::pf(w[["F"]], w[["q"]], df2, lower.tail = FALSE), est)
         }
       }, numeric(5L))
-      list(stats = stats_j, beta = beta, se = sqrt(diag(V)),
+      coef_j <- if (full) cl_coef_tests(m, model, V, vp, ddf, resid_df) else NULL
+      list(stats = stats_j, beta = beta, se = sqrt(diag(V)), coef = coef_j,
            sigma = stats::sigma(m), deviance = opt$fval,
            conv = opt$conv, singular = lme4::isSingular(m),
            lme4_msgs = unlist(cc$messages))
@@ -293,6 +336,10 @@ cl_fit_block <- function(design, Y, formula, response, factors, matrices = list(
     out$contrast_estimate[, j] <- res$stats[5L, ]
     out$estimate[coef_rows, j] <- res$beta
     out$se[coef_rows, j] <- res$se
+    if (!is.null(res$coef)) {
+      out$coef_df[coef_rows, j] <- res$coef$df
+      out$coef_se[coef_rows, j] <- res$coef$se
+    }
     out$sigma[j] <- res$sigma
     out$deviance[j] <- res$deviance
     out$singular[j] <- as.numeric(res$singular)
@@ -383,6 +430,9 @@ cl_fit_glmm_block <- function(design, Y, formula, response, factors, matrices = 
     out$contrast_estimate[, j] <- res$stats[5L, ]
     out$estimate[rows, j] <- res$beta
     out$se[rows, j] <- res$se
+    # summary()'s Wald z of each coefficient: the normal distribution (DF = Inf).
+    out$coef_se[rows, j] <- res$se
+    out$coef_df[rows, j] <- Inf
     out$sigma[j] <- 1
     out$deviance[j] <- res$deviance
     out$singular[j] <- as.numeric(res$singular)

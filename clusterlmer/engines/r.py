@@ -286,6 +286,8 @@ def _block_fit(res, k, back) -> BlockFit:
         contrast_estimate=_as_array(res.rx2("contrast_estimate"), (nt, k)),
         estimate=_as_array(res.rx2("estimate"), (nc, k)),
         se=_as_array(res.rx2("se"), (nc, k)),
+        coef_df=_as_array(res.rx2("coef_df"), (nc, k)),
+        coef_se=_as_array(res.rx2("coef_se"), (nc, k)),
         sigma=_as_array(res.rx2("sigma")),
         deviance=_as_array(res.rx2("deviance")),
         converged=np.array(res.rx2("converged"), dtype=bool),
