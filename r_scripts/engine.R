@@ -215,6 +215,22 @@ cl_describe <- function(design, formula, response) {
        rank = qr(X)$rank)
 }
 
+# What every block of fits starts from: the coded design (first response in
+# place), the rows the tables will have, and an all-NA result to fill.
+cl_block_setup <- function(design, Y, formula, response, factors, matrices, coding, test) {
+  design <- cl_prepare_design(design, factors, coding, matrices)
+  design[[response]] <- Y[, 1L]
+  desc <- cl_describe(design, formula, response)
+  term_names <- desc$terms
+  # lmerTest's type I, II and III tables have no intercept row.
+  if (!identical(test, "marginal")) term_names <- setdiff(term_names, "(Intercept)")
+  out <- cl_empty_result(length(term_names), length(desc$coef_names), ncol(Y))
+  out$terms <- term_names
+  out$coef_names <- desc$coef_names
+  out$residual_df <- NA_real_
+  list(design = design, out = out)
+}
+
 # Fit every column of Y with the same design.
 #
 # Returns per-term F, DF1, DF2, p (n_terms x k), per-coefficient estimates and
@@ -229,17 +245,11 @@ cl_fit_block <- function(design, Y, formula, response, factors, matrices = list(
   full <- identical(need, "all")
   Y <- as.matrix(Y)
   k <- ncol(Y)
-  design <- cl_prepare_design(design, factors, coding, matrices)
-  design[[response]] <- Y[, 1L]
-  desc <- cl_describe(design, formula, response)
-  term_names <- desc$terms
-  # lmerTest's type I, II and III tables have no intercept row.
-  if (!identical(test, "marginal")) term_names <- setdiff(term_names, "(Intercept)")
-  coef_names <- desc$coef_names
-  out <- cl_empty_result(length(term_names), length(coef_names), k)
-  out$terms <- term_names
-  out$coef_names <- coef_names
-  out$residual_df <- NA_real_
+  block <- cl_block_setup(design, Y, formula, response, factors, matrices, coding, test)
+  design <- block$design
+  term_names <- block$out$terms
+  coef_names <- block$out$coef_names
+  out <- block$out
 
   ctrl <- cl_control(optimizer, opt_ctrl)
   f <- stats::as.formula(formula, env = globalenv())
@@ -369,16 +379,11 @@ cl_fit_glmm_block <- function(design, Y, formula, response, factors, matrices = 
                               need = "all") {
   Y <- as.matrix(Y)
   k <- ncol(Y)
-  design <- cl_prepare_design(design, factors, coding, matrices)
-  design[[response]] <- Y[, 1L]
-  desc <- cl_describe(design, formula, response)
-  term_names <- desc$terms
-  if (!identical(test, "marginal")) term_names <- setdiff(term_names, "(Intercept)")
-  coef_names <- desc$coef_names
-  out <- cl_empty_result(length(term_names), length(coef_names), k)
-  out$terms <- term_names
-  out$coef_names <- coef_names
-  out$residual_df <- NA_real_
+  block <- cl_block_setup(design, Y, formula, response, factors, matrices, coding, test)
+  design <- block$design
+  term_names <- block$out$terms
+  coef_names <- block$out$coef_names
+  out <- block$out
   fam <- switch(family, binomial = stats::binomial(), poisson = stats::poisson())
   ctrl <- lme4::glmerControl(optimizer = optimizer, optCtrl = opt_ctrl, check.rankX = "message+drop.cols")
   f <- stats::as.formula(formula, env = globalenv())

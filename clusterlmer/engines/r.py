@@ -234,40 +234,14 @@ def fit_block(model, Y, options: FitOptions, need: str = "all") -> BlockFit:
     k = Y.shape[1]
     # Transformations reach R as computed columns under generated names (see clusterlmer.transforms).
     table, text, matrices, back = r_design(design)
+    common = (s.data_frame(table), s.matrix(Y), text, design.formula.response, s.str_list(design.factors))
+    shared = dict(matrices=s.str_list(matrices), coding=_codings(s, design), test=options.test,
+                  optimizer=options.optimizer, opt_ctrl=s.num_list(options.resolved_optimizer_options()), need=need)
     if options.family != "gaussian":
-        res = s.call(
-            "cl_fit_glmm_block",
-            s.data_frame(table),
-            s.matrix(Y),
-            text,
-            design.formula.response,
-            s.str_list(design.factors),
-            matrices=s.str_list(matrices),
-            coding=_codings(s, design),
-            family=options.family,
-            weights=TRIALS_COLUMN if options.weights is not None else s.ro.NULL,
-            test=options.test,
-            optimizer=options.optimizer,
-            opt_ctrl=s.num_list(options.resolved_optimizer_options()),
-            need=need,
-        )
-        return _block_fit(res, k, back)
-    res = s.call(
-        "cl_fit_block",
-        s.data_frame(table),
-        s.matrix(Y),
-        text,
-        design.formula.response,
-        s.str_list(design.factors),
-        matrices=s.str_list(matrices),
-        coding=_codings(s, design),
-        reml=bool(options.reml),
-        ddf=options.ddf,
-        test=options.test,
-        optimizer=options.optimizer,
-        opt_ctrl=s.num_list(options.resolved_optimizer_options()),
-        need=need,
-    )
+        res = s.call("cl_fit_glmm_block", *common, family=options.family,
+                     weights=TRIALS_COLUMN if options.weights is not None else s.ro.NULL, **shared)
+    else:
+        res = s.call("cl_fit_block", *common, reml=bool(options.reml), ddf=options.ddf, **shared)
     return _block_fit(res, k, back)
 
 
