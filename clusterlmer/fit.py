@@ -10,6 +10,7 @@ import pandas as pd
 
 from ._checks import option_hint
 from .data import TimeseriesData, _preview, check_response
+from .contrasts import with_contrasts
 from .crosscheck import start_cross_check
 from .design import build_design
 from .engines import engine_properties, get_engine, resolve_engine
@@ -44,7 +45,7 @@ def _warn_if_all_nan(terms, F, errors, messages, stacklevel=3):
 
 def fit_timeseries(data, formula, *, reml=True, ddf="satterthwaite", coding="reference", test="marginal",
                    optimizer="bobyqa", optimizer_options=None, levels=None, terms=None,
-                   engine="auto", cross_check=3) -> TimeseriesFit:
+                   engine="auto", cross_check=3, contrasts=None) -> TimeseriesFit:
     """Fit a linear mixed model at every sample and test each fixed-effect term.
 
     Parameters
@@ -100,6 +101,13 @@ def fit_timeseries(data, formula, *, reml=True, ddf="satterthwaite", coding="ref
         ``fit.options["cross_check"]`` and the summary; a difference above
         1e-4 is a ``RuntimeWarning``. 0 skips it (and R is then not needed);
         without R installed the check is skipped with a note.
+    contrasts : dict, optional
+        User contrasts ``{name: contrast}`` over the coefficients
+        (``fit.coef_names``), e.g. ``{"hit in hc": "hit_misshit +
+        hit_misshit:regionhc"}``, each tested as lmerTest's ``contest(model,
+        L, joint = TRUE)`` and reported as an extra row of the F table under
+        its name; see :mod:`clusterlmer.contrasts` for the forms a contrast
+        takes, and :meth:`TimeseriesFit.contrast` to test one on a finished fit.
 
     Returns
     -------
@@ -124,7 +132,8 @@ def fit_timeseries(data, formula, *, reml=True, ddf="satterthwaite", coding="ref
     DF2 of 167 became 6e22; beyond about 1e+-200 the fits fail.
     """
     plan = check_fit_arguments(data, formula, reml=reml, ddf=ddf, coding=coding, test=test, optimizer=optimizer,
-                               optimizer_options=optimizer_options, levels=levels, terms=terms, engine=engine)
+                               optimizer_options=optimizer_options, levels=levels, terms=terms, engine=engine,
+                               contrasts=contrasts)
     if plan.engine_note:
         warnings.warn(plan.engine_note, UserWarning, stacklevel=2)
     return fit_plan(plan, data, cross_check)
@@ -158,7 +167,7 @@ class FitPlan:
 
 def check_fit_arguments(data, formula, *, reml=True, ddf="satterthwaite", coding="reference", test="marginal",
                         optimizer="bobyqa", optimizer_options=None, levels=None, terms=None,
-                        engine="auto") -> FitPlan:
+                        engine="auto", contrasts=None) -> FitPlan:
     """Check every argument of :func:`fit_timeseries` and build the model once (no fit).
 
     Raises the errors :func:`fit_timeseries` documents, before any fit.
@@ -173,6 +182,8 @@ def check_fit_arguments(data, formula, *, reml=True, ddf="satterthwaite", coding
     design = build_design(data.design, model, coding=coding, levels=levels, response_column=data.response)
     spec = build_spec(design)
     engine, engine_note = resolve_engine(engine, spec, options)
+    if contrasts is not None:  # checked against the coefficient names before any fit
+        options = with_contrasts(options, contrasts, *get_engine(engine).describe(spec, options))
     wanted = None
     if terms is not None or test == "type3":  # checked before the long part
         model_terms, _ = get_engine(engine).describe(spec, options)
@@ -271,8 +282,8 @@ def fit_plan(plan: FitPlan, data, cross_check=3, *, alongside=False, stacklevel=
             "optimizer": optimizer,
             "optimizer_options": options.resolved_optimizer_options(),
             **({"cross_check": check.result(stacklevel) if not alongside else None} if check is not None else {}),
-            "hypotheses": {k: v for k, v in term_hypotheses(model.fixed_terms, design.factors, coding,
-                                                             test).items()
+            "hypotheses": {k: v for k, v in {**term_hypotheses(model.fixed_terms, design.factors, coding, test),
+                                             **{c.name: c.text for c in options.contrasts}}.items()
                            if k in {blk.terms[i] for i in keep}},
             "sign": sign_convention(design.factors, coding),
             "numeric_as_factor": list(design.converted),

@@ -33,6 +33,8 @@ class FitOptions:
     test: str = "marginal"
     optimizer: str = "bobyqa"
     optimizer_options: dict = field(default_factory=dict)
+    # User contrasts (clusterlmer.contrasts.Contrast) tested after the terms, under their names.
+    contrasts: tuple = ()
 
     def resolved_optimizer_options(self) -> dict:
         """Optimizer controls: clusterlmer's defaults, updated by the user's."""

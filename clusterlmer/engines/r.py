@@ -168,7 +168,7 @@ def describe(model, options: FitOptions):
     terms = _as_strings(res.rx2("terms"))
     if options.test != "marginal":
         terms = [t for t in terms if t != "(Intercept)"]
-    return tuple(terms), tuple(_as_strings(res.rx2("coef_names")))
+    return tuple(terms) + tuple(c.name for c in options.contrasts), tuple(_as_strings(res.rx2("coef_names")))
 
 
 def warm_up():
@@ -237,6 +237,9 @@ def fit_block(model, Y, options: FitOptions, need: str = "all") -> BlockFit:
         optimizer=options.optimizer,
         opt_ctrl=s.num_list(options.resolved_optimizer_options()),
         need=need,
+        user=s.vectors.ListVector({c.name: s.vectors.ListVector({"L": s.matrix(c.L),
+                                                                 "rhs": s.vectors.FloatVector(c.rhs)})
+                                   for c in options.contrasts}),
     )
     terms = tuple(_as_strings(res.rx2("terms")))
     coefs = tuple(_as_strings(res.rx2("coef_names")))

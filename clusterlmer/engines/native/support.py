@@ -127,6 +127,7 @@ def describe(model, options: FitOptions):
 
 
 def tested_terms(spec, options):
-    """The terms the tests report: lmerTest's type III table has no intercept row."""
+    """The terms the tests report (lmerTest's type III table has no intercept row), then the user contrasts."""
     terms = spec.fixed.terms
-    return tuple(t for t in terms if t != "(Intercept)") if options.test == "type3" else terms
+    terms = tuple(t for t in terms if t != "(Intercept)") if options.test == "type3" else terms
+    return terms + tuple(c.name for c in options.contrasts)
