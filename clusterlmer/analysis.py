@@ -21,6 +21,7 @@ from ._memory import check_run_memory
 from ._null_blocks import nan_counts
 from .adjacency import data_adjacency
 from .checkpoint import Checkpoint, check_checkpoint_path, fingerprint
+from .contrasts import require_zero_rhs
 from .cluster import CLUSTER_STATS, QUANTILE_METHODS, TAILS, cluster_test, smallest_cluster_p
 from .crosscheck import ReferenceProcess
 from .data import TimeseriesData, _preview
@@ -192,7 +193,7 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
                              coding="reference", test="marginal", optimizer="bobyqa", optimizer_options=None,
                              levels=None, engine="auto", cross_check=3, n_jobs=1, checkpoint=None,
                              progress=True, client=None, adjacency=None,
-                             min_neighbours=0) -> PermutationClusterResult:
+                             min_neighbours=0, contrasts=None) -> PermutationClusterResult:
     """Mixed model per sample with a cluster-based permutation test across samples.
 
     Parameters
@@ -281,6 +282,10 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
     min_neighbours : int
         FieldTrip's ``minnbchan``: a supra-threshold sample joins a cluster
         only with at least this many supra-threshold neighbouring channels.
+    contrasts : dict, optional
+        As :func:`clusterlmer.fit_timeseries` (e.g. a simple effect
+        ``{"hit in hc": "hit_misshit + hit_misshit:regionhc"}``): tested like
+        terms, under their names, with the same permutations.
 
     Returns
     -------
@@ -302,7 +307,7 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
         schemes=schemes, reml=reml, ddf=ddf, coding=coding, test=test, optimizer=optimizer,
         optimizer_options=optimizer_options, levels=levels, engine=engine, cross_check=cross_check, n_jobs=n_jobs,
         checkpoint=checkpoint, progress=progress, client=client, adjacency=adjacency,
-        min_neighbours=min_neighbours, stacklevel=3)
+        min_neighbours=min_neighbours, contrasts=contrasts, stacklevel=3)
     start = time.perf_counter()
     # The engine's cross-check (R starting, a few refits) runs in a worker process beside the
     # observed fit and the permutations.
@@ -355,7 +360,8 @@ def check_analysis_arguments(data, formula, *, n_permutations=1000, seed=None, s
                              quantile_method="hazen", schemes=None, reml=True, ddf="satterthwaite",
                              coding="reference", test="marginal", optimizer="bobyqa", optimizer_options=None,
                              levels=None, engine="auto", cross_check=3, n_jobs=1, checkpoint=None, progress=True,
-                             client=None, adjacency=None, min_neighbours=0, stacklevel=2) -> AnalysisPlan:
+                             client=None, adjacency=None, min_neighbours=0, contrasts=None,
+                             stacklevel=2) -> AnalysisPlan:
     """Check every argument of :func:`permutation_cluster_lmer` before anything is fitted.
 
     Builds the model (:func:`clusterlmer.fit.check_fit_arguments`) and draws
@@ -395,11 +401,14 @@ def check_analysis_arguments(data, formula, *, n_permutations=1000, seed=None, s
         raise ValueError("min_neighbours applies to cluster_stat 'sum' and 'size', not 'tfce' (neither FieldTrip "
                          "nor MNE defines it there); leave it at 0.")
     model = parse_formula(formula)
-    mapped_null = check_run_memory(data, model, n_permutations, terms=terms, schemes=schemes,
+    counted = terms if terms is not None or not contrasts else list(model.fixed_terms.labels) + list(contrasts)
+    mapped_null = check_run_memory(data, model, n_permutations, terms=counted, schemes=schemes,
                                    cluster_stat=cluster_stat, n_jobs=n_jobs, client=client,
                                    checkpoint=checkpoint)  # before anything large is allocated
     fit = check_fit_arguments(data, formula, reml=reml, ddf=ddf, coding=coding, test=test, optimizer=optimizer,
-                              optimizer_options=optimizer_options, levels=levels, engine=engine)
+                              optimizer_options=optimizer_options, levels=levels, engine=engine,
+                              contrasts=contrasts)
+    require_zero_rhs(fit.options.contrasts)
     perms = make_permutations(data, model, n_permutations, seed, schemes=schemes)
     if terms is not None:
         _check_term_names(terms, fit)
@@ -418,9 +427,13 @@ def _permute_and_cluster(data, plan: AnalysisPlan, fit, start):
     quantile_method, n_jobs, checkpoint = plan.quantile_method, plan.n_jobs, plan.checkpoint
     tested = _tested_terms(fit, plan.terms, statistic)
     unpermuted = plan.unpermuted
+    user = {c.name: c for c in options.contrasts}
     for term in tested:
-        if all(v in unpermuted for v in _term_variables(term, model.fixed_variables)):
-            raise ValueError(f"term {term!r} uses only variables that are not permuted ({_preview(unpermuted)}), "
+        variables = (user[term].variables(plan.fit.spec.fixed) if term in user
+                     else _term_variables(term, model.fixed_variables))
+        if all(v in unpermuted for v in variables):
+            what = "contrast" if term in user else "term"
+            raise ValueError(f"{what} {term!r} uses only variables that are not permuted ({_preview(unpermuted)}), "
                              "so the permutations give it no null distribution; permute one of its variables.")
 
     Y = data.values.reshape(data.n_obs, -1)
@@ -437,6 +450,8 @@ def _permute_and_cluster(data, plan: AnalysisPlan, fit, start):
         "statistic": statistic,
         "terms": fingerprint(list(tested)),
     }
+    if user:  # the contrasts' weights, not only their names
+        keys["contrasts"] = fingerprint([[c.name, c.L, c.rhs] for c in user.values()])
     shift = response_exponents(Y, np.isfinite(Y))
     if shift.any():  # fitted at another scale than before the rescaling existed: never mix the two
         keys["response scaling"] = fingerprint(shift)

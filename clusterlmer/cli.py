@@ -13,7 +13,7 @@ import numpy as np
 
 from ._checks import called_from_cli, check_writable
 from ._cli_tables import (ADJACENCY_HELP, add_long_options, adjacency_option, check_adjacency_file,
-                          check_long_options, describe_data, load_data)
+                          check_long_options, contrast_argument, contrasts_dict, describe_data, load_data)
 from .cluster import CLUSTER_STATS, QUANTILE_METHODS, TAILS
 from .design import CODINGS
 from .engines import ENGINE_CHOICES
@@ -54,7 +54,7 @@ def _print_peaks(fit, terms):
 
 def _fit_kwargs(args) -> dict:
     return dict(reml=not args.ml, ddf=args.ddf, coding=args.coding, test=args.test, optimizer=args.optimizer,
-                engine=args.engine, cross_check=args.cross_check)
+                engine=args.engine, cross_check=args.cross_check, contrasts=args.contrasts)
 
 
 def _plot_path(plot):
@@ -211,6 +211,10 @@ def _add_fit_options(p):
                    "the options allow, cross-checked against lme4/lmerTest at 3 timepoints, else "
                    "lme4/lmerTest with a warning saying why; r: lme4/lmerTest at every fit; native: the native "
                    "engine or an error naming what it cannot fit")
+    g.add_argument("--contrast", action="append", type=contrast_argument, metavar="NAME=EXPR", dest="contrasts",
+                   help="also test a contrast of the coefficients, as lmerTest's contest, under NAME: EXPR weights "
+                   "coefficient names, e.g. 'hit in hc=hit_misshit + hit_misshit:regionhc' (rows of a joint test "
+                   "separated by ';'); repeat for several")
     g.add_argument("--cross-check", type=_non_negative_int, default=3, metavar="N",
                    help="with the native engine, refit N observed timepoints with lme4/lmerTest and report the "
                    "largest difference (default 3; 0 turns it off, and R is then not needed)")
@@ -464,6 +468,7 @@ def main(argv=None) -> int:
     parser = args.command_parser  # errors below name the subcommand: "clusterlmer run: error: ..."
     if args.command != "demo":
         check_long_options(parser, args)
+        args.contrasts = contrasts_dict(parser, args.contrasts)
     _check_paths(parser, args)
     if args.command == "run":
         check_adjacency_file(parser, args.adjacency)

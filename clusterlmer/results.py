@@ -190,6 +190,35 @@ class TimeseriesFit:
             }
         )
 
+    def contrast(self, L, rhs=0, *, name="contrast", ddf=None):
+        """Test ``L beta = rhs`` at every sample, as lmerTest's ``contest(model, L, rhs, joint = TRUE)``.
+
+        Every sample is refitted with this fit's data, model, options and
+        engine (``ddf`` other than the fit's may need R: Kenward-Roger).
+
+        Parameters
+        ----------
+        L : str, dict, list or array-like
+            Weights over ``coef_names``: an expression such as
+            ``"ProductP2 - ProductP3"`` (rows separated by ``;``), a dict
+            ``{coefficient: weight}``, a list of those, or a vector/matrix
+            with one column per coefficient (see :mod:`clusterlmer.contrasts`).
+        rhs : float or array-like
+            Hypothesised value per row.
+        name : str
+        ddf : {"satterthwaite", "kenward-roger", "residual", "none"}, optional
+            Default: the fit's.
+
+        Returns
+        -------
+        clusterlmer.contrasts.ContrastTest
+            ``F``, ``df1``, ``df2``, ``p`` per sample (and ``estimate``, ``t``
+            for one row); ``to_frame()``.
+        """
+        from .contrasts import fit_contrast
+
+        return fit_contrast(self, L, rhs, name=name, ddf=ddf)
+
     def model_at(self, t=None, *, time=None):
         """Open one sample's model as a fitted pymer4 ``Lmer`` for post-hoc work.
 
