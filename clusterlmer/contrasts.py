@@ -25,6 +25,7 @@ name, and can be cluster-tested like a term.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
@@ -332,7 +333,7 @@ class ContrastTest:
 
 def fit_contrast(fit, L, rhs=0, *, name="contrast", ddf=None) -> ContrastTest:
     """Test ``L beta = rhs`` at every sample of ``fit`` (see :meth:`clusterlmer.TimeseriesFit.contrast`)."""
-    from .engines import resolve_engine
+    from .engines import REFERENCE_ENGINE, get_engine
     from .engines.base import DEFAULT_OPTIMIZER_OPTIONS, check_fit_options
     from .samples import fit_samples
     from .spec import build_spec
@@ -350,12 +351,12 @@ def fit_contrast(fit, L, rhs=0, *, name="contrast", ddf=None) -> ContrastTest:
     options = replace(options, contrasts=(contrast,))
     spec = build_spec(fit.source.design)
     engine = o["engine"]
-    if ddf is not None and ddf != o["ddf"]:
-        engine, note = resolve_engine("auto" if engine != "r" else "r", spec, options)
-        if note:
-            import warnings
-
-            warnings.warn(note.replace("engine='auto'", f"ddf={ddf!r}"), UserWarning, stacklevel=3)
+    if engine != REFERENCE_ENGINE:
+        ok, reason = get_engine(engine).supports(spec, options)
+        if not ok:  # e.g. Kenward-Roger asked of a native fit
+            warnings.warn(f"fit.contrast refits with the {REFERENCE_ENGINE} engine (lme4/lmerTest): {reason}.",
+                          UserWarning, stacklevel=3)
+            engine = REFERENCE_ENGINE
     blk, _ = fit_samples(spec, fit.source.values, options, engine)
     i = blk.terms.index(name)
     shape = fit.sample_shape

@@ -170,7 +170,7 @@ def test_fit_contrast_method_matches_contest(lmertest):
     L = np.zeros((3, len(fit.coef_names)))
     L[0, i("ProductP2")] = L[1, i("ProductP3")] = L[2, i("ProductP4")] = 1
     L[1, i("ProductP3:InformationI2")] = 1
-    with pytest.warns(UserWarning, match="R engine"):
+    with pytest.warns(UserWarning, match="refits with the r engine.*kenward-roger"):
         kr = fit.contrast(L, ddf="kenward-roger")
     assert kr.engine == "r" and kr.estimate is None
     want = expected.loc[("ham_joint", "Kenward-Roger")]
