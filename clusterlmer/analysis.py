@@ -21,7 +21,7 @@ from ._memory import check_run_memory
 from ._null_blocks import nan_counts
 from .adjacency import data_adjacency
 from .checkpoint import Checkpoint, check_checkpoint_path, fingerprint
-from .contrasts import require_zero_rhs
+from .contrasts import check_tested_contrasts, require_zero_rhs
 from .cluster import CLUSTER_STATS, QUANTILE_METHODS, TAILS, cluster_test, smallest_cluster_p
 from .crosscheck import ReferenceProcess
 from .data import TimeseriesData, _preview
@@ -428,12 +428,10 @@ def _permute_and_cluster(data, plan: AnalysisPlan, fit, start):
     tested = _tested_terms(fit, plan.terms, statistic)
     unpermuted = plan.unpermuted
     user = {c.name: c for c in options.contrasts}
+    check_tested_contrasts([user[t] for t in tested if t in user], statistic, plan.fit.spec.fixed, unpermuted)
     for term in tested:
-        variables = (user[term].variables(plan.fit.spec.fixed) if term in user
-                     else _term_variables(term, model.fixed_variables))
-        if all(v in unpermuted for v in variables):
-            what = "contrast" if term in user else "term"
-            raise ValueError(f"{what} {term!r} uses only variables that are not permuted ({_preview(unpermuted)}), "
+        if term not in user and all(v in unpermuted for v in _term_variables(term, model.fixed_variables)):
+            raise ValueError(f"term {term!r} uses only variables that are not permuted ({_preview(unpermuted)}), "
                              "so the permutations give it no null distribution; permute one of its variables.")
 
     Y = data.values.reshape(data.n_obs, -1)

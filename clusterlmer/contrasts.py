@@ -36,7 +36,7 @@ from ._checks import option_hint
 from .data import _preview
 
 __all__ = ["Contrast", "ContrastTest", "check_contrasts", "fit_contrast", "make_contrast", "parse_contrast_option",
-           "require_zero_rhs", "with_contrasts"]
+           "require_zero_rhs", "with_contrasts", "check_tested_contrasts"]
 
 _NUMBER = re.compile(r"\s*((?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\s*")
 
@@ -381,3 +381,19 @@ def require_zero_rhs(contrasts):
         raise ValueError(f"contrasts {_preview(bad)} have a right-hand side other than 0, which permuting labels "
                          "cannot test (the permutations' null is 'no effect'); remove '= value' "
                          f"(use {option_hint('fit.contrast(L, rhs=...)', 'the fit command')} for such a test).")
+
+
+def check_tested_contrasts(contrasts, statistic, fixed, unpermuted):
+    """Contrasts a permutation test clusters: each needs a permuted variable, and one row for ``statistic='t'``.
+
+    ``fixed``: the model's :class:`~clusterlmer.spec.FixedSpec`; ``unpermuted``: variables left in place.
+    """
+    for c in contrasts:
+        if all(v in unpermuted for v in c.variables(fixed)):
+            raise ValueError(f"contrast {c.name!r} uses only variables that are not permuted "
+                             f"({_preview(unpermuted)}), so the permutations give it no null distribution; weight "
+                             "a coefficient of a permuted variable, or permute one of its variables.")
+        if statistic == "t" and c.L.shape[0] > 1:
+            use_f = option_hint("statistic='F'", "--statistic F")
+            raise ValueError(f"statistic='t' needs one-row contrasts, but {c.name!r} has {c.L.shape[0]} rows; use "
+                             f"{use_f} or test its rows separately.")

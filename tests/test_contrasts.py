@@ -12,8 +12,10 @@ one row) as C99 hex floats. clusterlmer parses the same contrasts from its
 expression syntax and must give the same numbers to 1e-6 relative: with the
 native engine (Satterthwaite), the R engine (both) and ``engine="auto"``
 (which must pick R for Kenward-Roger and say why). The cases cover one row,
-several rows, a right-hand side, and linearly dependent rows (lmerTest tests
-the rank of ``L``: NumDF 2 for three rows).
+several rows, a right-hand side, linearly dependent rows (lmerTest tests
+the rank of ``L``: NumDF 2 for three rows), and ham without one cell (lme4
+drops a column: a contrast of the kept columns as lmerTest, one weighting the
+dropped column NaN).
 
 The permutation test checks an identity of the model rather than numbers:
 under reference coding the contrast ``hit_miss1 + hit_miss1:regionphrc`` is
@@ -53,6 +55,8 @@ CASES = {
                       "list(c(ProductP2 = 1), c(InformationI2 = 1))", "c(0.3, -0.2)"),
     "ham_dependent_rows": ("ham", "ProductP2; ProductP3; ProductP2 - 2*ProductP3",
                            "list(c(ProductP2 = 1), c(ProductP3 = 1), c(ProductP2 = 1, ProductP3 = -2))", "0"),
+    "gap_kept": ("ham_gap", "ProductP2 - ProductP4",
+                 "list(c(ProductP2 = 1, ProductP4 = -1))", "0"),
     "sleep_one_row": ("sleepstudy", "Days + Days:phaselate",
                       "list(c(Days = 1, `Days:phaselate` = 1))", "0"),
     "sleep_joint": ("sleepstudy", "phaselate; Days:phaselate",
@@ -60,8 +64,10 @@ CASES = {
 }
 
 _R = R_HEX_PREAMBLE + R_DATA_SETS + r"""
-for (name in c("ham", "sleepstudy")) write_hex(data[[name]], file.path(out, paste0(name, ".csv")))
+data$ham_gap <- subset(data$ham, !(Product == "P4" & Information == "I2"))  # lme4 drops a column
+for (name in c("ham", "ham_gap", "sleepstudy")) write_hex(data[[name]], file.path(out, paste0(name, ".csv")))
 formulas <- list(ham = "Informed.liking ~ Product * Information + (1|Consumer)",
+                 ham_gap = "Informed.liking ~ Product * Information + (1|Consumer)",
                  sleepstudy = "Reaction ~ Days * phase + (Days|Subject)")
 fits <- lapply(names(formulas), function(name) {
   d <- data[[name]]
@@ -107,16 +113,19 @@ def lmertest(tmp_path_factory):
                        for name, (d, _, rows, rhs) in CASES.items())
     proc = run_rscript(_R.replace("cases <- CASES", f"cases <- list(\n{cases})"), out)
     assert proc.returncode == 0, proc.stderr
-    data = {name: cl.from_dataframe(_read_hex(out / f"{name}.csv").drop(
-        columns=["Informed.liking" if name == "ham" else "Reaction"]).assign(
-        y=_read_hex(out / f"{name}.csv")["Informed.liking" if name == "ham" else "Reaction"]), "y")
-        for name in ("ham", "sleepstudy")}
+    data = {}
+    for name in ("ham", "ham_gap", "sleepstudy"):
+        frame = _read_hex(out / f"{name}.csv")
+        response = "Reaction" if name == "sleepstudy" else "Informed.liking"
+        data[name] = cl.from_dataframe(frame.drop(columns=[response]).assign(y=frame[response]), "y")
     return data, _read_hex(out / "contest.csv").set_index(["case", "ddf"])
 
 
 def _fit(data, name, engine, ddf):
-    formula = (HAM if name == "ham" else SLEEP).replace("Informed.liking", "y").replace("Reaction", "y")
+    formula = (SLEEP if name == "sleepstudy" else HAM).replace("Informed.liking", "y").replace("Reaction", "y")
     mine = {case: expr for case, (d, expr, _, _) in CASES.items() if d == name}
+    if name == "ham_gap":  # weights a column lme4 drops: not estimable, NaN (as a term lme4 drops)
+        mine["gap_dropped"] = "ProductP4:InformationI2 + ProductP2"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         fit = cl.fit_timeseries(data[name], formula, ddf=ddf, engine=engine, cross_check=0, contrasts=mine)
@@ -133,26 +142,30 @@ def _assert_row(fit, case, expected):
 
 
 @needs_r
-@pytest.mark.parametrize("name", ["ham", "sleepstudy"])
+@pytest.mark.parametrize("name", ["ham", "ham_gap", "sleepstudy"])
 @pytest.mark.parametrize("engine", ["native", "r"])
 def test_satterthwaite_contrasts_match_lmertest_contest(lmertest, name, engine):
     data, expected = lmertest
     fit, mine, _ = _fit(data, name, engine, "satterthwaite")
     assert fit.options["engine"] == engine and bool(fit.diagnostics["converged"].all())
     for case in mine:
+        if case == "gap_dropped":
+            assert np.isnan(fit.F[fit.terms.index(case), 0])
+            continue
         _assert_row(fit, case, expected.loc[(case, "Satterthwaite")])
     assert fit.df1[fit.terms.index("ham_dependent_rows"), 0] == 2 if name == "ham" else True
 
 
 @needs_r
-@pytest.mark.parametrize("name", ["ham", "sleepstudy"])
+@pytest.mark.parametrize("name", ["ham", "ham_gap", "sleepstudy"])
 def test_kenward_roger_contrasts_use_r_through_auto_and_match_contest(lmertest, name):
     data, expected = lmertest
     fit, mine, messages = _fit(data, name, "auto", "kenward-roger")
     assert fit.options["engine"] == "r"
     assert any("R engine" in m and "kenward-roger" in m for m in messages), messages
     for case in mine:
-        _assert_row(fit, case, expected.loc[(case, "Kenward-Roger")])
+        if case != "gap_dropped":
+            _assert_row(fit, case, expected.loc[(case, "Kenward-Roger")])
 
 
 @needs_r
@@ -225,6 +238,10 @@ def test_bad_contrasts_are_refused_before_fitting(small):
         cl.permutation_cluster_lmer(small, FORMULA, n_permutations=40, engine="native", cross_check=0,
                                     progress=False, statistic="t", terms=["c"],
                                     contrasts={"c": "regionphrc; hit_miss1"})
+    with pytest.raises(ValueError, match="needs one-row contrasts, but 'c' has 2 rows"):  # rank 1: DF1 is 1
+        cl.permutation_cluster_lmer(small, FORMULA, n_permutations=40, engine="native", cross_check=0,
+                                    progress=False, statistic="t", terms=["c"],
+                                    contrasts={"c": "regionphrc; 2*regionphrc"})
 
 
 def test_cli_contrast_option(small, tmp_path, capsys):
