@@ -107,7 +107,10 @@ def _coefficient_at(text, pos, names):
         return None, pos
     best = None
     for name in names:
-        if text.startswith(name, pos) and (best is None or len(name) > len(best)):
+        end = pos + len(name)
+        # A name must end where the word does: "ab" is not "a" followed by "b".
+        whole = end >= len(text) or not (text[end].isalnum() or text[end] in "._")
+        if text.startswith(name, pos) and whole and (best is None or len(name) > len(best)):
             best = name
     return (best, pos + len(best)) if best else (None, pos)
 

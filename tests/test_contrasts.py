@@ -36,6 +36,7 @@ import pandas as pd
 import pytest
 
 import clusterlmer as cl
+from clusterlmer.contrasts import make_contrast
 from conftest import R_DATA_SETS, R_HEX_PREAMBLE, run_cli, run_rscript, write_small_mat
 
 needs_r = pytest.mark.skipif(shutil.which("Rscript") is None, reason="Rscript is not on PATH")
@@ -214,6 +215,28 @@ def test_contrast_null_is_the_recoded_terms_null(small):
     np.testing.assert_allclose(res.stat["hit in phrc"], recoded.stat["hit_miss"], rtol=0, atol=1e-10 * scale)
     np.testing.assert_allclose(res.null["minus"], -res.null["hit_miss"], rtol=0, atol=1e-10 * scale)
     assert "hit_miss1 + hit_miss1:regionphrc = 0" in res.summary()
+
+
+def test_contrast_forms_give_the_same_matrix():
+    names = ("(Intercept)", "a", "a.b", "x-y", "a:x-y")
+    want = np.array([[0, 2, 0, -0.5, 0], [0, 0, 1, 0, 0.25]])
+    forms = ["2*a - 0.5*`x-y`; a.b + a:x-y/4", " 2 * a-x-y*0.5 ;a.b+0.25*a:x-y",
+             [{"a": 2, "x-y": -0.5}, {"a.b": 1, "a:x-y": 0.25}], want, pd.Series({"a": 2, "x-y": -0.5})]
+    for form in forms:
+        c = make_contrast("c", form, names)
+        np.testing.assert_array_equal(c.L, want[:len(c.L)])
+        assert not c.rhs.any()
+    c = make_contrast("c", "a = 1.5; -a.b = -2e-1", names)
+    np.testing.assert_array_equal(c.rhs, [1.5, -0.2])
+    assert c.text == "a = 1.5; -a.b = -0.2"
+    with pytest.raises(ValueError, match=r"'ab' is not a coefficient.*coefficients are \(Intercept\), a, a.b, x-y"):
+        make_contrast("c", "ab + a", names)
+    with pytest.raises(ValueError, match=r"expected '\+' or '-'"):
+        make_contrast("c", "a a.b", names)
+    with pytest.raises(ValueError, match="empty row"):
+        make_contrast("c", "a;;a.b", names)
+    with pytest.raises(ValueError, match="once"):
+        make_contrast("c", "a = 1", names, rhs=2)
 
 
 def test_bad_contrasts_are_refused_before_fitting(small):
