@@ -8,7 +8,8 @@ sleepstudy with a correlated random slope (``Reaction ~ Days * phase +
 coefficient names and weights written here in R, and writes
 ``lmerTest::contest(fit, L, rhs, joint = TRUE)``'s F value, NumDF, DenDF and
 Pr(>F) with Satterthwaite's and Kenward-Roger's DF (and ``contest1D``'s t for
-one row) as C99 hex floats. clusterlmer parses the same contrasts from its
+one row), and the Wald F from lme4's beta and vcov with ``n - p`` or infinite
+DF2, as C99 hex floats. clusterlmer parses the same contrasts from its
 expression syntax and must give the same numbers to 1e-6 relative: with the
 native engine (Satterthwaite), the R engine (both) and ``engine="auto"``
 (which must pick R for Kenward-Roger and say why). The cases cover one row,
@@ -94,6 +95,17 @@ for (case in names(cases)) {
     res <- rbind(res, data.frame(case = case, ddf = ddf, F = hex(tab[["F value"]]), df1 = hex(tab$NumDF),
                                  df2 = hex(tab$DenDF), p = hex(tab[["Pr(>F)"]]), t = hex(t)))
   }
+  # Wald F with n - p (MATLAB's residual DF) or no denominator DF, from lme4's beta and vcov.
+  d <- drop(L %*% fixef(fit)) - rhs
+  VL <- L %*% as.matrix(vcov(fit)) %*% t(L)
+  q <- qr(L)$rank
+  Fw <- drop(t(d) %*% MASS::ginv(VL) %*% d) / q
+  tw <- if (nrow(L) == 1L) d / sqrt(drop(VL)) else NA
+  n_p <- nrow(model.matrix(fit)) - ncol(model.matrix(fit))
+  res <- rbind(res, data.frame(case = case, ddf = c("residual", "none"), F = hex(Fw), df1 = hex(q),
+                               df2 = hex(c(n_p, Inf)), p = hex(c(pf(Fw, q, n_p, lower.tail = FALSE),
+                                                                 pchisq(Fw * q, q, lower.tail = FALSE))),
+                               t = hex(tw)))
 }
 utils::write.csv(res, file.path(out, "contest.csv"), row.names = FALSE)
 """
@@ -102,8 +114,8 @@ utils::write.csv(res, file.path(out, "contest.csv"), row.names = FALSE)
 def _read_hex(path):
     frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     for col in frame.columns:
-        if frame[col].str.match(r"^-?0x|^NA$").all():
-            frame[col] = [np.nan if v == "NA" else float.fromhex(v) for v in frame[col]]
+        if frame[col].str.match(r"^-?0x|^NA$|^-?Inf$").all():
+            frame[col] = [np.nan if v == "NA" else float(v) if "Inf" in v else float.fromhex(v) for v in frame[col]]
     return frame
 
 
@@ -155,6 +167,17 @@ def test_satterthwaite_contrasts_match_lmertest_contest(lmertest, name, engine):
             continue
         _assert_row(fit, case, expected.loc[(case, "Satterthwaite")])
     assert fit.df1[fit.terms.index("ham_dependent_rows"), 0] == 2 if name == "ham" else True
+
+
+@needs_r
+@pytest.mark.parametrize("ddf", ["residual", "none"])
+def test_wald_contrasts_match_r(lmertest, ddf):
+    data, expected = lmertest
+    for name in ("ham", "ham_gap", "sleepstudy"):
+        fit, mine, _ = _fit(data, name, "native", ddf)
+        for case in mine:
+            if case != "gap_dropped":
+                _assert_row(fit, case, expected.loc[(case, ddf)])
 
 
 @needs_r

@@ -148,7 +148,7 @@ def _as_strings(x):
 
 
 def describe(model, options: FitOptions):
-    """Term labels and coefficient names of the fixed part, without fitting.
+    """Term labels (then the names of ``options.contrasts``) and coefficient names of the fixed part, without fitting.
 
     Parameters
     ----------

@@ -4,7 +4,9 @@ A term is tested on a contrast matrix ``L`` of the coefficients: for the
 marginal test (:func:`marginal_tests`) the identity rows of the term's own
 coefficients (intercept included), as MATLAB's ``anova`` does; for
 lmerTest's type III test (:func:`contrast_tests`) the matrices of
-:func:`clusterlmer.type3.type3_contrasts`. With Satterthwaite DF the
+:func:`clusterlmer.type3.type3_contrasts`; user contrasts
+(:mod:`clusterlmer.contrasts`) follow the terms, each tested as lmerTest's
+``contest(joint = TRUE)`` with its right-hand side. With Satterthwaite DF the
 formulas are lmerTest's ``contest1D`` (one row: ``F = t^2``) and
 ``contestMD`` (several: F over the positive eigenvalues of ``L vcov L'``,
 DF combined by ``get_Fstat_ddf``), fed the derivatives of

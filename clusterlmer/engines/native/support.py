@@ -114,7 +114,7 @@ def require(spec, options):
 
 
 def describe(model, options: FitOptions):
-    """Term labels and coefficient names of the fixed part, as the R engine's.
+    """Term labels (then the user contrasts' names) and coefficient names of the fixed part, as the R engine's.
 
     Raises
     ------
