@@ -120,7 +120,7 @@ def _parse_row(text, names, where):
     def fail(pos, what):
         raise ValueError(f"{where}: {what} at position {pos} of {text!r}. Write weighted coefficient names such as "
                          f"'a - 0.5*b' (rows separated by ';', a name holding an operator between backquotes); "
-                         f"the coefficients are {_preview(names, 20)}.")
+                         f"the coefficients are {_preview(names, 60)}.")
 
     weights, pos, n, rhs = {}, 0, len(text), 0.0
     while True:
@@ -177,7 +177,7 @@ def _rows(value, coef_names, where):
         if unknown:
             raise ValueError(f"{where}: {_preview(unknown)} {'is' if len(unknown) == 1 else 'are'} not "
                              f"{'a coefficient' if len(unknown) == 1 else 'coefficients'} of the model; its "
-                             f"coefficients are {_preview(coef_names, 20)}.")
+                             f"coefficients are {_preview(coef_names, 60)}.")
         row = np.zeros(p)
         for k, w in weights.items():
             if isinstance(w, bool) or not isinstance(w, (int, float, np.integer, np.floating)):
@@ -206,7 +206,7 @@ def _rows(value, coef_names, where):
     L = L[None, :] if L.ndim == 1 else L
     if L.ndim != 2 or L.shape[1] != p or L.shape[0] == 0:
         raise ValueError(f"{where}: a contrast matrix needs one column per coefficient ({p}: "
-                         f"{_preview(coef_names, 20)}), got shape {np.shape(value)}.")
+                         f"{_preview(coef_names, 60)}), got shape {np.shape(value)}.")
     return L, np.zeros(L.shape[0])
 
 
