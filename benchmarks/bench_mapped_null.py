@@ -16,7 +16,7 @@ samples, ``amp ~ Deviant + (1|Subject)``, native engine) with
 the run sees lowered so that its null goes to the checkpoint file; wall times
 side by side and whether the two results are equal bit for bit.
 
-    python benchmarks/bench_mapped_null.py [--nperm 1000] [--analysis-nperm 1000] [--skip-analysis]
+    python benchmarks/bench_mapped_null.py [--nperm 1000] [--analysis-nperm 1000] [--skip-analysis] [--skip-cluster-step]
 """
 
 from __future__ import annotations
@@ -143,8 +143,10 @@ def main(argv=None):
     ap.add_argument("--nperm", type=int, default=1000)
     ap.add_argument("--analysis-nperm", type=int, default=1000)
     ap.add_argument("--skip-analysis", action="store_true")
+    ap.add_argument("--skip-cluster-step", action="store_true")
     args = ap.parse_args(argv)
-    cluster_step(args.nperm)
+    if not args.skip_cluster_step:
+        cluster_step(args.nperm)
     if not args.skip_analysis:
         analysis(args.analysis_nperm)
 

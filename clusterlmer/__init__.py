@@ -11,6 +11,7 @@ from . import datasets
 from .analysis import permutation_cluster_lmer
 from .checkpoint import CheckpointError
 from .cluster import cluster_test
+from .corrections import max_statistic_test
 from .data import TimeseriesData, from_dataframe
 from .design import DesignError
 from .fit import fit_timeseries
@@ -40,6 +41,7 @@ __all__ = [
     "permutation_cluster_lmer",
     "make_permutations",
     "cluster_test",
+    "max_statistic_test",
     "parse_formula",
     "simulate_erp",
     "simulate_ieeg",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 
-__all__ = ["ADJACENCY_HELP", "add_long_options", "contrast_argument", "contrasts_dict", "check_long_options", "check_adjacency_file", "describe_data",
+__all__ = ["ADJACENCY_HELP", "add_long_options", "check_long_options", "check_adjacency_file", "describe_data",
            "load_data", "load_long_table", "adjacency_option"]
 
 #: Data files read as tables: without --long they are refused with the flags to add.
@@ -134,23 +134,3 @@ def describe_data(args, data):
     channels = "" if data.channels is None else f"; channels {', '.join(data.channels)}"
     print(f"Data: {args.data}: responses from {source} ({data.n_obs} {'series' if args.long else 'rows'} x {shape} "
           f"samples{channels}); design columns {', '.join(map(str, data.design.columns))}.")
-
-
-def contrast_argument(text):
-    """``NAME=EXPR`` of --contrast as a (name, expression) pair (argparse type)."""
-    from .contrasts import parse_contrast_option
-
-    try:
-        return parse_contrast_option(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def contrasts_dict(parser, pairs):
-    """The --contrast options as ``{name: expression}`` (None without any); a name given twice is an error."""
-    out = {}
-    for name, expr in pairs or []:
-        if name in out:
-            parser.error(f"--contrast names {name!r} twice; give each contrast its own name")
-        out[name] = expr
-    return out or None

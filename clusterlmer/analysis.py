@@ -19,17 +19,19 @@ import numpy as np
 from ._checks import check_option, option_hint
 from ._memory import check_run_memory
 from ._null_blocks import nan_counts
+from ._analysis_checks import check_argument_types, check_term_names, warn_if_alpha_unreachable
 from .adjacency import data_adjacency
 from .checkpoint import Checkpoint, check_checkpoint_path, fingerprint
 from .contrasts import check_tested_contrasts, require_zero_rhs
-from .cluster import CLUSTER_STATS, QUANTILE_METHODS, TAILS, cluster_test, smallest_cluster_p
+from .cluster import QUANTILE_METHODS, TAILS
+from .corrections import check_correction_options, correct, resolve_correction, threshold_sweep
 from .crosscheck import ReferenceProcess
 from .data import TimeseriesData, _preview
-from .engines import ENGINE_CHOICES, engine_properties, get_engine
+from .engines import ENGINE_CHOICES, engine_properties
 from .fit import FitPlan, check_fit_arguments, fit_plan
 from .formula import parse_formula
 from .permute import Permutations, make_permutations
-from .results import STATISTICS, PermutationClusterResult, cluster_table
+from .results import STATISTICS, PermutationClusterResult, cluster_table, sweep_table
 from .run import check_client, resolve_n_jobs, run_permutations
 from .samples import fit_sample_sets, response_exponents, sample_responses
 from .spec import ModelSpec
@@ -155,45 +157,14 @@ def _term_variables(term, fixed_variables):
     return [v for v in term.split(":") if v in fixed_variables]
 
 
-def _check_arguments(terms, schemes, levels, optimizer_options, cross_check, progress):
-    """Types of the arguments no other check covers before the observed fit."""
-    if terms is not None and not isinstance(terms, str) and not (
-            isinstance(terms, (list, tuple)) and all(isinstance(t, str) for t in terms)):
-        raise TypeError(f"terms must be a term name, a list of term names or None, got {terms!r}.")
-    for name, value in (("schemes", schemes), ("levels", levels), ("optimizer_options", optimizer_options)):
-        if value is not None and not isinstance(value, dict):
-            raise TypeError(f"{name} must be a dict or None, got {type(value).__name__}.")
-    if isinstance(cross_check, bool) or not isinstance(cross_check, (int, np.integer)) or cross_check < 0:
-        raise ValueError(f"cross_check must be 0 or a positive number of samples, got {cross_check!r}.")
-    if not isinstance(progress, (bool, np.bool_)):
-        raise TypeError(f"progress must be True or False, got {progress!r}.")
-
-
-def _check_term_names(terms, plan):
-    """Tested term names against the model's, before the observed fit (minutes with R)."""
-    wanted = [terms] if isinstance(terms, str) else list(terms)
-    model_terms, _ = get_engine(plan.engine).describe(plan.spec, plan.options)
-    unknown = [t for t in wanted if t not in model_terms and t != "(Intercept)"]
-    if unknown:
-        raise ValueError(f"terms {_preview(unknown)} are not in the model; its terms are {_preview(model_terms)}.")
-
-
-def _warn_if_alpha_unreachable(n_permutations, alpha, tail, stacklevel):
-    smallest = smallest_cluster_p(n_permutations, tail)
-    if smallest >= alpha:
-        need = int(np.floor((2 if tail == 0 else 1) / alpha))  # smallest n with 1 / (n + 1) < alpha (per tail)
-        warnings.warn(f"with {n_permutations} permutations the smallest possible cluster p is {smallest:.3g}, "
-                      f"not below alpha = {alpha:g}: no cluster can be significant. Use at least {need} "
-                      "permutations (1000 or more for a publication).", UserWarning, stacklevel=stacklevel)
-
-
 def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, statistic="F", terms=None,
-                             tail=None, alpha=0.05, cluster_alpha=0.05, cluster_stat="sum",
-                             quantile_method="hazen", schemes=None, reml=True, ddf="satterthwaite",
-                             coding="reference", test="marginal", optimizer="bobyqa", optimizer_options=None,
-                             levels=None, engine="auto", cross_check=3, n_jobs=1, checkpoint=None,
-                             progress=True, client=None, adjacency=None,
-                             min_neighbours=0, contrasts=None) -> PermutationClusterResult:
+                             tail=None, alpha=0.05, cluster_alpha=0.05, cluster_stat=None, correction=None,
+                             thresholds=None, quantile_method="hazen", schemes=None, reml=True,
+                             ddf="satterthwaite", coding="reference", test="marginal", optimizer="bobyqa",
+                             optimizer_options=None, levels=None, engine="auto", cross_check=3, n_jobs=1,
+                             checkpoint=None, progress=True, client=None, adjacency=None,
+                             min_neighbours=0, family="gaussian", weights=None, level_order="appearance",
+                             na_action="omit", contrasts=None) -> PermutationClusterResult:
     """Mixed model per sample with a cluster-based permutation test across samples.
 
     Parameters
@@ -220,17 +191,24 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
     cluster_alpha : float
         Per-sample threshold: the ``1 - cluster_alpha`` quantile of each
         sample's permutation distribution (halved per tail for ``tail=0``).
-    cluster_stat : {"sum", "size", "tfce"}
+    cluster_stat : {"sum", "size", "tfce"}, optional
         Cluster statistic (sum of the statistic over the cluster, number of
-        samples) or threshold-free cluster enhancement on the same null.
+        samples; default ``"sum"``); ``"tfce"`` means ``correction="tfce"``.
+    correction : {"cluster", "max", "tfce"}, optional
+        Clusters (default), the max statistic (:func:`clusterlmer.max_statistic_test`)
+        or TFCE, on the same null; a contradicting ``cluster_stat`` is refused.
+    thresholds : list of float, optional
+        Cluster-forming alphas (as ``cluster_alpha``) at which the cluster test
+        is rerun on the same null (``result.threshold_sweep``, ``summary()``).
     quantile_method : str
         numpy quantile method for the thresholds: ``"hazen"`` is MATLAB's
         ``quantile`` (default); ``"linear"`` reproduces the Python notebook.
     schemes : dict, optional
         Permutation scheme per fixed-effect variable, overriding the one
         derived from the design; see :func:`clusterlmer.make_permutations`.
-    reml, ddf, coding, test, optimizer, optimizer_options, levels
-        As :func:`clusterlmer.fit_timeseries`.
+    reml, ddf, coding, test, optimizer, optimizer_options, levels, level_order, na_action, family, weights
+        As :func:`clusterlmer.fit_timeseries` (rows it leaves out are not permuted; ``family``: a GLMM,
+        fitted and refitted by ``lme4::glmer``, statistic F its Wald chi-square / DF1, t its Wald z).
     engine : {"auto", "r", "native"}
         As :func:`clusterlmer.fit_timeseries`, decided once on the observed
         design and used for every permutation: ``"auto"`` (default) runs
@@ -253,7 +231,8 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
     checkpoint : str or path-like, optional
         HDF5 file keeping finished permutations; rerunning with the same
         arguments resumes from it and gives the same result as an
-        uninterrupted run. A checkpoint of another analysis is refused,
+        uninterrupted run. A null larger than half the available memory is
+        kept in this file, mapped (see the README's memory section). A checkpoint of another analysis is refused,
         including one written with another engine (native and R statistics
         differ by ~1e-6, so one null must come from one engine).
     progress : bool
@@ -303,11 +282,12 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
     """
     plan = check_analysis_arguments(
         data, formula, n_permutations=n_permutations, seed=seed, statistic=statistic, terms=terms, tail=tail,
-        alpha=alpha, cluster_alpha=cluster_alpha, cluster_stat=cluster_stat, quantile_method=quantile_method,
-        schemes=schemes, reml=reml, ddf=ddf, coding=coding, test=test, optimizer=optimizer,
-        optimizer_options=optimizer_options, levels=levels, engine=engine, cross_check=cross_check, n_jobs=n_jobs,
-        checkpoint=checkpoint, progress=progress, client=client, adjacency=adjacency,
-        min_neighbours=min_neighbours, contrasts=contrasts, stacklevel=3)
+        alpha=alpha, cluster_alpha=cluster_alpha, cluster_stat=cluster_stat, correction=correction,
+        thresholds=thresholds, quantile_method=quantile_method, schemes=schemes, reml=reml, ddf=ddf,
+        coding=coding, test=test, optimizer=optimizer, optimizer_options=optimizer_options, levels=levels,
+        engine=engine, cross_check=cross_check, n_jobs=n_jobs, checkpoint=checkpoint, progress=progress,
+        client=client, adjacency=adjacency, min_neighbours=min_neighbours, family=family, weights=weights,
+        level_order=level_order, na_action=na_action, contrasts=contrasts, stacklevel=3)
     start = time.perf_counter()
     # The engine's cross-check (R starting, a few refits) runs in a worker process beside the
     # observed fit and the permutations.
@@ -316,7 +296,7 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
     check = None
     try:
         fit, check = fit_plan(plan.fit, data, plan.cross_check, alongside=reference or True)
-        result = _permute_and_cluster(data, plan, fit, start)
+        result = _permute_and_cluster(plan.fit.missing.restrict(data), plan, fit, start)
         if check is not None:
             fit.options["cross_check"] = check.result(stacklevel=2)
     finally:
@@ -348,6 +328,8 @@ class AnalysisPlan:
     adjacency: object = None
     min_neighbours: int = 0
     mapped_null: bool = False  # the null kept in the checkpoint file (larger than half the memory)
+    correction: str = "cluster"
+    thresholds: tuple = ()
 
     @property
     def unpermuted(self) -> list:
@@ -356,12 +338,13 @@ class AnalysisPlan:
 
 
 def check_analysis_arguments(data, formula, *, n_permutations=1000, seed=None, statistic="F", terms=None,
-                             tail=None, alpha=0.05, cluster_alpha=0.05, cluster_stat="sum",
-                             quantile_method="hazen", schemes=None, reml=True, ddf="satterthwaite",
-                             coding="reference", test="marginal", optimizer="bobyqa", optimizer_options=None,
-                             levels=None, engine="auto", cross_check=3, n_jobs=1, checkpoint=None, progress=True,
-                             client=None, adjacency=None, min_neighbours=0, contrasts=None,
-                             stacklevel=2) -> AnalysisPlan:
+                             tail=None, alpha=0.05, cluster_alpha=0.05, cluster_stat=None, correction=None,
+                             thresholds=None, quantile_method="hazen", schemes=None, reml=True,
+                             ddf="satterthwaite", coding="reference", test="marginal", optimizer="bobyqa",
+                             optimizer_options=None, levels=None, engine="auto", cross_check=3, n_jobs=1,
+                             checkpoint=None, progress=True, client=None, adjacency=None, min_neighbours=0,
+                             family="gaussian", weights=None, level_order="appearance", na_action="omit",
+                             contrasts=None, stacklevel=2) -> AnalysisPlan:
     """Check every argument of :func:`permutation_cluster_lmer` before anything is fitted.
 
     Builds the model (:func:`clusterlmer.fit.check_fit_arguments`) and draws
@@ -375,7 +358,7 @@ def check_analysis_arguments(data, formula, *, n_permutations=1000, seed=None, s
             f"data must be a TimeseriesData (from cl.load_mat, cl.from_dataframe or cl.datasets), got {type(data).__name__}."
         )
     check_option("statistic", statistic, STATISTICS)
-    check_option("cluster_stat", cluster_stat, CLUSTER_STATS)
+    correction, cluster_stat = resolve_correction(correction, cluster_stat)
     if tail is None:
         tail = 1 if statistic == "F" else 0
     check_option("tail", tail, TAILS)
@@ -388,35 +371,34 @@ def check_analysis_arguments(data, formula, *, n_permutations=1000, seed=None, s
     for name, value in (("alpha", alpha), ("cluster_alpha", cluster_alpha)):
         if not isinstance(value, (int, float)) or not 0 < value < 1:
             raise ValueError(f"{name} must be a number between 0 and 1, got {value!r}.")
-    _warn_if_alpha_unreachable(n_permutations, alpha, tail, stacklevel + 1)
+    warn_if_alpha_unreachable(n_permutations, alpha, 1 if correction == "max" else tail, stacklevel + 1)
     n_jobs = resolve_n_jobs(n_jobs)
     check_client(client, n_jobs)
     # Everything is checked before the observed fit: a bad value found after the permutations loses them.
     check_option("quantile_method", quantile_method, QUANTILE_METHODS)
     check_option("engine", engine, ENGINE_CHOICES)
-    _check_arguments(terms, schemes, levels, optimizer_options, cross_check, progress)
+    check_argument_types(terms, schemes, levels, optimizer_options, cross_check, progress)
     checkpoint = check_checkpoint_path(checkpoint)
     adjacency = data_adjacency(data, adjacency, min_neighbours)
-    if min_neighbours and cluster_stat == "tfce":
-        raise ValueError("min_neighbours applies to cluster_stat 'sum' and 'size', not 'tfce' (neither FieldTrip "
-                         "nor MNE defines it there); leave it at 0.")
+    thresholds = check_correction_options(correction, thresholds, min_neighbours)
     model = parse_formula(formula)
     counted = terms if terms is not None or not contrasts else list(model.fixed_terms.labels) + list(contrasts)
     mapped_null = check_run_memory(data, model, n_permutations, terms=counted, schemes=schemes,
                                    cluster_stat=cluster_stat, n_jobs=n_jobs, client=client,
                                    checkpoint=checkpoint)  # before anything large is allocated
     fit = check_fit_arguments(data, formula, reml=reml, ddf=ddf, coding=coding, test=test, optimizer=optimizer,
-                              optimizer_options=optimizer_options, levels=levels, engine=engine,
-                              contrasts=contrasts)
+                              optimizer_options=optimizer_options, levels=levels, engine=engine, family=family,
+                              weights=weights, level_order=level_order, na_action=na_action,
+                              contrasts=contrasts, stacklevel=stacklevel + 1)
     require_zero_rhs(fit.options.contrasts)
-    perms = make_permutations(data, model, n_permutations, seed, schemes=schemes)
+    perms = make_permutations(fit.missing.restrict(data), model, n_permutations, seed, schemes=schemes)
     if terms is not None:
-        _check_term_names(terms, fit)
+        check_term_names(terms, fit)
     if fit.engine_note:
         warnings.warn(fit.engine_note, UserWarning, stacklevel=stacklevel)
     return AnalysisPlan(fit, perms, statistic, terms, tail, alpha, cluster_alpha, cluster_stat, quantile_method,
                         int(cross_check), n_jobs, checkpoint, progress, client, adjacency, int(min_neighbours),
-                        mapped_null)
+                        mapped_null, correction, thresholds)
 
 
 def _permute_and_cluster(data, plan: AnalysisPlan, fit, start):
@@ -467,14 +449,16 @@ def _permute_and_cluster(data, plan: AnalysisPlan, fit, start):
         raise
 
     stat, null, p_clust, info, failures = {}, {}, {}, {}, {}
+    tests = dict(tail=tail, alpha=alpha, cluster_stat=cluster_stat, quantile_method=quantile_method,
+                 adjacency=plan.adjacency, min_neighbours=plan.min_neighbours)
     for i, term in enumerate(tested):
         stat[term] = np.asarray(_observed_statistic(fit, term, statistic))
         null[term] = np.moveaxis(store.values[:, i], 0, -1)
-        _, p_clust[term], info[term] = cluster_test(stat[term], null[term], tail=tail, alpha=alpha,
-                                                    clusteralpha=cluster_alpha, clusterstat=cluster_stat,
-                                                    quantile_method=quantile_method, adjacency=plan.adjacency,
-                                                    min_neighbours=plan.min_neighbours)
+        p_clust[term], info[term] = correct(stat[term], null[term], correction=plan.correction,
+                                            cluster_alpha=cluster_alpha, **tests)
         failures[term] = nan_counts(null[term])
+    sweep = threshold_sweep(stat, null, plan.thresholds, done=(cluster_alpha, info), **tests)
+    where = dict(times=fit.times, freqs=fit.freqs, statistic=statistic, channels=fit.channels, stat=stat)
     return PermutationClusterResult(
         fit=fit,
         statistic=statistic,
@@ -483,7 +467,7 @@ def _permute_and_cluster(data, plan: AnalysisPlan, fit, start):
         null=null,
         p_clust=p_clust,
         cluster_info=info,
-        clusters=cluster_table(info, fit.times, fit.freqs, statistic=statistic, channels=fit.channels, stat=stat),
+        clusters=cluster_table(info, **where),
         refit_failures=failures,
         n_permutations=int(n_permutations),
         seed=perms.seed,
@@ -493,6 +477,9 @@ def _permute_and_cluster(data, plan: AnalysisPlan, fit, start):
         cluster_alpha=float(cluster_alpha),
         cluster_stat=cluster_stat,
         quantile_method=quantile_method,
+        correction=plan.correction,
+        thresholds=plan.thresholds,
+        threshold_sweep=sweep_table(sweep, **where) if sweep else None,
         run={"n_jobs": n_jobs, "elapsed_s": time.perf_counter() - start, "resumed": store.resumed,
              "worker_restarts": restarts, "checkpoint": store.path,
              "null_in_checkpoint": store.mapped, "permutations": perms.summary_lines()},

@@ -13,11 +13,11 @@ import numpy as np
 
 from ._checks import called_from_cli, check_writable
 from ._cli_tables import (ADJACENCY_HELP, add_long_options, adjacency_option, check_adjacency_file,
-                          check_long_options, contrast_argument, contrasts_dict, describe_data, load_data)
-from .cluster import CLUSTER_STATS, QUANTILE_METHODS, TAILS
-from .design import CODINGS
+                          check_long_options, describe_data, load_data)
+from ._cli_model import add_fit_options, checked, contrasts_dict, fit_kwargs
 from .engines import ENGINE_CHOICES
-from .engines.base import DDF_METHODS, OPTIMIZERS, TESTS
+from .cluster import CLUSTER_STATS, QUANTILE_METHODS, TAILS
+from .corrections import CORRECTIONS
 from .scheme_names import ALIASES, NONE, SCHEME_FORMS, check_scheme_names, parse_scheme
 from .results import STATISTICS
 from .run import available_cores
@@ -50,11 +50,6 @@ def _print_peaks(fit, terms):
         print(f"\nANOVA at the peak of {term} (sample {tuple(map(int, idx)) if len(idx) > 1 else int(idx[0])}, "
               f"{where}):")
         _print_table(fit.anova(idx if len(idx) > 1 else idx[0]))
-
-
-def _fit_kwargs(args) -> dict:
-    return dict(reml=not args.ml, ddf=args.ddf, coding=args.coding, test=args.test, optimizer=args.optimizer,
-                engine=args.engine, cross_check=args.cross_check, contrasts=args.contrasts)
 
 
 def _plot_path(plot):
@@ -115,9 +110,10 @@ def _run(args) -> int:
         res = cl.permutation_cluster_lmer(
             data, args.formula, n_permutations=args.nperm, seed=args.seed, statistic=args.statistic,
             terms=args.terms, tail=args.tail, alpha=args.alpha, cluster_alpha=args.cluster_alpha,
-            cluster_stat=args.cluster_stat, quantile_method=args.quantile_method, schemes=args.schemes,
+            cluster_stat=args.cluster_stat, correction=args.correction, thresholds=args.thresholds,
+            quantile_method=args.quantile_method, schemes=args.schemes,
             n_jobs=args.jobs, adjacency=adjacency,
-            checkpoint=args.checkpoint, progress=not args.no_progress, client=client, **_fit_kwargs(args))
+            checkpoint=args.checkpoint, progress=not args.no_progress, client=client, **fit_kwargs(args))
     describe_data(args, data)
     print(res.summary())
     _write_outputs(res, args.out, args.plot)
@@ -185,7 +181,7 @@ def _fit(args) -> int:
     import clusterlmer as cl
 
     data = load_data(args)
-    fit = cl.fit_timeseries(data, args.formula, **_fit_kwargs(args))
+    fit = cl.fit_timeseries(data, args.formula, **fit_kwargs(args))
     describe_data(args, data)
     print(fit.summary())
     _print_peaks(fit, [t for t in fit.terms if t != "(Intercept)"])
@@ -193,31 +189,6 @@ def _fit(args) -> int:
         fit.to_frame().to_csv(args.out, index=False)
         print(f"Wrote {args.out}")
     return 0
-
-
-def _add_fit_options(p):
-    g = p.add_argument_group("model fit (as lmerTest; see clusterlmer.fit_timeseries)")
-    g.add_argument("--ml", action="store_true", help="fit by ML (MATLAB fitlme's default) instead of REML")
-    g.add_argument("--ddf", default="satterthwaite", choices=DDF_METHODS,
-                   help="denominator degrees of freedom (default satterthwaite; MATLAB's default is residual)")
-    g.add_argument("--coding", default="reference", choices=CODINGS,
-                   help="factor coding (default reference, as MATLAB)")
-    g.add_argument("--test", default="marginal", choices=TESTS,
-                   help="marginal F per term as MATLAB's anova (default) or lmerTest's type III")
-    g.add_argument("--optimizer", default="bobyqa", choices=OPTIMIZERS,
-                   help="lme4 optimizer (default bobyqa with rhoend 1e-9); another one makes --engine auto use R")
-    g.add_argument("--engine", default="auto", choices=ENGINE_CHOICES,
-                   help="auto (default): the native engine (batched, exact, tens to hundreds of times faster) when "
-                   "the options allow, cross-checked against lme4/lmerTest at 3 timepoints, else "
-                   "lme4/lmerTest with a warning saying why; r: lme4/lmerTest at every fit; native: the native "
-                   "engine or an error naming what it cannot fit")
-    g.add_argument("--contrast", action="append", type=contrast_argument, metavar="NAME=EXPR", dest="contrasts",
-                   help="also test a contrast of the coefficients, as lmerTest's contest, under NAME: EXPR weights "
-                   "coefficient names, e.g. 'hit in hc=hit_misshit + hit_misshit:regionhc' (rows of a joint test "
-                   "separated by ';'); repeat for several")
-    g.add_argument("--cross-check", type=_non_negative_int, default=3, metavar="N",
-                   help="with the native engine, refit N observed timepoints with lme4/lmerTest and report the "
-                   "largest difference (default 3; 0 turns it off, and R is then not needed)")
 
 
 def _add_data_options(p):
@@ -243,25 +214,9 @@ def _add_method_options(p, nperm):
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _checked(convert, ok, what):
-    """An argparse ``type`` converting with ``convert`` and accepting values where ``ok(value)``."""
-
-    def parse(text):
-        try:
-            value = convert(text)
-        except ValueError:
-            value = None
-        if value is None or not ok(value):
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-        return value
-
-    return parse
-
-
-_positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
-_non_negative_int = _checked(int, lambda v: v >= 0, "0 or a positive integer")
-_jobs = _checked(int, lambda v: v >= 1 or v == -1, "a positive number of workers or -1 (every core)")
-_unit_interval = _checked(float, lambda v: 0 < v < 1, "a number between 0 and 1")
+_positive_int = checked(int, lambda v: v >= 1, "a positive integer")
+_jobs = checked(int, lambda v: v >= 1 or v == -1, "a positive number of workers or -1 (every core)")
+_unit_interval = checked(float, lambda v: 0 < v < 1, "a number between 0 and 1")
 
 
 def _scheme(text):
@@ -319,7 +274,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--alpha", type=_unit_interval, default=0.05, help="cluster significance level (default 0.05)")
     g.add_argument("--cluster-alpha", type=_unit_interval, default=0.05,
                    help="per-sample threshold quantile (default 0.05)")
-    g.add_argument("--cluster-stat", default="sum", choices=CLUSTER_STATS, help="cluster statistic")
+    g.add_argument("--cluster-stat", choices=CLUSTER_STATS,
+                   help="cluster statistic (default sum; tfce means --correction tfce)")
+    g.add_argument("--correction", choices=CORRECTIONS,
+                   help="across samples, on the same permutations: cluster (default), max (each sample against "
+                   "the largest statistic of each permutation) or tfce")
+    g.add_argument("--thresholds", nargs="+", type=_unit_interval, metavar="ALPHA",
+                   help="also run the cluster test at these cluster-forming alphas on the same permutations "
+                   "(e.g. 0.05 0.01 0.001); the summary compares them")
     other_methods = ", ".join(m for m in QUANTILE_METHODS if m not in ("hazen", "linear"))
     g.add_argument("--quantile-method", default="hazen", choices=QUANTILE_METHODS, metavar="METHOD",
                    help="numpy quantile method for thresholds: hazen (default, MATLAB's quantile), linear (the "
@@ -331,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="permutation scheme of a fixed-effect variable, overriding the one derived from the design: "
                    f"{_SCHEME_CHOICES.replace('%', '%%')}; e.g. --scheme region=none, --scheme "
                    "'region=between:sid:ch within:sid'; repeatable")
-    _add_fit_options(run)
+    add_fit_options(run)
     d = run.add_argument_group(
         "Dask and SLURM (pip install 'clusterlmer[dask]'; instead of --jobs; same result for the same seed)")
     d.add_argument("--scheduler", metavar="ADDRESS",
@@ -363,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Fit the formula at every timepoint of DATA and print the fit summary "
                          "and the ANOVA at each term's peak; --out writes the per-timepoint table as CSV.")
     _add_data_options(fit)
-    _add_fit_options(fit)
+    add_fit_options(fit)
     fit.add_argument("--out", metavar="FILE.csv", help="write Term, FStat, DF1, DF2, pValue per timepoint")
     fit.set_defaults(func=_fit, command_parser=fit)
     return parser

@@ -280,7 +280,15 @@ def with_contrasts(options, contrasts, terms, coef_names):
 
     ``terms`` and ``coef_names``: the model's, as the engine describes it.
     """
+    _require_linear(options, contrasts)
     return replace(options, contrasts=check_contrasts(contrasts, coef_names, terms))
+
+
+def _require_linear(options, contrasts):
+    family = getattr(options, "family", "gaussian")
+    if contrasts and family != "gaussian":
+        raise ValueError(f"contrasts are tested for linear mixed models only, not family={family!r} (lme4::glmer "
+                         "fits); leave out contrasts, or fit a linear model.")
 
 
 def parse_contrast_option(text):
@@ -350,7 +358,9 @@ def fit_contrast(fit, L, rhs=0, *, name="contrast", ddf=None) -> ContrastTest:
     o = fit.options
     defaults = DEFAULT_OPTIMIZER_OPTIONS.get(o["optimizer"], {})
     own = {k: v for k, v in o["optimizer_options"].items() if defaults.get(k) != v}
-    options = check_fit_options(o["reml"], o["ddf"] if ddf is None else ddf, o["test"], o["optimizer"], own)
+    options = check_fit_options(o["reml"], o["ddf"] if ddf is None else ddf, o["test"], o["optimizer"], own,
+                                o.get("family", "gaussian"), o.get("weights"))
+    _require_linear(options, [contrast])
     options = replace(options, contrasts=(contrast,))
     spec = build_spec(fit.source.design)
     engine = o["engine"]

@@ -7,7 +7,13 @@ order:
 * pandas categoricals are factors, levels in category order (unused dropped);
 * numbers (including a 0/1 condition and booleans) stay one numeric column,
   unless ``levels=`` names the column, which makes it a factor with that order;
-* the reference level is the first level; ``levels=`` overrides the order.
+* the reference level is the first level; ``levels=`` overrides the order;
+* ``level_order="sorted"`` orders the levels as R's ``factor()`` does
+  instead of by first appearance (:func:`clusterlmer.coding.sorted_levels`);
+* ``coding=`` sets the contrasts of every factor or, as a dict, of each
+  variable (:mod:`clusterlmer.coding`); naming a numeric column there makes
+  it a factor with its values sorted, as R's ``factor()`` and ``ordered()``
+  would.
 
 One rule departs from MATLAB, because the numeric reading changes what the
 neighbouring rows mean without a word: a numeric column with exactly two
@@ -27,7 +33,7 @@ not change the fit.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import warnings
 
@@ -35,12 +41,11 @@ import numpy as np
 import pandas as pd
 
 from ._checks import check_option
+from .coding import CODINGS, LEVEL_ORDERS, check_coding, factor_codings, sorted_levels, zero_sum
 from .data import _preview
 from .formula import ModelFormula
 
-__all__ = ["ModelDesign", "build_design", "DesignError"]
-
-CODINGS = ("reference", "effects")
+__all__ = ["CODINGS", "ModelDesign", "build_design", "DesignError"]
 
 
 class DesignError(ValueError):
@@ -59,7 +64,8 @@ class ModelDesign:
     factors : dict of str to list of str
         Level order of every fixed-effect factor (reference level first).
     coding : str
-        ``"reference"`` (treatment) or ``"effects"`` (sum, last level -1).
+        The coding of the factors ``coding=`` did not name one for
+        (:mod:`clusterlmer.coding`).
     formula : ModelFormula
         The checked formula.
     numeric : tuple of str
@@ -67,6 +73,9 @@ class ModelDesign:
     converted : tuple of str
         Numeric two-valued columns coded as factors because they interact
         with another variable (see the module notes).
+    codings : dict of str to str
+        Coding of every factor (``"reference"``, ``"effects"``, ``"helmert"``
+        or ``"poly"``).
     """
 
     frame: pd.DataFrame
@@ -75,6 +84,7 @@ class ModelDesign:
     formula: ModelFormula
     numeric: tuple = field(default=())
     converted: tuple = field(default=())
+    codings: dict = field(default_factory=dict)
 
     @property
     def reference_levels(self) -> dict:
@@ -84,8 +94,7 @@ class ModelDesign:
     def subset(self, rows) -> "ModelDesign":
         """The same design restricted to ``rows`` (a boolean mask or indices)."""
         frame = self.frame.iloc[np.flatnonzero(rows) if np.asarray(rows).dtype == bool else rows]
-        return ModelDesign(frame.reset_index(drop=True), self.factors, self.coding, self.formula, self.numeric,
-                           self.converted)
+        return replace(self, frame=frame.reset_index(drop=True))
 
 
 def _label_text(values) -> list:
@@ -104,8 +113,8 @@ def _first_appearance(texts) -> list:
     return list(dict.fromkeys(texts))
 
 
-def _factor_levels(name, series, given):
-    """Level order for one factor column (texts), following MATLAB's rules."""
+def _factor_levels(name, series, given, order="appearance"):
+    """Level order for one factor column (texts): MATLAB's rules, or R's sorted order."""
     texts = _label_text(series)
     observed = _first_appearance(texts)
     if given is not None:
@@ -125,13 +134,15 @@ def _factor_levels(name, series, given):
             )
     elif isinstance(series.dtype, pd.CategoricalDtype):
         levels = [t for t in _label_text(series.cat.categories) if t in set(observed)]
+    elif order == "sorted" or pd.api.types.is_numeric_dtype(series):
+        levels = sorted_levels(name, series.tolist(), texts)
     else:
         levels = observed
     return texts, levels
 
 
-def _is_factor(series, name, levels):
-    if levels is not None and name in levels:
+def _is_factor(series, name, levels, named=()):
+    if (levels is not None and name in levels) or name in named:
         return True
     if isinstance(series.dtype, pd.CategoricalDtype):
         return True
@@ -139,7 +150,7 @@ def _is_factor(series, name, levels):
 
 
 def build_design(design: pd.DataFrame, formula: ModelFormula, *, coding="reference", levels=None,
-                 response_column=None) -> ModelDesign:
+                 level_order="appearance", response_column=None) -> ModelDesign:
     """Check a design table against a formula and prepare it for fitting.
 
     Parameters
@@ -148,13 +159,18 @@ def build_design(design: pd.DataFrame, formula: ModelFormula, *, coding="referen
         One row per observation.
     formula : ModelFormula
         The parsed formula.
-    coding : {"reference", "effects"}
-        Coding of factors: treatment contrasts with the first level as
-        reference (MATLAB's default) or sum-to-zero contrasts with the last
-        level coded -1.
+    coding : {"reference", "effects", "helmert", "poly"} or dict
+        Coding of factors (:mod:`clusterlmer.coding`): treatment contrasts
+        with the first level as reference (MATLAB's default), sum-to-zero
+        contrasts with the last level coded -1, R's Helmert or orthogonal
+        polynomial contrasts; a dict gives a coding per variable (``"*"``:
+        the others). Naming a numeric column makes it a factor.
     levels : dict, optional
         Level order per column, reference level first. Naming a numeric
         column makes it a factor.
+    level_order : {"appearance", "sorted"}
+        Order of the levels ``levels`` does not give: first appearance
+        (MATLAB) or sorted as R's ``factor()`` sorts them.
     response_column : str, optional
         Name of the response when the data came from a single column.
 
@@ -162,7 +178,8 @@ def build_design(design: pd.DataFrame, formula: ModelFormula, *, coding="referen
     -------
     ModelDesign
     """
-    check_option("coding", coding, CODINGS)
+    default, named = check_coding(coding)
+    check_option("level_order", level_order, LEVEL_ORDERS)
     levels = dict(levels or {})
     columns = list(design.columns)
     if formula.response in columns and formula.response != response_column:
@@ -182,6 +199,11 @@ def build_design(design: pd.DataFrame, formula: ModelFormula, *, coding="referen
         why = (f"{_preview(grouping)} only group(s) random effects, where level order does not matter"
                if grouping else "the formula's fixed or random-slope terms do not use them")
         raise DesignError(f"levels names {_preview(stray)}: {why}. Give levels for fixed-effect factors only.")
+    stray = [k for k in named if k not in formula.fixed_variables and k not in formula.slope_variables]
+    if stray:
+        raise DesignError(f"coding names {_preview(map(repr, stray))}, which {'is' if len(stray) == 1 else 'are'} "
+                          "not a fixed-effect or random-slope variable of the formula; name the factors to code (or "
+                          "'*' for every factor not named).")
 
     frame, factors, numeric, converted = {}, {}, [], []
     expanded = formula.fixed_terms
@@ -198,8 +220,8 @@ def build_design(design: pd.DataFrame, formula: ModelFormula, *, coding="referen
         if not in_model:
             frame[name] = _label_text(series)
             continue
-        if _is_factor(series, name, levels):
-            texts, lev = _factor_levels(name, series, levels.get(name))
+        if _is_factor(series, name, levels, named):
+            texts, lev = _factor_levels(name, series, levels.get(name), level_order)
             if len(lev) < 2:
                 raise DesignError(
                     f"factor {name!r} has a single level ({lev[0]!r}): a factor needs at least two levels. "
@@ -221,7 +243,7 @@ def build_design(design: pd.DataFrame, formula: ModelFormula, *, coding="referen
             distinct = np.unique(values)
             if partners and distinct.size == 2 and distinct[0] != -distinct[1]:
                 lev = _label_text(distinct)
-                _warn_two_valued(name, distinct, partners, coding)
+                _warn_two_valued(name, distinct, partners, named.get(name, default))
                 frame[name] = _label_text(values)
                 factors[name] = lev
                 converted.append(name)
@@ -235,7 +257,8 @@ def build_design(design: pd.DataFrame, formula: ModelFormula, *, coding="referen
             raise DesignError(
                 f"grouping factor {name!r} has a single level: random effects need at least two groups."
             )
-    return ModelDesign(pd.DataFrame(frame), factors, coding, formula, tuple(numeric), tuple(converted))
+    return ModelDesign(pd.DataFrame(frame), factors, default, formula, tuple(numeric), tuple(converted),
+                       factor_codings(default, named, factors))
 
 
 def _and(names) -> str:
@@ -251,7 +274,7 @@ def _warn_two_valued(name, values, partners, coding):
     mains = f"main effect{'s' if len(partners) > 1 else ''} of {_and(partners)}"
     as_number = (f"the {mains} would be the effect{'s' if len(partners) > 1 else ''} at {name} = 0"
                  + ("" if values[0] <= 0 <= values[1] else ", a value that is not in the data"))
-    now = (f"averaged over {name}'s two levels" if coding == "effects"
+    now = (f"averaged over {name}'s two levels" if zero_sum(coding)
            else f"the effect at {name} = {low} (the reference level)")
     warnings.warn(
         f"{name!r} is numeric with two values ({low}, {high}) and interacts with {_and(partners)}, so it is "

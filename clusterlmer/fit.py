@@ -12,11 +12,14 @@ from ._checks import option_hint
 from .data import TimeseriesData, _preview, check_response
 from .contrasts import with_contrasts
 from .crosscheck import start_cross_check
+from .coding import coding_label
 from .design import build_design
 from .engines import engine_properties, get_engine, resolve_engine
 from .engines.base import FitOptions, check_fit_options
+from .families import check_glmm_response, with_trials
 from .formula import parse_formula
 from .hypotheses import sign_convention, term_hypotheses
+from .missing import MissingRows, missing_rows
 from .results import FitSource, TimeseriesFit
 from .samples import fit_samples
 from .spec import ModelSpec, build_spec
@@ -45,7 +48,8 @@ def _warn_if_all_nan(terms, F, errors, messages, stacklevel=3):
 
 def fit_timeseries(data, formula, *, reml=True, ddf="satterthwaite", coding="reference", test="marginal",
                    optimizer="bobyqa", optimizer_options=None, levels=None, terms=None,
-                   engine="auto", cross_check=3, contrasts=None) -> TimeseriesFit:
+                   engine="auto", cross_check=3, level_order="appearance", na_action="omit", family="gaussian",
+                   weights=None, contrasts=None) -> TimeseriesFit:
     """Fit a linear mixed model at every sample and test each fixed-effect term.
 
     Parameters
@@ -61,9 +65,14 @@ def fit_timeseries(data, formula, *, reml=True, ddf="satterthwaite", coding="ref
         Denominator degrees of freedom: Satterthwaite as lmerTest computes it,
         ``n - rank(X)`` (MATLAB's default), Kenward-Roger (pbkrtest; REML
         only), or none (DF2 = Inf).
-    coding : {"reference", "effects"}
-        Factor coding: treatment contrasts against the first level (MATLAB's
-        default) or sum-to-zero contrasts with the last level coded -1.
+    coding : {"reference", "effects", "helmert", "poly"} or dict
+        Factor coding, as R's contrasts: treatment contrasts against the
+        first level (MATLAB's default), sum-to-zero contrasts with the last
+        level coded -1 (``contr.sum``), ``contr.helmert`` or ``contr.poly``
+        (orthogonal polynomials over the levels in order: ordered factors).
+        A dict codes each variable, ``"*"`` the ones it does not name, e.g.
+        ``{"*": "effects", "dose": "poly"}``; naming a numeric column makes
+        it a factor with its values sorted. See :mod:`clusterlmer.coding`.
     test : {"marginal", "type3"}
         ``"marginal"`` tests that all of a term's coefficients are zero, as
         MATLAB's ``anova`` does (intercept included); ``"type3"`` gives
@@ -101,6 +110,26 @@ def fit_timeseries(data, formula, *, reml=True, ddf="satterthwaite", coding="ref
         ``fit.options["cross_check"]`` and the summary; a difference above
         1e-4 is a ``RuntimeWarning``. 0 skips it (and R is then not needed);
         without R installed the check is skipped with a note.
+    level_order : {"appearance", "sorted"}
+        Order of the levels ``levels`` does not give: first appearance in the
+        data (MATLAB, default) or sorted as R's ``factor()`` sorts them
+        (lmerTest's default; numbers by value).
+    na_action : {"omit", "fail"}
+        Rows with a missing value (None/NaN) in a model variable: left out
+        with a warning, as lme4's ``na.omit`` (default; counted in
+        ``fit.options["rows_omitted"]`` and the summary), or an error.
+    family : {"gaussian", "binomial", "poisson"}
+        ``"gaussian"`` (default): a linear mixed model. Otherwise a
+        generalized linear mixed model fitted by ``lme4::glmer`` (Laplace,
+        canonical link) in the R engine: binomial responses are 0/1 per row,
+        or proportions with ``weights``; Poisson responses are counts. There
+        is no REML and no DF2: each term's Wald chi-square is reported as
+        ``F = chi2 / DF1`` with ``DF2 = Inf`` (the chi-square p), ``t`` is the
+        Wald z, and the summary says so (:mod:`clusterlmer.families`).
+    weights : str, optional
+        Binomial only: the design column holding each row's number of
+        trials (lme4's prior weights), the response being the proportion of
+        successes.
     contrasts : dict, optional
         User contrasts ``{name: contrast}`` over the coefficients
         (``fit.coef_names``), e.g. ``{"hit in hc": "hit_misshit +
@@ -133,7 +162,8 @@ def fit_timeseries(data, formula, *, reml=True, ddf="satterthwaite", coding="ref
     """
     plan = check_fit_arguments(data, formula, reml=reml, ddf=ddf, coding=coding, test=test, optimizer=optimizer,
                                optimizer_options=optimizer_options, levels=levels, terms=terms, engine=engine,
-                               contrasts=contrasts)
+                               level_order=level_order, na_action=na_action, family=family, weights=weights,
+                               contrasts=contrasts, stacklevel=3)
     if plan.engine_note:
         warnings.warn(plan.engine_note, UserWarning, stacklevel=2)
     return fit_plan(plan, data, cross_check)
@@ -155,6 +185,8 @@ class FitPlan:
         Why ``"auto"`` chose R, for one warning (empty otherwise).
     terms : list of str or None
         Terms to report (None: all).
+    missing : MissingRows
+        Rows left out for missing design values (:mod:`clusterlmer.missing`).
     """
 
     model: object
@@ -163,23 +195,33 @@ class FitPlan:
     engine: str
     engine_note: str
     terms: list | None
+    missing: MissingRows
 
 
 def check_fit_arguments(data, formula, *, reml=True, ddf="satterthwaite", coding="reference", test="marginal",
                         optimizer="bobyqa", optimizer_options=None, levels=None, terms=None,
-                        engine="auto", contrasts=None) -> FitPlan:
+                        engine="auto", level_order="appearance", na_action="omit", family="gaussian",
+                        weights=None, contrasts=None, stacklevel=2) -> FitPlan:
     """Check every argument of :func:`fit_timeseries` and build the model once (no fit).
 
-    Raises the errors :func:`fit_timeseries` documents, before any fit.
+    Raises the errors :func:`fit_timeseries` documents, before any fit, and
+    warns (at ``stacklevel`` counted from here) when rows are left out for
+    missing design values.
     """
     if not isinstance(data, TimeseriesData):
         raise TypeError(
             f"data must be a TimeseriesData (from cl.from_dataframe or cl.load_mat), got {type(data).__name__}."
         )
-    options = check_fit_options(reml, ddf, test, optimizer, optimizer_options)
+    options = check_fit_options(reml, ddf, test, optimizer, optimizer_options, family, weights)
     model = parse_formula(formula)
     check_response(data, model.response)
-    design = build_design(data.design, model, coding=coding, levels=levels, response_column=data.response)
+    missing = missing_rows(data, model, na_action)
+    if missing.note():
+        warnings.warn(missing.note(), UserWarning, stacklevel=stacklevel)
+    kept = missing.restrict(data)
+    check_glmm_response(kept.values, kept.design, family, weights)
+    design = with_trials(build_design(kept.design, model, coding=coding, levels=levels, level_order=level_order,
+                                      response_column=data.response), kept.design, weights)
     spec = build_spec(design)
     engine, engine_note = resolve_engine(engine, spec, options)
     if contrasts is not None:  # checked against the coefficient names before any fit
@@ -201,7 +243,7 @@ def check_fit_arguments(data, formula, *, reml=True, ddf="satterthwaite", coding
                 f"{'term' if len(unknown) == 1 else 'terms'} {_preview(unknown)} "
                 f"{'is' if len(unknown) == 1 else 'are'} not in the model; its terms are {_preview(model_terms)}."
             )
-    return FitPlan(model, spec, options, engine, engine_note, wanted)
+    return FitPlan(model, spec, options, engine, engine_note, wanted, missing)
 
 
 def fit_plan(plan: FitPlan, data, cross_check=3, *, alongside=False, stacklevel=3):
@@ -222,8 +264,9 @@ def fit_plan(plan: FitPlan, data, cross_check=3, *, alongside=False, stacklevel=
         Where warnings point, counted from this function (3: the caller's caller).
     """
     model, spec, options, engine, wanted = plan.model, plan.spec, plan.options, plan.engine, plan.terms
+    data = plan.missing.restrict(data)  # the complete rows, as the model was built on
     design = spec.design
-    ddf, test, coding, optimizer = options.ddf, options.test, design.coding, options.optimizer
+    ddf, test, optimizer = options.ddf, options.test, options.optimizer
     Y = data.values.reshape(data.n_obs, -1)
     blk, n_used = fit_samples(spec, Y, options, engine)
     check = None
@@ -278,15 +321,19 @@ def fit_plan(plan: FitPlan, data, cross_check=3, *, alongside=False, stacklevel=
             "reml": options.reml,
             "ddf": ddf,
             "test": test,
-            "coding": coding,
+            "coding": coding_label(design.coding, design.codings),
+            "codings": dict(design.codings),
             "optimizer": optimizer,
             "optimizer_options": options.resolved_optimizer_options(),
+            # only for GLMMs, so that linear fits keep the options (and checkpoint fingerprints) they had
+            **({"family": options.family, "weights": options.weights} if options.family != "gaussian" else {}),
             **({"cross_check": check.result(stacklevel) if not alongside else None} if check is not None else {}),
-            "hypotheses": {k: v for k, v in {**term_hypotheses(model.fixed_terms, design.factors, coding, test),
+            "hypotheses": {k: v for k, v in {**term_hypotheses(model.fixed_terms, design.factors, design.codings, test),
                                              **{c.name: c.text for c in options.contrasts}}.items()
                            if k in {blk.terms[i] for i in keep}},
-            "sign": sign_convention(design.factors, coding),
+            "sign": sign_convention(design.factors, design.codings),
             "numeric_as_factor": list(design.converted),
+            **plan.missing.record(),
         },
         levels={k: list(v) for k, v in design.factors.items()},
         channels=data.channels,

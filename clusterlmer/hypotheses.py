@@ -3,13 +3,15 @@
 The same formula tests different hypotheses under different codings: with
 reference coding a main effect next to an interaction is the simple effect at
 the other variables' reference levels (for a numeric variable, at the value
-0); with effects coding it is averaged over the other factors' levels (still
-at 0 for numeric variables). lmerTest's type III table averages over factors
+0); with a coding whose columns sum to zero (effects, helmert, poly) it is
+averaged over the other factors' levels (still at 0 for numeric variables). lmerTest's type III table averages over factors
 whatever the coding. These sentences are built from the model itself, so the
 summary never promises a hypothesis the row does not test.
 """
 
 from __future__ import annotations
+
+from .coding import zero_sum
 
 __all__ = ["term_hypotheses", "sign_convention"]
 
@@ -18,11 +20,26 @@ def _levels_text(levels):
     return ", ".join(repr(v) for v in levels)
 
 
+def _per_factor(coding, factors) -> dict:
+    """``coding`` (one for all, or a dict per factor) as each factor's coding."""
+    return dict(coding) if isinstance(coding, dict) else {v: coding for v in factors}
+
+
 def _effect_of(var, factors, coding):
-    """What the coefficients of ``var`` alone measure."""
+    """What the coefficients of ``var`` alone measure (``coding``: that variable's)."""
     if var not in factors:
         return f"slope of {var}"
     levels = factors[var]
+    if coding == "helmert":
+        if len(levels) == 2:
+            return f"{var} ({levels[1]!r} - {levels[0]!r})/2"
+        return (f"{var}: each of {_levels_text(levels[1:])} - the mean of the levels before it "
+                "(divided by its position in the level order)")
+    if coding == "poly":
+        if len(levels) == 2:
+            return f"{var} ({levels[1]!r} - {levels[0]!r})/sqrt(2)"
+        return (f"{var}: polynomial trends (linear, quadratic, ...) over its levels in the order "
+                f"{_levels_text(levels)}, taken as equally spaced")
     if coding == "reference":
         if len(levels) == 2:
             return f"{var} {levels[1]!r} - {levels[0]!r}"
@@ -32,9 +49,9 @@ def _effect_of(var, factors, coding):
     return f"{var}: deviations of {_levels_text(levels[:-1])} from the mean of its {len(levels)} levels"
 
 
-def _where(others, factors, coding, test):
+def _where(others, factors, codings, test):
     """Where the other variables stand when a term's coefficients are read."""
-    averaged = [v for v in others if v in factors and (coding == "effects" or test == "type3")]
+    averaged = [v for v in others if v in factors and (zero_sum(codings[v]) or test == "type3")]
     parts = [f"averaged over {' and '.join(averaged)}"] if averaged else []
     for var in others:
         if var not in factors:
@@ -53,7 +70,9 @@ def term_hypotheses(fixed_terms, factors, coding, test="marginal") -> dict:
         The expanded fixed part.
     factors : dict of str to list of str
         Level order of every factor (reference level first).
-    coding : {"reference", "effects"}
+    coding : str or dict of str to str
+        One coding for every factor, or each factor's (see
+        :mod:`clusterlmer.coding`).
     test : {"marginal", "type3"}
 
     Returns
@@ -63,8 +82,9 @@ def term_hypotheses(fixed_terms, factors, coding, test="marginal") -> dict:
         model has one.
     """
     out = {}
+    codings = _per_factor(coding, factors)
     if fixed_terms.intercept:
-        where = _where(fixed_terms.variables, factors, coding, test)
+        where = _where(fixed_terms.variables, factors, codings, test)
         out["(Intercept)"] = "mean response = 0" + (f" ({where})" if where else "")
     for vars_ in fixed_terms.terms:
         partners = []
@@ -72,13 +92,13 @@ def term_hypotheses(fixed_terms, factors, coding, test="marginal") -> dict:
             if len(other) > len(vars_) and set(vars_) <= set(other):
                 partners += [v for v in other if v not in vars_ and v not in partners]
         # Type III tests do not depend on the coding; describe them as effects coding would.
-        coding_read = coding if test == "marginal" else "effects"
+        coding_read = codings.get(vars_[0]) if test == "marginal" else "effects"
         if len(vars_) == 1:
             what = _effect_of(vars_[0], factors, coding_read) + " = 0"
         else:
             what = (f"the effect of {_effect_of(vars_[0], factors, coding_read)} is the same at every level of "
                     + " x ".join(vars_[1:]))
-        where = _where([v for v in fixed_terms.variables if v in partners], factors, coding, test)
+        where = _where([v for v in fixed_terms.variables if v in partners], factors, codings, test)
         out[":".join(vars_)] = what + (f" ({where})" if where else "")
     return out
 
@@ -89,6 +109,11 @@ def sign_convention(factors, coding) -> str:
     if not two:
         return ""
     var, (first, last) = two[0]
+    coding = _per_factor(coding, factors)[var]
+    if coding in ("helmert", "poly"):
+        scale = "2" if coding == "helmert" else "sqrt(2)"
+        return (f"{coding} coding: a two-level factor's coefficient is (second level - first level)/{scale}: "
+                f"t > 0 for {var} means {last!r} > {first!r}")
     if coding == "effects":
         return (f"effects coding codes the last level -1, so a two-level factor's coefficient is "
                 f"(first level - last level)/2: t > 0 for {var} means {first!r} > {last!r}")

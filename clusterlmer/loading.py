@@ -23,6 +23,8 @@ from .saving import ATTRS_DIGEST, DIGEST, FIT_APART, FORMAT, RESULT_APART, VERSI
 __all__ = ["load_result", "ResultFileError"]
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+# Result settings added after files were first written: a file without them is read with the meaning it had.
+_ADDED_LATER = ("correction", "thresholds")
 _DAMAGED_FIX = ("Save the result again from the Python session that holds it (result.save), or rerun the "
                 "analysis (with the same checkpoint= it resumes from the finished permutations).")
 
@@ -173,7 +175,9 @@ def _read_result(f) -> PermutationClusterResult:
     fit_group = _group(f, "fit")
     fit_fields = _get_fields(fit_group, TimeseriesFit, skip=FIT_APART)
     fit = TimeseriesFit(diagnostics=_get_frame(_group(fit_group, "diagnostics")), **fit_fields)
-    top = _get_fields(f, PermutationClusterResult, skip=RESULT_APART)
+    missing = tuple(name for name in _ADDED_LATER if name not in f.attrs)
+    top = _get_fields(f, PermutationClusterResult, skip=RESULT_APART + missing)
+    top.setdefault("correction", "tfce" if top["cluster_stat"] == "tfce" else "cluster")
     shape = np.shape(fit.F)[1:]
     if len(fit.diagnostics) != int(np.prod(shape)):
         raise _Damaged(f"the fit's diagnostics have {len(fit.diagnostics)} rows for {int(np.prod(shape))} samples")
@@ -201,7 +205,8 @@ def _read_result(f) -> PermutationClusterResult:
         per_term["cluster_info"][term] = ClusterTestInfo(clusters=clusters,
                                                          **_get_fields(ig, ClusterTestInfo, skip=("clusters",)))
     clusters = _get_frame(_group(f, "clusters"))
-    return PermutationClusterResult(fit=fit, clusters=clusters, **per_term, **top)
+    sweep = _get_frame(_group(f, "threshold_sweep")) if "threshold_sweep" in f else None
+    return PermutationClusterResult(fit=fit, clusters=clusters, threshold_sweep=sweep, **per_term, **top)
 
 
 def load_result(path) -> PermutationClusterResult:

@@ -129,9 +129,10 @@ def _plot_null(ax, result, term, info):
         ax.axvline(c.stat, color=_SIG if c.p < result.alpha else "grey", lw=1.2)
     if not shown:
         ax.text(0.5, 0.5, "no permutation\nhad a cluster", ha="center", va="center", transform=ax.transAxes)
-    ax.set_title("null: largest cluster per permutation", fontsize=9)
+    largest = "statistic" if result.correction == "max" else "cluster"
+    ax.set_title(f"null: largest {largest} per permutation", fontsize=9)
     ax.set_ylabel("permutations", fontsize=8)
-    ax.set_xlabel(f"cluster {result.cluster_stat}")
+    ax.set_xlabel("statistic (over all samples)" if result.correction == "max" else f"cluster {result.cluster_stat}")
     ax.tick_params(labelsize=8)
 
 
@@ -174,7 +175,8 @@ def plot_result(result, path=None, *, terms=None, show=False):
             ax.legend(loc="best", fontsize=8, frameon=False)
         _plot_null(fig.add_subplot(grid[row, 1]), result, term, info)
     legend = "outlined: clusters (white, solid" if two_d else "shaded: clusters (red"
-    fig.suptitle(f"{result.fit.formula}  —  {result.n_permutations} permutations, cluster '{result.cluster_stat}', "
+    method = "max-statistic correction" if result.correction == "max" else f"cluster '{result.cluster_stat}'"
+    fig.suptitle(f"{result.fit.formula}  —  {result.n_permutations} permutations, {method}, "
                  f"{legend}: p < {result.alpha:g})", fontsize=10)
     if path is not None:
         fig.savefig(path, dpi=120, bbox_inches="tight")

@@ -38,6 +38,10 @@ function(levels, coding) {
     cm <- stats::contr.sum(levels)
     colnames(cm) <- levels[-length(levels)]
     cm
+  } else if (identical(coding, "helmert")) {
+    stats::contr.helmert(levels)
+  } else if (identical(coding, "poly")) {
+    stats::contr.poly(length(levels))
   } else stats::contr.treatment(levels)
 }
 """
@@ -100,7 +104,7 @@ def _lmer_class(Lmer):
             import rpy2.robjects as ro
 
             make = ro.r(_CONTRASTS_R)
-            codes = {name: make(ro.StrVector(levels), self._clusterlmer_coding)
+            codes = {name: make(ro.StrVector(levels), self._clusterlmer_coding[name])
                      for name, levels in factor_dict.items()}
             self.contrast_codes = {name: np.asarray(cm) for name, cm in codes.items()}
             return ro.ListVector(codes), df
@@ -162,7 +166,7 @@ def lmer_at(fit, sample):
     flat_index = int(np.ravel_multi_index(sample, fit.sample_shape))
     model = _lmer_class(Lmer)(source.design.formula.text, data=_sample_frame(source, flat_index))
     model._clusterlmer_factors = {name: list(levels) for name, levels in source.design.factors.items()}
-    model._clusterlmer_coding = source.design.coding
+    model._clusterlmer_coding = source.design.codings
     model.fit(factors=model._clusterlmer_factors or None, REML=bool(fit.options["reml"]),
               control=_control_text(fit.options), summarize=False)
     _warn_if_estimates_differ(model, fit, sample)

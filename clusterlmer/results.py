@@ -16,7 +16,7 @@ from ._checks import check_option
 from .data import _preview, sample_axes
 from .summaries import fit_summary, result_summary
 
-__all__ = ["TimeseriesFit", "FitSource", "PermutationClusterResult", "cluster_table", "STATISTICS"]
+__all__ = ["TimeseriesFit", "FitSource", "PermutationClusterResult", "cluster_table", "sweep_table", "STATISTICS"]
 
 STATISTICS = ("F", "t")  # what a permutation cluster test runs on
 
@@ -176,19 +176,17 @@ class TimeseriesFit:
         Returns
         -------
         pandas.DataFrame
-            Columns ``Term, FStat, DF1, DF2, pValue``, one row per term.
+            Columns ``Term, FStat, DF1, DF2, pValue``, one row per term; a
+            GLMM (``family`` not Gaussian) adds ``Chi2Stat`` (the Wald
+            chi-square, ``FStat * DF1``; ``DF2`` is Inf).
         """
         idx = self._sample_index(t, time, channel)
         sel = (slice(None),) + idx
-        return pd.DataFrame(
-            {
-                "Term": list(self.terms),
-                "FStat": self.F[sel],
-                "DF1": self.df1[sel],
-                "DF2": self.df2[sel],
-                "pValue": self.p[sel],
-            }
-        )
+        table = {"Term": list(self.terms), "FStat": self.F[sel]}
+        if self.options.get("family", "gaussian") != "gaussian":
+            table["Chi2Stat"] = self.F[sel] * self.df1[sel]
+        table.update(DF1=self.df1[sel], DF2=self.df2[sel], pValue=self.p[sel])
+        return pd.DataFrame(table)
 
     def contrast(self, L, rhs=0, *, name="contrast", ddf=None):
         """Test ``L beta = rhs`` at every sample, as lmerTest's ``contest(model, L, rhs, joint = TRUE)``.
@@ -350,6 +348,21 @@ def cluster_table(cluster_info: dict, times, freqs=None, *, statistic, channels=
     return table.reset_index(drop=True)
 
 
+def sweep_table(sweep: dict, times, freqs=None, *, statistic, channels=None, stat=None) -> pd.DataFrame:
+    """The clusters of a threshold sweep: :func:`cluster_table` at each threshold, with a first column ``threshold``.
+
+    ``sweep`` maps each cluster-forming alpha to its per-term ``cluster_info``
+    (:func:`clusterlmer.corrections.threshold_sweep`).
+    """
+    tables = []
+    for threshold, info in sweep.items():
+        table = cluster_table(info, times, freqs, statistic=statistic, channels=channels, stat=stat)
+        table.insert(0, "threshold", float(threshold))
+        tables.append(table)
+    found = [t for t in tables if len(t)]  # concatenating empty tables would blur the columns' dtypes
+    return pd.concat(found, ignore_index=True) if found else tables[0]
+
+
 @dataclass(frozen=True, eq=False)
 class PermutationClusterResult:
     """Result of :func:`clusterlmer.permutation_cluster_lmer`.
@@ -384,8 +397,16 @@ class PermutationClusterResult:
     tail : int
     alpha, cluster_alpha : float
     cluster_stat, quantile_method : str
+        ``cluster_stat`` is ``"max"`` for the max-statistic correction.
     run : dict
         Worker count, wall time, permutations resumed from a checkpoint.
+    correction : {"cluster", "max", "tfce"}
+        How samples were corrected (``p_clust``, ``clusters``).
+    thresholds : tuple of float
+        The cluster-forming alphas of the threshold sweep (empty: none).
+    threshold_sweep : pandas.DataFrame or None
+        The clusters at each of ``thresholds`` on the same null: column
+        ``threshold``, then the columns of ``clusters``.
     """
 
     fit: TimeseriesFit
@@ -406,6 +427,10 @@ class PermutationClusterResult:
     cluster_stat: str
     quantile_method: str
     run: dict
+    # Fields added later carry defaults, so result files written before them still load.
+    correction: str = "cluster"
+    thresholds: tuple = ()
+    threshold_sweep: pd.DataFrame | None = None
 
     @property
     def h(self) -> dict:

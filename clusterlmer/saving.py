@@ -37,7 +37,7 @@ VERSION = 1  # the .h5 layout's version (attribute "version"): readers refuse ne
 # its mne.Info (never saved); the result's per-term arrays and clusters (groups "term<i>", "clusters")
 # and its fit.
 FIT_APART = ("diagnostics", "source", "info")
-RESULT_APART = ("fit", "stat", "null", "p_clust", "cluster_info", "clusters", "refit_failures")
+RESULT_APART = ("fit", "stat", "null", "p_clust", "cluster_info", "clusters", "refit_failures", "threshold_sweep")
 
 
 _SUFFIXES = (".mat", ".h5", ".hdf5", ".csv")
@@ -77,7 +77,7 @@ def _matlab_struct(result) -> dict:
         lme = dict(per_term[result.terms[0]])  # the 1-way original: lme.t, lme.p, lme.p_clust
     else:
         # The fields added below must not overwrite a term's struct (e.g. a predictor named "times").
-        lme, used = {}, {"times", "clusters", "settings", "freqs"}
+        lme, used = {}, {"times", "clusters", "settings", "freqs", "threshold_sweep"}
         for term, fields in per_term.items():
             name = matlab_field_name(term)
             while name in used:
@@ -86,6 +86,7 @@ def _matlab_struct(result) -> dict:
             lme[name] = fields
     clusters = result.clusters.copy()
     clusters["term"] = clusters["term"].astype(str)
+    sweep = result.threshold_sweep
     lme.update(
         times=_row(fit.times),
         clusters=clusters if len(clusters) else None,
@@ -96,6 +97,8 @@ def _matlab_struct(result) -> dict:
             "alpha": result.alpha,
             "cluster_alpha": result.cluster_alpha,
             "cluster_stat": result.cluster_stat,
+            "correction": result.correction,
+            "thresholds": np.asarray(result.thresholds, dtype=float),
             "quantile_method": result.quantile_method,
             "n_permutations": float(result.n_permutations),
             "seed": str(result.seed),
@@ -107,6 +110,8 @@ def _matlab_struct(result) -> dict:
     )
     if fit.freqs is not None:
         lme["freqs"] = _row(fit.freqs)
+    if sweep is not None and len(sweep):
+        lme["threshold_sweep"] = sweep.assign(term=sweep["term"].astype(str))
     return {"lme": lme}
 
 
@@ -261,6 +266,8 @@ def _write_h5(result, path):
             _put_frame(fit_group.create_group("diagnostics"), result.fit.diagnostics)
             _put_dataclass(f, result, skip=RESULT_APART)
             _put_frame(f.create_group("clusters"), result.clusters)
+            if result.threshold_sweep is not None:
+                _put_frame(f.create_group("threshold_sweep"), result.threshold_sweep)
             for i, term in enumerate(result.terms):
                 g = f.create_group(f"term{i}")
                 g.attrs["term"] = term

@@ -33,26 +33,13 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
+from .coding import contrast as _contrast
 from .design import ModelDesign
 from .formula import expand_fixed_terms
 
 __all__ = ["FixedSpec", "ModelSpec", "RandomEffectsTerm", "as_spec", "build_spec", "coded_design"]
 
 INTERCEPT = "(Intercept)"
-
-
-def _contrast(levels, coding, full=False):
-    """Contrast matrix (levels x columns) and column suffixes of a factor.
-
-    ``full``: one indicator column per level (R's coding of the first factor
-    of a model matrix without intercept).
-    """
-    k = len(levels)
-    if full:
-        return np.eye(k), list(levels)
-    if coding == "effects":
-        return np.vstack([np.eye(k - 1), -np.ones((1, k - 1))]), list(levels[:-1])
-    return np.eye(k)[:, 1:], list(levels[1:])
 
 
 def variable_values(frame, factors, names) -> dict:
@@ -168,7 +155,7 @@ def _fixed_spec(design) -> FixedSpec:
         if missing and problem is None:
             problem = (f"the fixed term {label!r} is not hierarchical (missing lower-order "
                        f"term(s) {', '.join(repr(m) for m in missing)})")
-    contrasts = {v: _contrast(design.factors[v], design.coding) for v in variables if v in design.factors}
+    contrasts = {v: _contrast(design.factors[v], design.codings[v]) for v in variables if v in design.factors}
     _, names, assign = _model_columns(expanded.terms, None, contrasts, 0, expanded.intercept)
     return FixedSpec(expanded.intercept, variables, tuple(expanded.terms), tuple(expanded.labels), contrasts,
                      names, assign, problem)
@@ -294,7 +281,7 @@ def _random_terms(design) -> tuple:
         for nest_level, (cols_, gname) in enumerate(groups):
             codes = _codes(frame, cols_)
             for intercept, term_vars in _expr_parts(term.expr, term.correlated):
-                contrasts = {v: _contrast(design.factors[v], design.coding,
+                contrasts = {v: _contrast(design.factors[v], design.codings[v],
                                           full=not intercept and term_vars and term_vars[0] == (v,))
                              for t in term_vars for v in t if v in design.factors}
                 _, names, _ = _model_columns(term_vars, None, contrasts, 0, intercept)

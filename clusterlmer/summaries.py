@@ -11,9 +11,16 @@ import numpy as np
 import pandas as pd
 
 from .cluster import smallest_cluster_p
+from .coding import coding_text
 from .engines import engine_properties, get_engine
+from .families import describe_family
 
-__all__ = ["fit_summary", "result_summary", "fit_health", "fit_health_counts"]
+__all__ = ["fit_summary", "result_summary", "fit_health", "fit_health_counts", "ONSET_CAVEAT"]
+
+#: What a cluster (or TFCE) p does not say; printed under the clusters of such a result.
+ONSET_CAVEAT = ("a cluster test shows that an effect exists somewhere in a significant cluster, but does not "
+                "statistically certify the cluster's onset or extent (Sassenhagen & Draschkow 2019): report "
+                "them as descriptive, or use the max-statistic correction, which tests every sample.")
 
 _DDF_NAMES = {
     "satterthwaite": "Satterthwaite",
@@ -82,22 +89,26 @@ def _hypotheses_lines(options, levels, terms, note) -> list:
     return lines
 
 
+def _missing_lines(options, label) -> list:
+    """The rows left out for missing design values (:mod:`clusterlmer.missing`), when there were some."""
+    if not options.get("rows_omitted"):
+        return []
+    per = ", ".join(f"{k!r} {v}" for k, v in options.get("rows_omitted_by_variable", {}).items())
+    return [f"{label}{options['rows_omitted']} row(s) with missing values in model variables left out ({per}; "
+            "na_action='omit', as lme4's na.omit)"]
+
+
 def fit_summary(fit) -> str:
     """The text of :meth:`clusterlmer.TimeseriesFit.summary`: model, methods, coding, fit health and peak effects."""
     o, d = fit.options, fit.diagnostics
-    if o["coding"] == "reference":
-        coding = "reference (treatment); reference levels: " + (
-            ", ".join(f"{k} = {v!r}" for k, v in fit.reference_levels.items()) or "no factors"
-        )
-    else:
-        coding = "effects (sum to zero, last level -1); levels: " + (
-            ", ".join(f"{k} = {v}" for k, v in fit.levels.items()) or "no factors"
-        )
+    # Fits saved before per-factor codings existed record one coding for every factor.
+    codings = o.get("codings") or {k: o["coding"] for k in fit.levels}
+    coding = coding_text(codings, fit.levels, o["coding"].split(";")[0])
     times = np.asarray(fit.times)
     lines = [
         f"Mixed-model fits per sample (clusterlmer, engine: {o['engine']})",
         f"Formula:     {fit.formula}",
-        f"Fit method:  {'REML' if o['reml'] else 'ML'}; "
+        f"Fit method:  {describe_family(o) or ('REML' if o['reml'] else 'ML')}; "
         + get_engine(o["engine"]).fit_method(o),
         f"Test:        {_TEST_NAMES[o['test']]}; DF2: {_DDF_NAMES[o['ddf']]}",
         f"Coding:      {coding}",
@@ -106,6 +117,7 @@ def fit_summary(fit) -> str:
         f"observations: {int(d['n_obs'].max()) if len(d) else 0}",
         f"Fits:        {fit_health(d)}",
     ]
+    lines += _missing_lines(o, "Missing:     ")
     check = o.get("cross_check")
     if check is not None:
         lines.append("Cross-check: " + (f"R engine refit at samples {check['samples']}: largest relative "
@@ -150,6 +162,39 @@ def _quantiles(tail, cluster_alpha):
     return f"{cluster_alpha / 2:g} and {1 - cluster_alpha / 2:g} quantiles"
 
 
+def _correction_lines(result) -> list:
+    """The statistic, the correction across samples and its thresholds (if any)."""
+    tail = f"{result.statistic} ({_TAIL_NAMES[result.tail]})"
+    significant = f"significant at p < {result.alpha:g}"
+    if result.correction == "max":
+        largest = "|statistic|" if result.tail == 0 else "statistic" if result.tail == 1 else "-statistic"
+        return [f"Statistic:     {tail}, max-statistic correction: each sample against the largest {largest} "
+                f"of each permutation over all samples",
+                f"Thresholds:    none; samples {significant} (family-wise, at every sample)"]
+    if result.correction == "tfce":
+        return [f"Statistic:     {tail}, threshold-free cluster enhancement (TFCE) against the largest score of "
+                "each permutation", f"Thresholds:    none (TFCE integrates over heights); samples {significant}"]
+    return [f"Statistic:     {tail}, cluster statistic '{result.cluster_stat}'",
+            f"Thresholds:    per-sample {_quantiles(result.tail, result.cluster_alpha)} of the permutation "
+            f"distribution (quantile method '{result.quantile_method}'); clusters {significant}"]
+
+
+def _sweep_lines(result) -> list:
+    """Per cluster-forming alpha of the sweep and term: clusters, significant ones, their span, smallest p."""
+    table = result.threshold_sweep
+    rows = []
+    for threshold in result.thresholds:
+        for term in result.terms:
+            found = table[(table["threshold"] == threshold) & (table["term"] == term)] if table is not None else []
+            sig = found[found["p"] < result.alpha] if len(found) else found
+            rows.append({"cluster_alpha": threshold, "term": term, "clusters": len(found), "significant": len(sig),
+                         "first t_start": sig["t_start"].min() if len(sig) else np.nan,
+                         "last t_stop": sig["t_stop"].max() if len(sig) else np.nan,
+                         "smallest p": found["p"].min() if len(found) else np.nan})
+    return ["Threshold sweep (same permutations; every cluster: result.threshold_sweep):",
+            pd.DataFrame(rows).to_string(index=False, float_format=lambda x: f"{x:.4g}", na_rep="-")]
+
+
 def result_summary(result) -> str:
     """The text of :meth:`clusterlmer.PermutationClusterResult.summary`: the method, its settings,
     the cluster table and fit health."""
@@ -160,16 +205,15 @@ def result_summary(result) -> str:
     lines = [
         "Cluster-based permutation test of per-sample mixed models (clusterlmer)",
         f"Formula:       {fit.formula}",
-        f"Statistic:     {result.statistic} ({_TAIL_NAMES[result.tail]}), cluster statistic '{result.cluster_stat}'",
-        f"Thresholds:    per-sample {_quantiles(result.tail, result.cluster_alpha)} of the permutation "
-        f"distribution (quantile method '{result.quantile_method}'); clusters significant at p < {result.alpha:g}",
+        *_correction_lines(result),
         f"Permutations:  {result.n_permutations} (seed {result.seed}); "
         + ("\n               ".join(result.run["permutations"]) if result.run.get("permutations") else schemes),
         "Refit failures: " + (", ".join(f"{t}: {n} of {n_fits}" for t, n in fails.items())),
         f"Observed fits: {fit_health(fit.diagnostics)}",
         f"Engine:        {_engine_text(fit.options)}",
     ]
-    smallest = smallest_cluster_p(result.n_permutations, result.tail)
+    lines += _missing_lines(fit.options, "Missing:       ")
+    smallest = smallest_cluster_p(result.n_permutations, 1 if result.correction == "max" else result.tail)
     if smallest >= result.alpha:
         lines.append(f"Note:          with {result.n_permutations} permutations the smallest possible cluster p is "
                      f"{smallest:.3g}, not below alpha = {result.alpha:g}: no cluster can be significant.")
@@ -179,7 +223,8 @@ def result_summary(result) -> str:
     lines += _hypotheses_lines(fit.options, fit.levels, result.terms, "Note:          ")
     table = result.clusters
     significant = table[table["p"] < result.alpha] if len(table) else table
-    lines.append(f"Significant clusters (p < {result.alpha:g}):")
+    lines.append(f"Significant clusters (p < {result.alpha:g}):" if result.correction == "cluster" else
+                 f"Significant regions (connected samples with p < {result.alpha:g}; stat: their peak):")
     if len(significant):
         lines.append(significant.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     else:
@@ -190,5 +235,10 @@ def result_summary(result) -> str:
         lines.append(f"  ... and {rest} cluster(s) with p >= {result.alpha:g} (smallest p = {best:.3g}); "
                      "the full table is result.clusters.")
     elif not len(table):
-        lines.append("  (no sample crossed its threshold in a cluster)")
+        lines.append("  (no sample crossed its threshold in a cluster)" if result.correction == "cluster"
+                     else "  (no significant sample)")
+    if result.thresholds:
+        lines += _sweep_lines(result)
+    if result.correction != "max":
+        lines.append(f"Note:          {ONSET_CAVEAT}")
     return "\n".join(lines)

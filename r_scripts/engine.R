@@ -15,16 +15,28 @@ cl_control <- function(optimizer, opt_ctrl) {
 }
 
 # Factors with the level order and coding chosen in Python. Reference coding
-# is R's default (treatment, first level as base); effects coding is set on
-# the factor itself so fixed and random-slope terms both use it.
+# is R's default (treatment, first level as base); the other codings are set
+# on the factor itself so fixed and random-slope terms both use them.
+# `coding` is one coding for every factor or a named list, one per factor.
+cl_contrast <- function(levels, coding) {
+  k <- length(levels)
+  if (identical(coding, "effects")) {
+    cm <- stats::contr.sum(levels)
+    colnames(cm) <- levels[-k]
+    cm
+  } else if (identical(coding, "helmert")) {
+    stats::contr.helmert(levels)
+  } else if (identical(coding, "poly")) {
+    stats::contr.poly(k)
+  } else NULL
+}
+
 cl_prepare_design <- function(design, factors, coding) {
   for (nm in names(factors)) {
     f <- factor(as.character(design[[nm]]), levels = as.character(factors[[nm]]))
-    if (identical(coding, "effects") && nlevels(f) > 1L) {
-      cm <- stats::contr.sum(levels(f))
-      colnames(cm) <- levels(f)[-nlevels(f)]
-      contrasts(f) <- cm
-    }
+    cod <- if (is.list(coding)) as.character(coding[[nm]]) else coding
+    cm <- if (nlevels(f) > 1L) cl_contrast(levels(f), cod) else NULL
+    if (!is.null(cm)) contrasts(f) <- cm
     design[[nm]] <- f
   }
   design
@@ -296,5 +308,91 @@ cl_fit_block <- function(design, Y, formula, response, factors,
     out$converged[j] <- (res$conv == 0) && !any(conv_msgs)
   }
   out$residual_df <- resid_df
+  out
+}
+
+# Generalized linear mixed models (lme4::glmer, Laplace approximation).
+#
+# Every column of Y is fitted as glmer would fit it on its own, with the
+# family's canonical link and, for the binomial family, proportions as the
+# response and the number of trials as prior weights (lme4's convention).
+# Terms are tested by Wald chi-square on the fit's covariance of the fixed
+# effects (what car::Anova(type = 3) and summary()'s z tests compute):
+# F = chi2 / DF1 with DF2 = Inf, whose p equals the chi-square p; the sign of
+# a one-row contrast gives the signed z.
+cl_fit_glmm_block <- function(design, Y, formula, response, factors,
+                              coding = "reference", family = "binomial", weights = NULL,
+                              test = "marginal", optimizer = "bobyqa", opt_ctrl = list(),
+                              need = "all") {
+  Y <- as.matrix(Y)
+  k <- ncol(Y)
+  design <- cl_prepare_design(design, factors, coding)
+  design[[response]] <- Y[, 1L]
+  desc <- cl_describe(design, formula, response)
+  term_names <- desc$terms
+  if (!identical(test, "marginal")) term_names <- setdiff(term_names, "(Intercept)")
+  coef_names <- desc$coef_names
+  out <- cl_empty_result(length(term_names), length(coef_names), k)
+  out$terms <- term_names
+  out$coef_names <- coef_names
+  out$residual_df <- NA_real_
+  fam <- switch(family, binomial = stats::binomial(), poisson = stats::poisson())
+  ctrl <- lme4::glmerControl(optimizer = optimizer, optCtrl = opt_ctrl, check.rankX = "message+drop.cols")
+  f <- stats::as.formula(formula, env = globalenv())
+  fixed_terms <- stats::terms(lme4::nobars(f))
+  if (!is.null(weights)) design[[".cl_weights"]] <- as.numeric(design[[weights]])
+  L_list <- NULL
+  for (j in seq_len(k)) {
+    msgs <- character(0)
+    note <- function(x) msgs <<- c(msgs, trimws(x))
+    res <- withCallingHandlers(tryCatch({
+      design[[response]] <- Y[, j]
+      m <- if (is.null(weights)) {
+        lme4::glmer(f, data = design, family = fam, control = ctrl)
+      } else {
+        lme4::glmer(f, data = design, family = fam, control = ctrl, weights = .cl_weights)
+      }
+      beta <- lme4::fixef(m)
+      V <- as.matrix(stats::vcov(m))
+      X <- lme4::getME(m, "X")
+      if (is.null(L_list)) {
+        L_list <- if (identical(test, "marginal")) {
+          cl_marginal_contrasts(X, attr(fixed_terms, "term.labels"), attr(fixed_terms, "intercept") > 0)
+        } else lmerTest:::get_contrasts_type3(m)
+      }
+      stats_j <- vapply(term_names, function(term) {
+        L <- L_list[[term]]
+        if (is.null(L) || nrow(L) == 0L) return(rep(NA_real_, 5L))
+        L <- L[, colnames(X), drop = FALSE]  # columns lme4 dropped (rank) are left out
+        est <- if (nrow(L) == 1L) sum(L * beta) else NA_real_
+        w <- cl_wald_F(L, beta, V)
+        c(w[["F"]], w[["q"]], Inf, stats::pchisq(w[["F"]] * w[["q"]], w[["q"]], lower.tail = FALSE), est)
+      }, numeric(5L))
+      cc <- m@optinfo$conv$lme4
+      list(stats = stats_j, beta = beta, se = sqrt(diag(V)), deviance = stats::deviance(m),
+           conv = m@optinfo$conv$opt, singular = lme4::isSingular(m), lme4_msgs = unlist(cc$messages))
+    }, error = function(e) e),
+    warning = function(w) { note(conditionMessage(w)); invokeRestart("muffleWarning") },
+    message = function(m) { note(conditionMessage(m)); invokeRestart("muffleMessage") })
+    if (inherits(res, "error")) {
+      out$error[j] <- conditionMessage(res)
+      out$messages[j] <- paste(unique(msgs), collapse = "; ")
+      next
+    }
+    rows <- match(names(res$beta), coef_names)
+    out$F[, j] <- res$stats[1L, ]
+    out$df1[, j] <- res$stats[2L, ]
+    out$df2[, j] <- res$stats[3L, ]
+    out$p[, j] <- res$stats[4L, ]
+    out$contrast_estimate[, j] <- res$stats[5L, ]
+    out$estimate[rows, j] <- res$beta
+    out$se[rows, j] <- res$se
+    out$sigma[j] <- 1
+    out$deviance[j] <- res$deviance
+    out$singular[j] <- as.numeric(res$singular)
+    all_msgs <- unique(c(msgs, res$lme4_msgs))
+    out$messages[j] <- paste(all_msgs, collapse = "; ")
+    out$converged[j] <- (res$conv == 0) && !any(grepl("converge", all_msgs, ignore.case = TRUE))
+  }
   out
 }

@@ -189,10 +189,11 @@ def test_fit_refuses_missing_labels(sim, column):
     design = sim.design.copy()
     design.loc[[3, 10], column] = np.nan
     with pytest.raises(
-        DesignError,
-        match=rf"column '{column}' has 2 missing value\(s\) \(rows 3, 10\)\. Fill them or drop those rows",
+        ValueError,
+        match=rf"2 of {len(design)} rows have missing values in model variables \(column '{column}': 2 row\(s\) "
+              r"\(3, 10\)\)\. Fill them, drop those rows, or pass na_action='omit'",
     ):
-        cl.fit_timeseries(with_design(sim, design), FORMULA)
+        cl.fit_timeseries(with_design(sim, design), FORMULA, na_action="fail")
 
 
 def test_fit_refuses_infinite_numeric_predictor(sim):
@@ -206,7 +207,7 @@ def test_fit_refuses_infinite_numeric_predictor(sim):
     "option, value, allowed",
     [
         ("ddf", "KR", "'satterthwaite', 'residual', 'kenward-roger', 'none'"),
-        ("coding", "sum", "'reference', 'effects'"),
+        ("coding", "sum", "'reference', 'effects', 'helmert', 'poly'"),
         ("test", "type2", "'marginal', 'type3'"),
         ("optimizer", "nlminb", "'bobyqa', 'nloptwrap', 'Nelder_Mead'"),
         ("engine", "python", "'auto', 'r', 'native'"),

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._checks import check_option, option_hint
+from ..families import check_family
 
 __all__ = ["FitOptions", "BlockFit", "DDF_METHODS", "TESTS", "OPTIMIZERS", "NEEDS", "check_fit_options"]
 
@@ -33,6 +34,8 @@ class FitOptions:
     test: str = "marginal"
     optimizer: str = "bobyqa"
     optimizer_options: dict = field(default_factory=dict)
+    family: str = "gaussian"  # anything else: a GLMM (clusterlmer.families), fitted by lme4::glmer
+    weights: str | None = None  # binomial: the design column with each row's number of trials
     # User contrasts (clusterlmer.contrasts.Contrast) tested after the terms, under their names.
     contrasts: tuple = ()
 
@@ -41,7 +44,7 @@ class FitOptions:
         return {**DEFAULT_OPTIMIZER_OPTIONS.get(self.optimizer, {}), **self.optimizer_options}
 
 
-def check_fit_options(reml, ddf, test, optimizer, optimizer_options) -> FitOptions:
+def check_fit_options(reml, ddf, test, optimizer, optimizer_options, family="gaussian", weights=None) -> FitOptions:
     """Check the fit options of a public entry point and bundle them.
 
     Parameters
@@ -52,6 +55,11 @@ def check_fit_options(reml, ddf, test, optimizer, optimizer_options) -> FitOptio
     optimizer : {"bobyqa", "nloptwrap", "Nelder_Mead"}
     optimizer_options : dict or None
         Numeric lme4 optimizer controls.
+    family : {"gaussian", "binomial", "poisson"}
+        Not Gaussian: a GLMM (:mod:`clusterlmer.families`; ``reml`` becomes
+        False and ``ddf`` ``"none"``).
+    weights : str or None
+        Binomial: the design column with each row's number of trials.
 
     Returns
     -------
@@ -69,6 +77,7 @@ def check_fit_options(reml, ddf, test, optimizer, optimizer_options) -> FitOptio
     check_option("ddf", ddf, DDF_METHODS)
     check_option("test", test, TESTS)
     check_option("optimizer", optimizer, OPTIMIZERS)
+    reml, ddf = check_family(family, weights, reml, ddf)
     if ddf == "kenward-roger" and not reml:
         raise ValueError(f"ddf='kenward-roger' needs a REML fit: {option_hint('use reml=True', 'leave out --ml')}, "
                          "or use another ddf method with ML.")
@@ -76,7 +85,7 @@ def check_fit_options(reml, ddf, test, optimizer, optimizer_options) -> FitOptio
     bad = {k: v for k, v in opts.items() if not isinstance(v, (int, float)) or isinstance(v, bool)}
     if bad:
         raise TypeError(f"optimizer_options values must be numbers, got {bad}.")
-    return FitOptions(bool(reml), ddf, test, optimizer, opts)
+    return FitOptions(bool(reml), ddf, test, optimizer, opts, family, weights)
 
 
 @dataclass(frozen=True, eq=False)

@@ -19,6 +19,7 @@ import numpy as np
 
 from .._checks import check_option
 from ..spec import coded_design
+from ..families import TRIALS_COLUMN
 from .base import NEEDS, BlockFit, FitOptions
 
 __all__ = ["fit_block", "fit_blocks", "fit_method", "describe", "r_session", "supports", "warm_up", "R_INSTALL_HINT"]
@@ -147,6 +148,11 @@ def _as_strings(x):
     return [str(s) for s in x]
 
 
+def _codings(s, design):
+    """Each factor's coding as a named R list (``cl_prepare_design`` sets R's contrasts from it)."""
+    return s.vectors.ListVector({k: s.vectors.StrVector([v]) for k, v in design.codings.items()})
+
+
 def describe(model, options: FitOptions):
     """Term labels (then the names of ``options.contrasts``) and coefficient names of the fixed part, without fitting.
 
@@ -163,7 +169,7 @@ def describe(model, options: FitOptions):
     design = coded_design(model)
     s = r_session()
     frame = s.data_frame(design.frame)
-    frame = s.call("cl_prepare_design", frame, s.str_list(design.factors), design.coding)
+    frame = s.call("cl_prepare_design", frame, s.str_list(design.factors), _codings(s, design))
     res = s.call("cl_describe", frame, design.formula.text, design.formula.response)
     terms = _as_strings(res.rx2("terms"))
     if options.test != "marginal":
@@ -223,6 +229,23 @@ def fit_block(model, Y, options: FitOptions, need: str = "all") -> BlockFit:
         s.require("pbkrtest")
     Y = np.asarray(Y, dtype=float)
     k = Y.shape[1]
+    if options.family != "gaussian":
+        res = s.call(
+            "cl_fit_glmm_block",
+            s.data_frame(design.frame),
+            s.matrix(Y),
+            design.formula.text,
+            design.formula.response,
+            s.str_list(design.factors),
+            coding=_codings(s, design),
+            family=options.family,
+            weights=TRIALS_COLUMN if options.weights is not None else s.ro.NULL,
+            test=options.test,
+            optimizer=options.optimizer,
+            opt_ctrl=s.num_list(options.resolved_optimizer_options()),
+            need=need,
+        )
+        return _block_fit(res, k)
     res = s.call(
         "cl_fit_block",
         s.data_frame(design.frame),
@@ -230,7 +253,7 @@ def fit_block(model, Y, options: FitOptions, need: str = "all") -> BlockFit:
         design.formula.text,
         design.formula.response,
         s.str_list(design.factors),
-        coding=design.coding,
+        coding=_codings(s, design),
         reml=bool(options.reml),
         ddf=options.ddf,
         test=options.test,
@@ -241,6 +264,11 @@ def fit_block(model, Y, options: FitOptions, need: str = "all") -> BlockFit:
                                                                  "rhs": s.vectors.FloatVector(c.rhs)})
                                    for c in options.contrasts}),
     )
+    return _block_fit(res, k)
+
+
+def _block_fit(res, k) -> BlockFit:
+    """The BlockFit of one R engine result list for ``k`` responses."""
     terms = tuple(_as_strings(res.rx2("terms")))
     coefs = tuple(_as_strings(res.rx2("coef_names")))
     nt, nc = len(terms), len(coefs)

@@ -23,6 +23,9 @@ class UnsupportedModel(ValueError):
 
 
 def _option_problem(options):
+    if options.family != "gaussian":
+        return (f"family={options.family!r} makes a generalized linear mixed model, which lme4::glmer fits; the "
+                "native engine fits linear (Gaussian) mixed models")
     if options.ddf == "kenward-roger":
         return "ddf='kenward-roger' (pbkrtest) is not available in the native engine"
     if options.test not in ("marginal", "type3"):
