@@ -58,7 +58,7 @@ def add_fit_options(p):
     g.add_argument("--na-action", default="omit", choices=NA_ACTIONS, help="rows with a missing value in a model "
                    "variable: left out as lme4's na.omit (default) or an error")
     g.add_argument("--test", default="marginal", choices=TESTS,
-                   help="marginal F per term as MATLAB's anova (default) or lmerTest's type III")
+                   help="marginal F per term as MATLAB's anova (default), or lmerTest's anova type III, II or I")
     g.add_argument("--family", default="gaussian", choices=FAMILIES,
                    help="binomial/poisson: a GLMM fitted by lme4::glmer (Wald chi-square per term)")
     g.add_argument("--weights", metavar="COLUMN", help="binomial: design column with each row's number of trials")

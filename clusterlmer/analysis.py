@@ -153,8 +153,9 @@ def _tested_terms(fit, terms, statistic):
     return tuple(wanted)
 
 
-def _term_variables(term, fixed_variables):
-    return [v for v in term.split(":") if v in fixed_variables]
+def _term_variables(term, model):
+    """The design columns behind a term (a transformation's sources for ``log(x)``)."""
+    return [s for v in term.split(":") for s in model.sources(v) if s in model.fixed_variables]
 
 
 def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, statistic="F", terms=None,
@@ -412,7 +413,7 @@ def _permute_and_cluster(data, plan: AnalysisPlan, fit, start):
     user = {c.name: c for c in options.contrasts}
     check_tested_contrasts([user[t] for t in tested if t in user], statistic, plan.fit.spec.fixed, unpermuted)
     for term in tested:
-        if term not in user and all(v in unpermuted for v in _term_variables(term, model.fixed_variables)):
+        if term not in user and all(v in unpermuted for v in _term_variables(term, model)):
             raise ValueError(f"term {term!r} uses only variables that are not permuted ({_preview(unpermuted)}), "
                              "so the permutations give it no null distribution; permute one of its variables.")
 

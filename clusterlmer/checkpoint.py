@@ -269,8 +269,9 @@ class Checkpoint:
         self.values[indices] = values
         self.done[indices] = True
         self._dirty = True
-        # Saving costs time proportional to the file: keep it under ~5% of the run.
-        if time.perf_counter() - self._last_save >= 20 * self._save_cost:
+        # Saving costs time proportional to the file: keep it under ~5% of the run. A mapped null's
+        # flush costs little but waits for the disk: at most once a second.
+        if time.perf_counter() - self._last_save >= max(20 * self._save_cost, 1.0 if self.mapped else 0.0):
             self.save()
 
     def save(self):

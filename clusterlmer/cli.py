@@ -37,7 +37,7 @@ def _print_table(frame):
     print(frame.to_string(index=False, float_format=lambda x: f"{x:.6g}"))
 
 
-def _print_peaks(fit, terms):
+def _print_peaks(fit, terms, coefficients=False):
     for term in terms:
         i = fit.terms.index(term)
         f = fit.F[i].ravel()
@@ -50,6 +50,9 @@ def _print_peaks(fit, terms):
         print(f"\nANOVA at the peak of {term} (sample {tuple(map(int, idx)) if len(idx) > 1 else int(idx[0])}, "
               f"{where}):")
         _print_table(fit.anova(idx if len(idx) > 1 else idx[0]))
+        if coefficients:
+            print("Coefficients there (lmerTest summary):")
+            _print_table(fit.coefficients(idx if len(idx) > 1 else idx[0]))
 
 
 def _plot_path(plot):
@@ -184,10 +187,11 @@ def _fit(args) -> int:
     fit = cl.fit_timeseries(data, args.formula, **fit_kwargs(args))
     describe_data(args, data)
     print(fit.summary())
-    _print_peaks(fit, [t for t in fit.terms if t != "(Intercept)"])
-    if args.out:
-        fit.to_frame().to_csv(args.out, index=False)
-        print(f"Wrote {args.out}")
+    _print_peaks(fit, [t for t in fit.terms if t != "(Intercept)"], args.coefficients is not None)
+    for path, table in ((args.out, fit.to_frame), (args.coefficients, lambda: fit.to_frame(coefficients=True))):
+        if path:
+            table().to_csv(path, index=False)
+            print(f"Wrote {path}")
     return 0
 
 
@@ -327,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(fit)
     add_fit_options(fit)
     fit.add_argument("--out", metavar="FILE.csv", help="write Term, FStat, DF1, DF2, pValue per timepoint")
+    fit.add_argument("--coefficients", nargs="?", const="", metavar="FILE.csv",
+                     help="also print each coefficient's t test at the peaks (lmerTest summary: Estimate, SE, tStat, "
+                     "DF, pValue); with FILE.csv write them per timepoint")
     fit.set_defaults(func=_fit, command_parser=fit)
     return parser
 
@@ -371,6 +378,8 @@ def _check_paths(parser, args):
         named.append(("--plot", _plot_path(args.plot)))
     if getattr(args, "checkpoint", None):
         named.append(("--checkpoint", args.checkpoint))
+    if getattr(args, "coefficients", None):
+        named.append(("--coefficients", args.coefficients))
     for i, (flag, path) in enumerate(named):
         suffix = os.path.splitext(path)[1].lower()
         if flag == "--out" and args.command == "run" and suffix not in (".mat", ".h5", ".hdf5", ".csv"):

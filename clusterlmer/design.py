@@ -44,6 +44,7 @@ from ._checks import check_option
 from .coding import CODINGS, LEVEL_ORDERS, check_coding, factor_codings, sorted_levels, zero_sum
 from .data import _preview
 from .formula import ModelFormula
+from .transforms import TransformError, compute_columns
 
 __all__ = ["CODINGS", "ModelDesign", "build_design", "DesignError"]
 
@@ -76,6 +77,12 @@ class ModelDesign:
     codings : dict of str to str
         Coding of every factor (``"reference"``, ``"effects"``, ``"helmert"``
         or ``"poly"``).
+    sources : dict of str to ndarray
+        The numeric source columns of the formula's transformations (see
+        :mod:`clusterlmer.transforms`), from which a permutation recomputes
+        them. The transformations' values are columns of ``frame`` named by
+        their labels (``poly(x, 2)1``, ``poly(x, 2)2`` for poly's columns),
+        never coded as factors.
     """
 
     frame: pd.DataFrame
@@ -85,6 +92,7 @@ class ModelDesign:
     numeric: tuple = field(default=())
     converted: tuple = field(default=())
     codings: dict = field(default_factory=dict)
+    sources: dict = field(default_factory=dict)
 
     @property
     def reference_levels(self) -> dict:
@@ -93,8 +101,9 @@ class ModelDesign:
 
     def subset(self, rows) -> "ModelDesign":
         """The same design restricted to ``rows`` (a boolean mask or indices)."""
-        frame = self.frame.iloc[np.flatnonzero(rows) if np.asarray(rows).dtype == bool else rows]
-        return replace(self, frame=frame.reset_index(drop=True))
+        idx = np.flatnonzero(rows) if np.asarray(rows).dtype == bool else rows
+        return replace(self, frame=self.frame.iloc[idx].reset_index(drop=True),
+                       sources={k: v[idx] for k, v in self.sources.items()})
 
 
 def _label_text(values) -> list:
@@ -205,9 +214,17 @@ def build_design(design: pd.DataFrame, formula: ModelFormula, *, coding="referen
                           "not a fixed-effect or random-slope variable of the formula; name the factors to code (or "
                           "'*' for every factor not named).")
 
+    try:
+        computed = compute_columns(formula.transforms.values(), design, levels)
+    except TransformError as exc:
+        raise DesignError(str(exc)) from None
+
     frame, factors, numeric, converted = {}, {}, [], []
     expanded = formula.fixed_terms
+    model_variables = formula.model_variables
     for name in formula.variables:
+        if name not in model_variables and name not in formula.grouping_variables:
+            continue  # used only inside transformations, which are computed below
         series = design[name]
         missing = series.isna().to_numpy()
         if missing.any():
@@ -216,8 +233,7 @@ def build_design(design: pd.DataFrame, formula: ModelFormula, *, coding="referen
                 f"column {name!r} has {missing.sum()} missing value(s) (rows {_preview(rows, 6)}). "
                 "Fill them or drop those rows before fitting."
             )
-        in_model = name in formula.fixed_variables or name in formula.slope_variables
-        if not in_model:
+        if name not in model_variables:
             frame[name] = _label_text(series)
             continue
         if _is_factor(series, name, levels, named):
@@ -252,13 +268,25 @@ def build_design(design: pd.DataFrame, formula: ModelFormula, *, coding="referen
                 _warn_extrapolated(name, distinct, partners)
             frame[name] = values
             numeric.append(name)
+    for name, values in computed.items():
+        # A transformation stays numeric, as in R: its user chose numbers on purpose.
+        if values.ndim == 1 and name in expanded.variables and np.all(values == values[0]):
+            raise DesignError(f"{name} has the same value ({values[0]:g}) in every row, so it cannot explain "
+                              "anything. Remove it from the formula or check its column(s).")
+        partners = expanded.interacting(name)
+        if values.ndim == 1 and partners and not values.min() <= 0 <= values.max():
+            _warn_extrapolated(name, np.unique(values), partners)
+        for col, j in zip(formula.transforms[name].columns, range(values.shape[-1] if values.ndim == 2 else 1)):
+            frame[col] = values[:, j] if values.ndim == 2 else values
+        numeric.append(name)
+    sources = {s: design[s].to_numpy(dtype=float) for t in formula.transforms.values() for s in t.sources}
     for name in formula.grouping_variables:
         if design[name].nunique() < 2:
             raise DesignError(
                 f"grouping factor {name!r} has a single level: random effects need at least two groups."
             )
     return ModelDesign(pd.DataFrame(frame), factors, default, formula, tuple(numeric), tuple(converted),
-                       factor_codings(default, named, factors))
+                       factor_codings(default, named, factors), sources)
 
 
 def _and(names) -> str:

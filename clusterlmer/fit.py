@@ -73,10 +73,11 @@ def fit_timeseries(data, formula, *, reml=True, ddf="satterthwaite", coding="ref
         A dict codes each variable, ``"*"`` the ones it does not name, e.g.
         ``{"*": "effects", "dose": "poly"}``; naming a numeric column makes
         it a factor with its values sorted. See :mod:`clusterlmer.coding`.
-    test : {"marginal", "type3"}
+    test : {"marginal", "type3", "type2", "type1"}
         ``"marginal"`` tests that all of a term's coefficients are zero, as
-        MATLAB's ``anova`` does (intercept included); ``"type3"`` gives
-        lmerTest's type III table.
+        MATLAB's ``anova`` does (intercept included); ``"type3"``,
+        ``"type2"`` and ``"type1"`` give lmerTest's ``anova(type = 3, 2, 1)``
+        tables (no intercept row).
     optimizer : {"bobyqa", "nloptwrap", "Nelder_Mead"}
         lme4 optimizer. bobyqa runs with ``rhoend=1e-9`` unless
         ``optimizer_options`` says otherwise. Another optimizer makes
@@ -96,7 +97,7 @@ def fit_timeseries(data, formula, *, reml=True, ddf="satterthwaite", coding="ref
         accepts (nested random intercepts in closed form; slopes, ``||``,
         crossed and partially crossed groupings by lme4's penalized least
         squares with exact derivatives), REML/ML, Satterthwaite/residual/none,
-        marginal and type III tests; equal to lmerTest within the precision of
+        marginal and type I/II/III tests; equal to lmerTest within the precision of
         lme4's optimizer; a rank-deficient fixed-effect design (an
         interaction with empty cells) is fitted as lme4 does, the columns
         lme4 drops dropped; an option it lacks (Kenward-Roger, lme4 optimizer
@@ -227,11 +228,11 @@ def check_fit_arguments(data, formula, *, reml=True, ddf="satterthwaite", coding
     if contrasts is not None:  # checked against the coefficient names before any fit
         options = with_contrasts(options, contrasts, *get_engine(engine).describe(spec, options))
     wanted = None
-    if terms is not None or test == "type3":  # checked before the long part
+    if terms is not None or test != "marginal":  # checked before the long part
         model_terms, _ = get_engine(engine).describe(spec, options)
         if not model_terms:
             marginal = option_hint("test='marginal'", "--test marginal")
-            raise ValueError("the model has no term besides the intercept, which a type III table does not "
+            raise ValueError(f"the model has no term besides the intercept, which a {test} table does not "
                              f"test: use {marginal} to test the intercept.")
     if terms is not None:
         wanted = [terms] if isinstance(terms, str) else list(terms)
@@ -313,6 +314,8 @@ def fit_plan(plan: FitPlan, data, cross_check=3, *, alongside=False, stacklevel=
         coef_names=blk.coef_names,
         estimates=per_sample(blk.estimate),
         se=per_sample(blk.se),
+        coef_df=per_sample(blk.coef_df),
+        coef_se=per_sample(blk.coef_se),
         times=np.asarray(data.times),
         freqs=data.freqs,
         diagnostics=pd.DataFrame(diag),

@@ -2,15 +2,20 @@
 
 Only model terms are accepted: column names, the intercept markers ``0``/``1``,
 the operators ``+ - * : / ^`` and ``|``/``||`` inside parentheses for random
-effects. Anything else (function calls, strings, backticks, ``;``) is refused,
-so no R code can travel inside a formula string. The formula handed to R is
-rebuilt from the checked tokens.
+effects, and the transformations of :mod:`clusterlmer.transforms`
+(``I(x^2)``, ``log(x)``, ``poly(x, 2)``, ...), each read into one token named
+as R prints it and computed in Python. Anything else (other function calls,
+strings, backticks, ``;``) is refused, so no R code can travel inside a
+formula string. The formula handed to R is rebuilt from the checked tokens,
+with the transformations replaced by the names of their computed columns.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from .transforms import FUNCTIONS, TransformError, parse_call, parse_transform
 
 __all__ = ["ModelFormula", "FixedTerms", "parse_formula", "expand_fixed_terms", "FormulaError"]
 
@@ -58,12 +63,25 @@ class ModelFormula:
         Columns in the fixed-effects part, in order of appearance.
     random : tuple of RandomTerm
         The random-effects terms.
+    transforms : dict of str to Transform
+        The transformations the formula uses, by label (``"log(x)"``); their
+        source columns are among the variables above.
     """
 
     text: str
     response: str
     fixed_variables: tuple[str, ...]
     random: tuple[RandomTerm, ...]
+    transforms: dict = field(default_factory=dict, compare=False)  # the labels in ``text`` say it all
+
+    def sources(self, name) -> tuple:
+        """Design columns behind model variable ``name``: a transformation's sources, else ``(name,)``."""
+        t = self.transforms.get(name)
+        return t.sources if t is not None else (name,)
+
+    def r_text(self, names) -> str:
+        """The formula with each transformation replaced by ``names[label]`` (what R is handed)."""
+        return _join([(k, names.get(t, t) if k == "call" else t) for k, t in _tokenize(self.text)])
 
     @property
     def grouping_variables(self) -> tuple[str, ...]:
@@ -79,6 +97,12 @@ class ModelFormula:
     def fixed_terms(self) -> "FixedTerms":
         """The fixed part expanded into terms as R's ``terms()`` does (``a*b`` -> ``a, b, a:b``)."""
         return expand_fixed_terms(self.text)
+
+    @property
+    def model_variables(self) -> tuple[str, ...]:
+        """Variables of the model matrices: plain columns and transformation labels, fixed part then slopes."""
+        slopes = (v for term in self.random for v in expand_fixed_terms("y ~ " + term.expr).variables)
+        return _unique((*self.fixed_terms.variables, *slopes))
 
     @property
     def variables(self) -> tuple[str, ...]:
@@ -105,6 +129,14 @@ def _tokenize(text: str) -> list[tuple[str, str]]:
                 "(... | group) random-effect terms."
             )
         kind = match.lastgroup
+        if kind == "name" and match.group(kind) in FUNCTIONS and text[match.end():].lstrip().startswith("("):
+            # A whitelisted transformation: one token, its label as R prints it.
+            try:
+                transform, pos = parse_call(text, match.start(kind))
+            except TransformError as exc:
+                raise FormulaError(f"formula {text!r}: {exc}") from None
+            tokens.append(("call", transform.label))
+            continue
         tokens.append((kind, match.group(kind)))
         pos = match.end()
     return tokens
@@ -179,6 +211,8 @@ class _Parser:
                     "compute the transformed column in your data first."
                 )
             names.append(tok)
+        elif kind == "call":
+            names.extend(parse_transform(tok).sources)
         elif kind == "number":
             if tok not in ("0", "1"):
                 self.fail(f"the number {tok!r} is not a model term (only 0 and 1 are).")
@@ -191,6 +225,10 @@ class _Parser:
                     self.fail("random-effect terms '(... | group)' cannot be nested "
                               "(or a parenthesis is not closed).")
                 bar = self.take()[1]
+                wide = [t for k, t in self.tokens[start : self.i - 1] if k == "call" and parse_transform(t).ncol > 1]
+                if wide:
+                    self.fail(f"{wide[0]} has several columns and cannot be a random slope; use a "
+                              "one-column transformation (e.g. I(x^2)) there.")
                 expr_text = _join(self.tokens[start : self.i - 1])
                 gstart = self.i
                 grouping: list[str] = []
@@ -350,7 +388,7 @@ class _TermExpander:
 
     def atom(self):
         kind, tok = self.take()
-        if kind == "name":
+        if kind in ("name", "call"):
             if tok not in self.var_order:
                 self.var_order.append(tok)
             return ("terms", [frozenset([tok])])
@@ -435,4 +473,5 @@ def parse_formula(formula: str) -> ModelFormula:
         response=response,
         fixed_variables=_unique(fixed),
         random=tuple(randoms),
+        transforms={tok: parse_transform(tok) for kind, tok in tokens if kind == "call"},
     )

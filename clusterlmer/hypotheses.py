@@ -5,7 +5,7 @@ reference coding a main effect next to an interaction is the simple effect at
 the other variables' reference levels (for a numeric variable, at the value
 0); with a coding whose columns sum to zero (effects, helmert, poly) it is
 averaged over the other factors' levels (still at 0 for numeric variables). lmerTest's type III table averages over factors
-whatever the coding. These sentences are built from the model itself, so the
+whatever the coding, and so do its type II and type I tables. These sentences are built from the model itself, so the
 summary never promises a hypothesis the row does not test.
 """
 
@@ -51,7 +51,7 @@ def _effect_of(var, factors, coding):
 
 def _where(others, factors, codings, test):
     """Where the other variables stand when a term's coefficients are read."""
-    averaged = [v for v in others if v in factors and (zero_sum(codings[v]) or test == "type3")]
+    averaged = [v for v in others if v in factors and (zero_sum(codings[v]) or test != "marginal")]
     parts = [f"averaged over {' and '.join(averaged)}"] if averaged else []
     for var in others:
         if var not in factors:
@@ -73,7 +73,7 @@ def term_hypotheses(fixed_terms, factors, coding, test="marginal") -> dict:
     coding : str or dict of str to str
         One coding for every factor, or each factor's (see
         :mod:`clusterlmer.coding`).
-    test : {"marginal", "type3"}
+    test : {"marginal", "type3", "type2", "type1"}
 
     Returns
     -------
@@ -91,7 +91,7 @@ def term_hypotheses(fixed_terms, factors, coding, test="marginal") -> dict:
         for other in fixed_terms.terms:
             if len(other) > len(vars_) and set(vars_) <= set(other):
                 partners += [v for v in other if v not in vars_ and v not in partners]
-        # Type III tests do not depend on the coding; describe them as effects coding would.
+        # Type I/II/III tests do not depend on the coding; describe them as effects coding would.
         coding_read = codings.get(vars_[0]) if test == "marginal" else "effects"
         if len(vars_) == 1:
             what = _effect_of(vars_[0], factors, coding_read) + " = 0"
@@ -99,8 +99,13 @@ def term_hypotheses(fixed_terms, factors, coding, test="marginal") -> dict:
             what = (f"the effect of {_effect_of(vars_[0], factors, coding_read)} is the same at every level of "
                     + " x ".join(vars_[1:]))
         where = _where([v for v in fixed_terms.variables if v in partners], factors, codings, test)
-        out[":".join(vars_)] = what + (f" ({where})" if where else "")
+        out[":".join(vars_)] = what + (f" ({where})" if where else "") + _ADJUSTED.get(test, "")
     return out
+
+
+# Type I and II rows test a term adjusted for only some of the others (lmerTest's definitions).
+_ADJUSTED = {"type1": "; adjusted for the terms before it only (type I, sequential)",
+             "type2": "; adjusted for every term that does not contain it (type II)"}
 
 
 def sign_convention(factors, coding) -> str:

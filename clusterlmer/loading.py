@@ -128,7 +128,9 @@ def _get_frame(group) -> pd.DataFrame:
 
 
 def _get_fields(group, cls, skip=()):
-    return {f.name: _get(group, f.name) for f in dataclasses.fields(cls) if f.name not in skip}
+    # A field added with a default (e.g. the fit's coefficient DF) may be absent from older files.
+    return {f.name: _get(group, f.name) for f in dataclasses.fields(cls)
+            if f.name not in skip and (f.default is dataclasses.MISSING or f.name in group or f.name in group.attrs)}
 
 
 def _not_a_result(path, f) -> str:

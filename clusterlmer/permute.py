@@ -31,6 +31,7 @@ from .design import ModelDesign
 from .formula import ModelFormula, parse_formula
 from .scheme_names import NONE, WITHIN
 from .schemes import SCHEMES, assign_schemes
+from .transforms import recompute, with_recomputed
 
 __all__ = ["SCHEMES", "Permutations", "make_permutations"]
 
@@ -147,7 +148,10 @@ class Permutations:
         """
         k = self._index(k)
         if isinstance(frame, ModelDesign):
-            return replace(frame, frame=self.apply(k, frame.frame))
+            # Its transformations (log(x), poly(x, 2)) are recomputed from their moved source columns.
+            maps = {v: m[k] for v, m in self.row_maps.items()}
+            moved = replace(frame, frame=self.apply(k, frame.frame))
+            return with_recomputed(moved, recompute(frame, maps), maps)
         if not isinstance(frame, pd.DataFrame):
             raise TypeError(f"frame must be a pandas DataFrame or ModelDesign, got {type(frame).__name__}.")
         if len(frame) != len(self.design):

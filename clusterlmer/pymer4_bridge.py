@@ -161,8 +161,14 @@ def lmer_at(fit, sample):
         Fitted (lmerTest) with the fit's formula, rows, level order, coding,
         REML/ML and optimizer.
     """
-    Lmer = _import_lmer()
     source = fit.source
+    if source.design.formula.transforms:
+        # pymer4 hands R the formula text, so R would evaluate the calls itself (scale() and poly() on this
+        # sample's rows only): not the model clusterlmer fitted, and against the rule that R evaluates no call.
+        raise ValueError(f"the pymer4 model is not available for a formula with transformations "
+                         f"({', '.join(source.design.formula.transforms)}); compute those columns in the design "
+                         "table and use their names in the formula to get one.")
+    Lmer = _import_lmer()
     flat_index = int(np.ravel_multi_index(sample, fit.sample_shape))
     model = _lmer_class(Lmer)(source.design.formula.text, data=_sample_frame(source, flat_index))
     model._clusterlmer_factors = {name: list(levels) for name, levels in source.design.factors.items()}

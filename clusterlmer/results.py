@@ -66,6 +66,10 @@ class TimeseriesFit:
     freqs : ndarray or None
     channels : tuple of str or None
         Channel names when the samples have a channel axis (the first).
+    coef_df, coef_se : ndarray or None
+        DF and standard error of each coefficient's t test as lmerTest's
+        ``summary()`` computes them (``coef_se`` differs from ``se`` only
+        under Kenward-Roger); see :meth:`coefficients`.
     diagnostics : pandas.DataFrame
         One row per sample: observations used and excluded, convergence,
         singular fit, R's warnings and messages, error.
@@ -98,6 +102,8 @@ class TimeseriesFit:
     options: dict
     levels: dict
     channels: tuple | None = None
+    coef_df: np.ndarray | None = None
+    coef_se: np.ndarray | None = None
     # Not part of the result: left out of comparisons, repr and result files.
     source: FitSource | None = field(default=None, repr=False, compare=False)
     info: object = field(default=None, repr=False, compare=False)
@@ -188,6 +194,26 @@ class TimeseriesFit:
         table.update(DF1=self.df1[sel], DF2=self.df2[sel], pValue=self.p[sel])
         return pd.DataFrame(table)
 
+    def coefficients(self, t=None, *, time=None, channel=None) -> pd.DataFrame:
+        """Coefficient table at one sample, as lmerTest's ``summary()`` (MATLAB ``fitlme`` layout).
+
+        Parameters
+        ----------
+        t, time, channel
+            The sample, as for :meth:`anova`.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Columns ``Name, Estimate, SE, tStat, DF, pValue``, one row per
+            coefficient: the t test of each coefficient on its own, with the
+            fit's DF method (Satterthwaite, Kenward-Roger with its adjusted
+            SE, residual ``n - p``, or none: the normal distribution).
+        """
+        from .coefficients import coefficient_table
+
+        return coefficient_table(self, self._sample_index(t, time, channel))
+
     def contrast(self, L, rhs=0, *, name="contrast", ddf=None):
         """Test ``L beta = rhs`` at every sample, as lmerTest's ``contest(model, L, rhs, joint = TRUE)``.
 
@@ -258,8 +284,16 @@ class TimeseriesFit:
 
         return lmer_at(self, sample)
 
-    def to_frame(self) -> pd.DataFrame:
-        """Tidy long table: one row per term and sample (with ``channel``, ``time``, ``freq`` as the data have)."""
+    def to_frame(self, coefficients=False) -> pd.DataFrame:
+        """Tidy long table: one row per term and sample (with ``channel``, ``time``, ``freq`` as the data have).
+
+        ``coefficients=True``: one row per coefficient and sample instead, with
+        the columns of :meth:`coefficients`.
+        """
+        if coefficients:
+            from .coefficients import coefficient_frame
+
+            return coefficient_frame(self)
         n_samples = int(np.prod(self.sample_shape))
         grid = {"sample": np.tile(np.arange(n_samples), len(self.terms))}
         for axis, values in self.sample_coordinates(np.arange(n_samples)).items():

@@ -65,7 +65,7 @@ def response_exponents(Y, finite):
 
 def _scale_back(out, shift, n_used, reml):
     """Map the statistics of responses fitted as ``Y * 2**shift`` back to ``Y``'s scale, in place."""
-    for name in ("estimate", "se", "contrast_estimate", "sigma"):
+    for name in ("estimate", "se", "coef_se", "contrast_estimate", "sigma"):
         out[name] = np.ldexp(out[name], -shift)
     # The density of c*y is that of y over c**n: the ML deviance (-2 log L) grows by 2 n log c,
     # the REML criterion by 2 (n - rank X) log c (checked against lme4 in the tests).
@@ -173,14 +173,14 @@ def _assemble(terms, coefs, blocks, resp, options):
         return np.full((rows, n_samples), np.nan)
 
     out = {name: full(nt) for name in ("F", "df1", "df2", "p", "contrast_estimate")}
-    out.update(estimate=full(nc), se=full(nc))
+    out.update(estimate=full(nc), se=full(nc), coef_df=full(nc), coef_se=full(nc))
     out.update(sigma=np.full(n_samples, np.nan), deviance=np.full(n_samples, np.nan),
                singular=np.full(n_samples, np.nan), converged=np.zeros(n_samples, bool))
     messages = [""] * n_samples
     errors = ["the response is constant at this sample (no variance to model)" if c
               else "no finite response values at this sample" for c in constant]
     for cols, blk in blocks:
-        for name in ("F", "df1", "df2", "p", "contrast_estimate", "estimate", "se"):
+        for name in ("F", "df1", "df2", "p", "contrast_estimate", "estimate", "se", "coef_df", "coef_se"):
             out[name][:, cols] = getattr(blk, name)
         for name in ("sigma", "deviance", "singular", "converged"):
             out[name][cols] = getattr(blk, name)

@@ -36,17 +36,21 @@ import pandas as pd
 from .coding import contrast as _contrast
 from .design import ModelDesign
 from .formula import expand_fixed_terms
+from .transforms import recompute, with_recomputed
 
 __all__ = ["FixedSpec", "ModelSpec", "RandomEffectsTerm", "as_spec", "build_spec", "coded_design"]
 
 INTERCEPT = "(Intercept)"
 
 
-def variable_values(frame, factors, names) -> dict:
-    """Each variable's values: int level codes for factors, floats otherwise."""
+def variable_values(frame, factors, names, transforms=None) -> dict:
+    """Each variable's values: int level codes for factors, floats otherwise ((n, k) for ``poly``'s k columns)."""
     out = {}
     for v in names:
-        if v in factors:
+        t = (transforms or {}).get(v)
+        if t is not None and t.ncol > 1:
+            out[v] = frame[list(t.columns)].to_numpy(dtype=float)
+        elif v in factors:
             codes = pd.Categorical(frame[v].to_numpy(), categories=factors[v]).codes.astype(np.int64)
             if (codes < 0).any():
                 raise ValueError(f"column {v!r} has values outside its levels {factors[v]}")
@@ -56,17 +60,21 @@ def variable_values(frame, factors, names) -> dict:
     return out
 
 
-def _model_columns(term_vars, values, contrasts, n, intercept):
+def _model_columns(term_vars, values, contrasts, n, intercept, wide=None):
     """Columns, names and ``assign`` of R's ``model.matrix`` for expanded terms.
 
     Within an interaction the later variable varies slowest, as in R.
     ``values`` None gives names and ``assign`` only (columns None).
+    ``wide``: per numeric variable of several columns (``poly``), their name suffixes.
     """
     cols, names, assign = ([np.ones(n)], [INTERCEPT], [0]) if intercept else ([], [], [])
     for ti, vars_ in enumerate(term_vars, start=1):
         tc, tn = [None], [""]
         for v in vars_:
-            if v in contrasts:
+            if wide and v in wide:
+                vc = None if values is None else [values[v][:, j] for j in range(len(wide[v]))]
+                vn = [f"{v}{s}" for s in wide[v]]
+            elif v in contrasts:
                 C, suffixes = contrasts[v]
                 vc = None if values is None else [C[values[v], j] for j in range(C.shape[1])]
                 vn = [f"{v}{s}" for s in suffixes]
@@ -108,6 +116,9 @@ class FixedSpec:
         Why R's model matrix cannot be built from these terms alone (no
         intercept, or a term that is not hierarchical), which only lme4
         then fits; None otherwise.
+    wide : dict
+        Per numeric variable of several columns (``poly(x, k)``): the
+        suffixes of its columns' names.
     """
 
     intercept: bool
@@ -118,6 +129,7 @@ class FixedSpec:
     coef_names: tuple
     assign: np.ndarray
     problem: str | None
+    wide: dict = None
 
     @property
     def terms(self) -> tuple:
@@ -126,7 +138,7 @@ class FixedSpec:
 
     def matrix(self, values, n) -> np.ndarray:
         """The fixed-effect matrix (n, p) from each variable's values on ``n`` rows."""
-        cols, _, _ = _model_columns(self.term_vars, values, self.contrasts, n, self.intercept)
+        cols, _, _ = _model_columns(self.term_vars, values, self.contrasts, n, self.intercept, self.wide)
         return np.column_stack(cols)
 
     def term_columns(self, i) -> np.ndarray:
@@ -156,9 +168,11 @@ def _fixed_spec(design) -> FixedSpec:
             problem = (f"the fixed term {label!r} is not hierarchical (missing lower-order "
                        f"term(s) {', '.join(repr(m) for m in missing)})")
     contrasts = {v: _contrast(design.factors[v], design.codings[v]) for v in variables if v in design.factors}
-    _, names, assign = _model_columns(expanded.terms, None, contrasts, 0, expanded.intercept)
+    transforms = design.formula.transforms
+    wide = {v: transforms[v].suffixes for v in variables if v in transforms and transforms[v].ncol > 1}
+    _, names, assign = _model_columns(expanded.terms, None, contrasts, 0, expanded.intercept, wide)
     return FixedSpec(expanded.intercept, variables, tuple(expanded.terms), tuple(expanded.labels), contrasts,
-                     names, assign, problem)
+                     names, assign, problem, wide)
 
 
 @dataclass(frozen=True, eq=False)
@@ -323,7 +337,7 @@ class ModelSpec:
         self.random = random if random is not None else _random_terms(design)
         if values is None:
             names = dict.fromkeys((*self.fixed.variables, *(v for t in self.random for v in t.variables)))
-            values = variable_values(design.frame, design.factors, names)
+            values = variable_values(design.frame, design.factors, names, design.formula.transforms)
         self.values = values
         self.n_obs = len(self.random[0].codes)
         self._shared = {} if shared is None else shared
@@ -366,17 +380,23 @@ class ModelSpec:
         Groupings never move, so the random part's levels are shared; a
         permuted variable that a random slope uses changes that term's model
         matrix, which is built from ``values`` (``moved`` names what moved).
+        A transformation of a moved column is recomputed from the moved
+        column(s) (``maps`` covers the rows of this specification).
         """
         moved = tuple(v for v in maps if v in self.values)
         values = dict(self.values)
         for v in moved:
             values[v] = self.values[v][maps[v]]
+        computed = recompute(self.design, maps) if self.formula.transforms else {}
+        values.update({k: v for k, v in computed.items() if k in self.values})
+        moved += tuple(k for k in computed if k in self.values)
 
         def make_design():
             frame = self.design.frame.copy()
             for name in moved:
-                frame[name] = frame[name].to_numpy()[maps[name]]
-            return replace(self.design, frame=frame)
+                if name not in computed:
+                    frame[name] = frame[name].to_numpy()[maps[name]]
+            return with_recomputed(replace(self.design, frame=frame), computed, maps)
 
         spec = self._derived(values, make_design)
         spec.moved = moved

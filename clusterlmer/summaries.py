@@ -31,6 +31,8 @@ _DDF_NAMES = {
 _TEST_NAMES = {
     "marginal": "marginal F-test of each term's coefficients (MATLAB anova)",
     "type3": "lmerTest type III F-test",
+    "type2": "lmerTest type II F-test",
+    "type1": "lmerTest type I (sequential) F-test",
 }
 
 

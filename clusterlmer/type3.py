@@ -107,14 +107,14 @@ def type3_contrasts(fixed, values, n_obs, kept=None):
     treatment = {v: (np.eye(k)[:, 1:], [f"#{i}" for i in range(1, k)]) for v, k in n_levels.items()}
     indicators = {v: (np.eye(k), [f"#{i}" for i in range(k)]) for v, k in n_levels.items()}
     reference = all(np.array_equal(fixed.contrasts[v][0], treatment[v][0]) for v in n_levels)
-    t_cols, t_names, t_assign = _model_columns(fixed.term_vars, values, treatment, n_obs, True)
+    t_cols, t_names, t_assign = _model_columns(fixed.term_vars, values, treatment, n_obs, True, fixed.wide)
     if reference:
         Xt, t_kept = X, kept
     else:
         Xt = np.column_stack(t_cols)
         t_kept = rank_deficiency(Xt)[0]
         Xt = Xt[:, t_kept]
-    rd_cols, rd_names, rd_assign = _model_columns(fixed.term_vars, values, indicators, n_obs, True)
+    rd_cols, rd_names, rd_assign = _model_columns(fixed.term_vars, values, indicators, n_obs, True, fixed.wide)
     rows = _rows_by_name(Xt, np.column_stack(rd_cols), list(zip(rd_assign, rd_names)),
                          [(t_assign[j], t_names[j]) for j in t_kept], t_assign[t_kept], fixed)
     if not reference:

@@ -31,7 +31,17 @@ cl_contrast <- function(levels, coding) {
   } else NULL
 }
 
-cl_prepare_design <- function(design, factors, coding) {
+# `matrices` names the columns Python computed for each poly() term: they
+# become one matrix variable, so the term has one label and k columns
+# (name1..namek).
+cl_prepare_design <- function(design, factors, coding, matrices = list()) {
+  for (nm in names(matrices)) {
+    cols <- as.character(matrices[[nm]])
+    m <- as.matrix(design[cols])
+    dimnames(m) <- list(NULL, as.character(seq_along(cols)))
+    design[cols] <- NULL
+    design[[nm]] <- m
+  }
   for (nm in names(factors)) {
     f <- factor(as.character(design[[nm]]), levels = as.character(factors[[nm]]))
     cod <- if (is.list(coding)) as.character(coding[[nm]]) else coding
@@ -134,6 +144,47 @@ cl_satterthwaite_F <- function(L, beta, V, vp = NULL, eps = sqrt(.Machine$double
   c(Fvalue, q, ddf, stats::pf(Fvalue, q, ddf, lower.tail = FALSE))
 }
 
+# lmerTest's contrasts of anova(type = 1, 2, 3): type 2 is lmerTest's default
+# reading of "II" (get_contrasts_type2_unfolded: a term no other term contains
+# is tested marginally).
+cl_anova_contrasts <- function(m, test) {
+  switch(test,
+         type1 = lmerTest:::get_contrasts_type1(m),
+         type2 = lmerTest:::get_contrasts_type2_unfolded(m),
+         type3 = lmerTest:::get_contrasts_type3(m),
+         stop("unknown test ", test))
+}
+
+# The t test of each coefficient as lmerTest's summary() reports it (get_coefmat,
+# contest1D): DF and the SE the t uses. Satterthwaite: 2 V_ii^2 / (g' A g) with g
+# the derivatives of V_ii; Kenward-Roger: pbkrtest's adjusted covariance (its SE)
+# and Lb_ddf, the adjusted covariance computed once for every coefficient.
+cl_coef_tests <- function(m, model, V, vp, ddf, resid_df) {
+  p <- ncol(V)
+  se <- sqrt(diag(V))
+  if (identical(ddf, "satterthwaite")) {
+    df <- vapply(seq_len(p), function(i) {
+      grad <- vapply(vp$Jac_list, function(J) J[i, i], numeric(1L))
+      2 * V[i, i]^2 / cl_qform(grad, vp$vcov_varpar)
+    }, numeric(1L))
+  } else if (identical(ddf, "kenward-roger")) {
+    Vadj <- tryCatch(pbkrtest::vcovAdj(model), error = function(e) e)
+    if (inherits(Vadj, "error")) {
+      warning("Unable to compute Kenward-Roger t-tests of the coefficients: ", conditionMessage(Vadj),
+              call. = FALSE)
+      return(list(df = rep(NA_real_, p), se = rep(NA_real_, p)))
+    }
+    df <- vapply(seq_len(p), function(i) {
+      L <- as.numeric(seq_len(p) == i)
+      pbkrtest::Lb_ddf(L = L, V0 = stats::vcov(model), Vadj = Vadj)
+    }, numeric(1L))
+    se <- sqrt(diag(as.matrix(Vadj)))
+  } else {
+    df <- rep(if (identical(ddf, "residual")) resid_df else Inf, p)
+  }
+  list(df = df, se = se)
+}
+
 # lme4's C++ predictor updates theta and Lambdat in place; give every fit its
 # own copies so each response starts exactly where a fresh lmer() would.
 cl_fresh_reTrms <- function(reTrms) {
@@ -146,6 +197,7 @@ cl_empty_result <- function(n_terms, n_coef, k) {
   na_mat <- function(r) matrix(NA_real_, nrow = r, ncol = k)
   list(F = na_mat(n_terms), df1 = na_mat(n_terms), df2 = na_mat(n_terms),
        p = na_mat(n_terms), contrast_estimate = na_mat(n_terms), estimate = na_mat(n_coef), se = na_mat(n_coef),
+       coef_df = na_mat(n_coef), coef_se = na_mat(n_coef),
        sigma = rep(NA_real_, k),
        deviance = rep(NA_real_, k),
        converged = rep(FALSE, k), singular = rep(NA_real_, k),
@@ -175,18 +227,18 @@ cl_describe <- function(design, formula, response) {
 #
 # user: named list of user contrasts, each list(L = matrix over coef_names, rhs = numeric), tested after the
 # terms as lmerTest::contest(joint = TRUE) would; a contrast weighting a column lme4 dropped gives NA.
-cl_fit_block <- function(design, Y, formula, response, factors,
+cl_fit_block <- function(design, Y, formula, response, factors, matrices = list(),
                          coding = "reference", reml = TRUE,
                          ddf = "satterthwaite", test = "marginal",
                          optimizer = "bobyqa", opt_ctrl = list(), need = "all", user = list()) {
   full <- identical(need, "all")
   Y <- as.matrix(Y)
   k <- ncol(Y)
-  design <- cl_prepare_design(design, factors, coding)
+  design <- cl_prepare_design(design, factors, coding, matrices)
   design[[response]] <- Y[, 1L]
   desc <- cl_describe(design, formula, response)
   term_names <- desc$terms
-  # lmerTest's type III table has no intercept row.
+  # lmerTest's type I, II and III tables have no intercept row.
   if (!identical(test, "marginal")) term_names <- setdiff(term_names, "(Intercept)")
   n_terms <- length(term_names)
   term_names <- c(term_names, names(user))
@@ -255,8 +307,8 @@ cl_fit_block <- function(design, Y, formula, response, factors,
         model <- lmerTest:::as_lmerModLT(m, devfun)
       }
       devfun(m@theta)  # derivatives moved the shared state; restore the optimum
-      # Type III contrasts depend on the design only: build them once per block.
-      if (is.null(L_list)) L_list <- lmerTest:::get_contrasts_type3(m)
+      # Type I/II/III contrasts depend on the fitted X only: build them once per block.
+      if (is.null(L_list)) L_list <- cl_anova_contrasts(m, test)
       stats_j <- vapply(seq_along(term_names), function(i) {
         term <- term_names[i]
         L <- if (i > n_terms) user_L[[i - n_terms]] else L_list[[term]]
@@ -277,7 +329,8 @@ cl_fit_block <- function(design, Y, formula, response, factors,
           c(w[["F"]], w[["q"]], df2, stats::pf(w[["F"]], w[["q"]], df2, lower.tail = FALSE), est)
         }
       }, numeric(5L))
-      list(stats = stats_j, beta = beta, se = sqrt(diag(V)),
+      coef_j <- if (full) cl_coef_tests(m, model, V, vp, ddf, resid_df) else NULL
+      list(stats = stats_j, beta = beta, se = sqrt(diag(V)), coef = coef_j,
            sigma = stats::sigma(m), deviance = opt$fval,
            conv = opt$conv, singular = lme4::isSingular(m),
            lme4_msgs = unlist(cc$messages))
@@ -297,6 +350,10 @@ cl_fit_block <- function(design, Y, formula, response, factors,
     out$contrast_estimate[, j] <- res$stats[5L, ]
     out$estimate[coef_rows, j] <- res$beta
     out$se[coef_rows, j] <- res$se
+    if (!is.null(res$coef)) {
+      out$coef_df[coef_rows, j] <- res$coef$df
+      out$coef_se[coef_rows, j] <- res$coef$se
+    }
     out$sigma[j] <- res$sigma
     out$deviance[j] <- res$deviance
     out$singular[j] <- as.numeric(res$singular)
@@ -320,13 +377,13 @@ cl_fit_block <- function(design, Y, formula, response, factors,
 # effects (what car::Anova(type = 3) and summary()'s z tests compute):
 # F = chi2 / DF1 with DF2 = Inf, whose p equals the chi-square p; the sign of
 # a one-row contrast gives the signed z.
-cl_fit_glmm_block <- function(design, Y, formula, response, factors,
+cl_fit_glmm_block <- function(design, Y, formula, response, factors, matrices = list(),
                               coding = "reference", family = "binomial", weights = NULL,
                               test = "marginal", optimizer = "bobyqa", opt_ctrl = list(),
                               need = "all") {
   Y <- as.matrix(Y)
   k <- ncol(Y)
-  design <- cl_prepare_design(design, factors, coding)
+  design <- cl_prepare_design(design, factors, coding, matrices)
   design[[response]] <- Y[, 1L]
   desc <- cl_describe(design, formula, response)
   term_names <- desc$terms
@@ -387,6 +444,9 @@ cl_fit_glmm_block <- function(design, Y, formula, response, factors,
     out$contrast_estimate[, j] <- res$stats[5L, ]
     out$estimate[rows, j] <- res$beta
     out$se[rows, j] <- res$se
+    # summary()'s Wald z of each coefficient: the normal distribution (DF = Inf).
+    out$coef_se[rows, j] <- res$se
+    out$coef_df[rows, j] <- Inf
     out$sigma[j] <- 1
     out$deviance[j] <- res$deviance
     out$singular[j] <- as.numeric(res$singular)

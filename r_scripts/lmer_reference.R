@@ -4,6 +4,8 @@
 # Fits `formula` separately for every response column of a CSV with
 # lmerTest::lmer and prints a MATLAB-layout ANOVA table per column:
 #   sample,Term,FStat,DF1,DF2,pValue
+# and, with --coefficients, lmerTest's summary() coefficient table per column:
+#   sample,Name,Estimate,SE,tStat,DF,pValue
 # It shares no code with clusterlmer: use it to verify any result.
 #
 # Usage:
@@ -11,10 +13,11 @@
 #     [--values t0,t1,...]      response columns (default: the formula's LHS)
 #     [--reml TRUE|FALSE]       default TRUE
 #     [--ddf satterthwaite|residual|kenward-roger|none]
-#     [--coding reference|effects] [--test marginal|type3]
+#     [--coding reference|effects] [--test marginal|type3|type2|type1]
 #     [--levels "region=phrc,hc;cond=b,a"]   level order, reference first
 #     [--optimizer bobyqa] [--rhoend 1e-9] [--maxfun 100000]
 #     [--out result.csv]        default: standard output
+#     [--coefficients coef.csv] also write the coefficient tables
 #
 # Level order follows MATLAB: text columns used as fixed effects are factors
 # with levels in order of first appearance; numeric columns stay numeric
@@ -82,6 +85,7 @@ main <- function() {
                       optCtrl = list(rhoend = as.numeric(opts$rhoend), maxfun = as.numeric(opts$maxfun)))
   ddf_lt <- if (opts$ddf == "kenward-roger") "Kenward-Roger" else "Satterthwaite"
   rows <- list()
+  coefs <- list()
   for (j in seq_along(value_cols)) {
     d[[response]] <- d[[value_cols[j]]]
     m <- lmerTest::lmer(f, data = d, REML = reml, control = ctrl)
@@ -91,7 +95,7 @@ main <- function() {
       L0 <- matrix(as.numeric(colnames(X) == "(Intercept)"), nrow = 1)
       if (sum(L0) == 1) tab <- rbind("(Intercept)" = contestMD(m, L0, ddf = ddf_lt)[, colnames(tab)], tab)
     } else {
-      tab <- anova(m, type = "III", ddf = ddf_lt)
+      tab <- anova(m, type = c(type3 = "III", type2 = "II", type1 = "I")[[opts$test]], ddf = ddf_lt)
     }
     FStat <- tab[["F value"]]
     DF1 <- tab[["NumDF"]]
@@ -103,6 +107,20 @@ main <- function() {
     }
     rows[[j]] <- data.frame(sample = j - 1L, Term = rownames(tab), FStat = FStat, DF1 = DF1,
                             DF2 = DF2, pValue = pValue, check.names = FALSE)
+    if (!is.null(opts$coefficients)) {
+      co <- summary(m, ddf = ddf_lt)$coefficients
+      DF <- co[, "df"]
+      if (opts$ddf %in% c("residual", "none")) {
+        DF <- rep(if (opts$ddf == "residual") nrow(model.matrix(m)) - qr(model.matrix(m))$rank else Inf, nrow(co))
+      }
+      tStat <- co[, "Estimate"] / co[, "Std. Error"]
+      coefs[[j]] <- data.frame(sample = j - 1L, Name = rownames(co), Estimate = co[, "Estimate"],
+                               SE = co[, "Std. Error"], tStat = tStat, DF = DF,
+                               pValue = 2 * pt(abs(tStat), DF, lower.tail = FALSE), check.names = FALSE)
+    }
+  }
+  if (!is.null(opts$coefficients)) {
+    utils::write.csv(do.call(rbind, coefs), opts$coefficients, row.names = FALSE)
   }
   out <- do.call(rbind, rows)
   if (is.null(opts$out)) {

@@ -208,7 +208,7 @@ def test_fit_refuses_infinite_numeric_predictor(sim):
     [
         ("ddf", "KR", "'satterthwaite', 'residual', 'kenward-roger', 'none'"),
         ("coding", "sum", "'reference', 'effects', 'helmert', 'poly'"),
-        ("test", "type2", "'marginal', 'type3'"),
+        ("test", "type4", "'marginal', 'type3', 'type2', 'type1'"),
         ("optimizer", "nlminb", "'bobyqa', 'nloptwrap', 'Nelder_Mead'"),
         ("engine", "python", "'auto', 'r', 'native'"),
     ],

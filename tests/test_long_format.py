@@ -469,3 +469,5 @@ def test_parquet_needs_pyarrow_or_reads_like_csv(capsys, effect, tmp_path):
     else:
         _fully_long(effect).to_parquet(path)
         assert_same_data(cl.from_long(read_table(path), time="Time", value="amp", channel="electrode"), effect)
+        code, out, err = cli(capsys, "fit", path, *LONG, "--formula", FORMULA)  # the CLI reads it too
+        assert code == 0, err

@@ -234,7 +234,8 @@ def _subparser(name):
              "--scheduler", "--slurm", "--slurm-jobs", "--slurm-cores", "--slurm-memory", "--slurm-walltime", "--slurm-queue",
              "--slurm-account", "--slurm-extra", "--slurm-python", "--slurm-log-dir", "--adjacency", *LONG_OPTIONS]),
     ("fit", ["--formula", "--data-key", "--no-check-channels", "--ml", "--ddf", "--coding", "--level-order", "--na-action",
-             "--test", "--family", "--weights", "--optimizer", "--engine", "--cross-check", "--contrast", "--out",
+             "--test", "--family", "--weights", "--optimizer", "--engine", "--cross-check", "--contrast", "--coefficients",
+             "--out",
              *LONG_OPTIONS]),
     ("demo", ["--nperm", "--seed", "--jobs", "--engine", "--out-dir", "--no-progress"]),
 ])

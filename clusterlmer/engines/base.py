@@ -12,7 +12,7 @@ from ..families import check_family
 __all__ = ["FitOptions", "BlockFit", "DDF_METHODS", "TESTS", "OPTIMIZERS", "NEEDS", "check_fit_options"]
 
 DDF_METHODS = ("satterthwaite", "residual", "kenward-roger", "none")
-TESTS = ("marginal", "type3")
+TESTS = ("marginal", "type3", "type2", "type1")
 OPTIMIZERS = ("bobyqa", "nloptwrap", "Nelder_Mead")
 # What a fit_block call computes: everything, or what a permutation keeps (F,
 # DF1, estimates and SEs: the same F as "all", without the DF computation);
@@ -51,7 +51,7 @@ def check_fit_options(reml, ddf, test, optimizer, optimizer_options, family="gau
     ----------
     reml : bool
     ddf : {"satterthwaite", "residual", "kenward-roger", "none"}
-    test : {"marginal", "type3"}
+    test : {"marginal", "type3", "type2", "type1"}
     optimizer : {"bobyqa", "nloptwrap", "Nelder_Mead"}
     optimizer_options : dict or None
         Numeric lme4 optimizer controls.
@@ -70,7 +70,8 @@ def check_fit_options(reml, ddf, test, optimizer, optimizer_options, family="gau
     TypeError
         ``reml`` is not a bool, or an optimizer control is not a number.
     ValueError
-        An option outside its choices, or Kenward-Roger with ML.
+        An option outside its choices, Kenward-Roger with ML, or a type I/II
+        table of a GLMM.
     """
     if not isinstance(reml, (bool, np.bool_)):
         raise TypeError(f"reml must be True (REML) or False (ML, MATLAB's default), got {reml!r}.")
@@ -78,6 +79,11 @@ def check_fit_options(reml, ddf, test, optimizer, optimizer_options, family="gau
     check_option("test", test, TESTS)
     check_option("optimizer", optimizer, OPTIMIZERS)
     reml, ddf = check_family(family, weights, reml, ddf)
+    if family != "gaussian" and test in ("type1", "type2"):
+        # lmerTest builds them from X'X, which a GLMM's weighted fit does not test: no such table exists there.
+        raise ValueError(f"test={test!r} (lmerTest's type {'I' if test == 'type1' else 'II'} table) is defined "
+                         f"for linear mixed models; for family={family!r} use "
+                         f"{option_hint('test=' + repr('type3'), '--test type3')} or the marginal test.")
     if ddf == "kenward-roger" and not reml:
         raise ValueError(f"ddf='kenward-roger' needs a REML fit: {option_hint('use reml=True', 'leave out --ml')}, "
                          "or use another ddf method with ML.")
@@ -93,7 +99,10 @@ class BlockFit:
     """Results for ``k`` responses fitted under one design.
 
     Term arrays have shape ``(n_terms, k)``; coefficient arrays ``(n_coef, k)``;
-    per-fit arrays ``(k,)``.
+    per-fit arrays ``(k,)``. ``coef_df`` and ``coef_se`` are the DF and standard
+    error of each coefficient's t test as lmerTest's ``summary()`` reports it
+    (``coef_se`` is ``se`` except under Kenward-Roger, whose SE is pbkrtest's
+    adjusted one); NaN when the fit computed the statistic only.
     """
 
     terms: tuple
@@ -111,3 +120,5 @@ class BlockFit:
     singular: np.ndarray
     messages: list
     errors: list
+    coef_df: np.ndarray
+    coef_se: np.ndarray

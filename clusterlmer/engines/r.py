@@ -20,6 +20,7 @@ import numpy as np
 from .._checks import check_option
 from ..spec import coded_design
 from ..families import TRIALS_COLUMN
+from ..transforms import r_design
 from .base import NEEDS, BlockFit, FitOptions
 
 __all__ = ["fit_block", "fit_blocks", "fit_method", "describe", "r_session", "supports", "warm_up", "R_INSTALL_HINT"]
@@ -167,14 +168,16 @@ def describe(model, options: FitOptions):
     coef_names : tuple of str
     """
     design = coded_design(model)
+    table, text, matrices, back = r_design(design)
     s = r_session()
-    frame = s.data_frame(design.frame)
-    frame = s.call("cl_prepare_design", frame, s.str_list(design.factors), _codings(s, design))
-    res = s.call("cl_describe", frame, design.formula.text, design.formula.response)
-    terms = _as_strings(res.rx2("terms"))
+    frame = s.data_frame(table)
+    frame = s.call("cl_prepare_design", frame, s.str_list(design.factors), _codings(s, design),
+                   s.str_list(matrices))
+    res = s.call("cl_describe", frame, text, design.formula.response)
+    terms = back(_as_strings(res.rx2("terms")))
     if options.test != "marginal":
         terms = [t for t in terms if t != "(Intercept)"]
-    return tuple(terms) + tuple(c.name for c in options.contrasts), tuple(_as_strings(res.rx2("coef_names")))
+    return tuple(terms) + tuple(c.name for c in options.contrasts), back(_as_strings(res.rx2("coef_names")))
 
 
 def warm_up():
@@ -229,14 +232,17 @@ def fit_block(model, Y, options: FitOptions, need: str = "all") -> BlockFit:
         s.require("pbkrtest")
     Y = np.asarray(Y, dtype=float)
     k = Y.shape[1]
+    # Transformations reach R as computed columns under generated names (see clusterlmer.transforms).
+    table, text, matrices, back = r_design(design)
     if options.family != "gaussian":
         res = s.call(
             "cl_fit_glmm_block",
-            s.data_frame(design.frame),
+            s.data_frame(table),
             s.matrix(Y),
-            design.formula.text,
+            text,
             design.formula.response,
             s.str_list(design.factors),
+            matrices=s.str_list(matrices),
             coding=_codings(s, design),
             family=options.family,
             weights=TRIALS_COLUMN if options.weights is not None else s.ro.NULL,
@@ -245,14 +251,15 @@ def fit_block(model, Y, options: FitOptions, need: str = "all") -> BlockFit:
             opt_ctrl=s.num_list(options.resolved_optimizer_options()),
             need=need,
         )
-        return _block_fit(res, k)
+        return _block_fit(res, k, back)
     res = s.call(
         "cl_fit_block",
-        s.data_frame(design.frame),
+        s.data_frame(table),
         s.matrix(Y),
-        design.formula.text,
+        text,
         design.formula.response,
         s.str_list(design.factors),
+        matrices=s.str_list(matrices),
         coding=_codings(s, design),
         reml=bool(options.reml),
         ddf=options.ddf,
@@ -264,13 +271,13 @@ def fit_block(model, Y, options: FitOptions, need: str = "all") -> BlockFit:
                                                                  "rhs": s.vectors.FloatVector(c.rhs)})
                                    for c in options.contrasts}),
     )
-    return _block_fit(res, k)
+    return _block_fit(res, k, back)
 
 
-def _block_fit(res, k) -> BlockFit:
-    """The BlockFit of one R engine result list for ``k`` responses."""
-    terms = tuple(_as_strings(res.rx2("terms")))
-    coefs = tuple(_as_strings(res.rx2("coef_names")))
+def _block_fit(res, k, back) -> BlockFit:
+    """The BlockFit of one R engine result list for ``k`` responses (``back``: R's names to ours)."""
+    terms = back(_as_strings(res.rx2("terms")))
+    coefs = back(_as_strings(res.rx2("coef_names")))
     nt, nc = len(terms), len(coefs)
     return BlockFit(
         terms=terms,
@@ -282,6 +289,8 @@ def _block_fit(res, k) -> BlockFit:
         contrast_estimate=_as_array(res.rx2("contrast_estimate"), (nt, k)),
         estimate=_as_array(res.rx2("estimate"), (nc, k)),
         se=_as_array(res.rx2("se"), (nc, k)),
+        coef_df=_as_array(res.rx2("coef_df"), (nc, k)),
+        coef_se=_as_array(res.rx2("coef_se"), (nc, k)),
         sigma=_as_array(res.rx2("sigma")),
         deviance=_as_array(res.rx2("deviance")),
         converged=np.array(res.rx2("converged"), dtype=bool),

@@ -42,9 +42,8 @@ at ~1e-8..1e-7 on a flat criterion; the criterion at the native optimum is
 never above lme4's beyond rounding. Evaluated at lme4's theta
 (:func:`evaluate_at`) the statistics agree with lmerTest's to ~1e-9 (F) and
 ~1e-8 (DF2, whose numerical derivatives amplify the criterion's rounding).
-lme4's optimizer settings have no counterpart and are refused, as are
-``test="type3"`` and ``ddf="kenward-roger"`` (``engine="auto"`` then uses R
-and says why).
+lme4's optimizer settings have no counterpart and are refused, as is
+``ddf="kenward-roger"`` (``engine="auto"`` then uses R and says why).
 
 Modules, one job each: :mod:`.support` (what the engine fits), :mod:`.fixed`
 (lme4's checks of ``X``), :mod:`.nesting`, :mod:`.jets`, :mod:`.criterion`

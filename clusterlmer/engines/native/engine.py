@@ -24,13 +24,13 @@ import numpy as np
 
 from ..._checks import check_option
 from ...spec import as_spec
-from ...type3 import type3_contrasts
+from ...anova_types import anova_contrasts
 from ..base import NEEDS, BlockFit, FitOptions
 from .blocked import GeneralStructure
 from .criterion import Block, Responses, Structure
 from .general_fit import SINGULAR_MESSAGE, SINGULAR_TOL, GeneralFits, general_chunk, scatter_columns
 from .fixed import rank_deficiency, scale_message
-from .marginal import term_tests
+from .marginal import coefficient_df, term_tests
 from .nesting import Nesting, design_checks
 from .optimize import optimize
 from .satterthwaite import nested_values, varpar_parts, vcov_varpar
@@ -64,7 +64,7 @@ class Prepared:
     structure: Structure | GeneralStructure | None = None
     error: str = ""
     kept: np.ndarray | None = None
-    contrasts: list | None = None  # type III: lmerTest's contrast per term in ``terms`` (None: marginal)
+    contrasts: list | None = None  # type I/II/III: lmerTest's contrast per term in ``terms`` (None: marginal)
     zt: np.ndarray | None = None  # general path: dense Z' of this design (GeneralStructure.zt)
     user: tuple = ()  # (L, rhs) of each user contrast on the kept columns, tested after the terms
 
@@ -99,7 +99,7 @@ def prepare(spec, options: FitOptions, n: int) -> Prepared:
     kept, rank_message = rank_deficiency(spec.X)
     X = spec.X if rank_message is None else spec.X[:, kept]
     messages = [m for m in (rank_message, scale_message(X)) if m]
-    contrasts = _type3(spec, kept) if options.test == "type3" else None
+    contrasts = anova_contrasts(spec, kept, options.test)
     user = tuple(c.on_columns(kept) for c in options.contrasts)
     if general is not None:
         slopes = {v for t in spec.random for v in t.variables}
@@ -111,19 +111,6 @@ def prepare(spec, options: FitOptions, n: int) -> Prepared:
     structure = spec.shared("native-structure", lambda: Structure(nest, n))
     return Prepared(terms, coefs, fixed.assign[kept], nest, X, messages, structure, kept=kept, contrasts=contrasts,
                     user=user)
-
-
-def _type3(spec, kept):
-    """lmerTest's type III contrasts of ``spec`` on the columns ``kept`` (its terms, no intercept).
-
-    With every column kept they depend only on the codings, not on the
-    rows: computed once per analysis. Dropped columns depend on which cells
-    are empty, which a permutation can change: computed per specification.
-    """
-    def make():
-        return type3_contrasts(spec.fixed, spec.values, spec.n_obs, kept)[1:]
-
-    return spec.shared("native-type3", make) if len(kept) == spec.X.shape[1] else make()
 
 
 def fit_block(model, Y, options: FitOptions, need: str = "all") -> BlockFit:
@@ -320,11 +307,13 @@ def fit_chunk(models, responses: Responses, options: FitOptions, need: str = "al
     return [fit] if len(models) == 1 else [_columns(fit, slice(d * R, (d + 1) * R)) for d in range(len(models))]
 
 
+_ARRAYS = ("F", "df1", "df2", "p", "contrast_estimate", "estimate", "se", "coef_df", "coef_se", "sigma", "deviance",
+           "converged", "singular")
+
+
 def _columns(fit, cols):
     """The fits ``cols`` of a BlockFit (one specification's)."""
-    per_fit = {name: getattr(fit, name)[..., cols] for name in ("F", "df1", "df2", "p", "contrast_estimate",
-                                                               "estimate", "se", "sigma", "deviance", "converged",
-                                                               "singular")}
+    per_fit = {name: getattr(fit, name)[..., cols] for name in _ARRAYS}
     return BlockFit(terms=fit.terms, coef_names=fit.coef_names, messages=fit.messages[cols],
                     errors=fit.errors[cols], **per_fit)
 
@@ -333,9 +322,7 @@ def _concatenate(parts):
     """One BlockFit from the fits of consecutive response chunks."""
     if len(parts) == 1:
         return parts[0]
-    cat = {name: np.concatenate([getattr(b, name) for b in parts], axis=-1)
-           for name in ("F", "df1", "df2", "p", "contrast_estimate", "estimate", "se", "sigma", "deviance",
-                        "converged", "singular")}
+    cat = {name: np.concatenate([getattr(b, name) for b in parts], axis=-1) for name in _ARRAYS}
     return BlockFit(terms=parts[0].terms, coef_names=parts[0].coef_names,
                     messages=[m for b in parts for m in b.messages], errors=[e for b in parts for e in b.errors],
                     **cat)
@@ -389,15 +376,15 @@ def evaluate(model: Prepared, block: Block, phi, ok, options: FitOptions, need: 
         for r in range(k):
             per_msgs[r] += vp_msgs[r]
     F, df1, df2, pval, cest = term_tests(model, beta, Vb, options.ddf, n - p, varpar, need)
+    cdf = coefficient_df(Vb, options.ddf, n - p, varpar, need)
     if p < len(model.coef_names):  # columns lme4 dropped: NaN estimates
-        beta, se = (scatter_columns(beta, model.kept, len(model.coef_names)),
-                    scatter_columns(se, model.kept, len(model.coef_names)))
+        beta, se, cdf = (scatter_columns(x, model.kept, len(model.coef_names)) for x in (beta, se, cdf))
 
     failed = ~np.isfinite(D)
     if failed.any():  # e.g. a response fitted exactly by the fixed effects
         for arr in (F, df1, df2, pval, cest):
             arr[:, failed] = np.nan
-        beta[failed], se[failed], sigma[failed], D[failed] = np.nan, np.nan, np.nan, np.nan
+        beta[failed], se[failed], cdf[failed], sigma[failed], D[failed] = np.nan, np.nan, np.nan, np.nan, np.nan
     errors = ["the native engine's criterion is not finite at the optimum" if f else "" for f in failed]
     setup = [model.setup_messages] * k if setup is None else setup
     messages, converged = [""] * k, ok & ~failed
@@ -412,7 +399,7 @@ def evaluate(model: Prepared, block: Block, phi, ok, options: FitOptions, need: 
     return BlockFit(
         terms=model.terms, coef_names=model.coef_names, F=F, df1=df1, df2=df2, p=pval, contrast_estimate=cest,
         estimate=beta.T.copy(), se=se.T.copy(), sigma=sigma, deviance=D, converged=converged,
-        singular=singular.astype(float), messages=messages, errors=errors,
+        singular=singular.astype(float), messages=messages, errors=errors, coef_df=cdf.T.copy(), coef_se=se.T.copy(),
     )
 
 
@@ -423,6 +410,7 @@ def _block_error(terms, coefs, k, message):
         terms=terms, coef_names=coefs,
         F=nan((nt, k), np.nan), df1=nan((nt, k), np.nan), df2=nan((nt, k), np.nan), p=nan((nt, k), np.nan),
         contrast_estimate=nan((nt, k), np.nan), estimate=nan((nc, k), np.nan), se=nan((nc, k), np.nan),
+        coef_df=nan((nc, k), np.nan), coef_se=nan((nc, k), np.nan),
         sigma=nan(k, np.nan), deviance=nan(k, np.nan), converged=np.zeros(k, bool),
         singular=nan(k, np.nan), messages=[""] * k, errors=[message] * k,
     )

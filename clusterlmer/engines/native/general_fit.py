@@ -20,7 +20,7 @@ import numpy as np
 
 from ..base import BlockFit, FitOptions
 from .blocked import DesignParts, GeneralBlock, GeneralStructure
-from .marginal import term_tests
+from .marginal import coefficient_df, term_tests
 from .optimize import minimize
 from .satterthwaite import varpar_parts, vcov_varpar
 
@@ -278,17 +278,18 @@ class GeneralFits:
                 msgs[f] += vp_msgs[f]
         model = self.models[0]
         F_, df1, df2, pval, cest = term_tests(model, beta, Vb, options.ddf, n - p, varpar, need)
+        cdf = coefficient_df(Vb, options.ddf, n - p, varpar, need)
         D = out["criterion"]
         failed = ~np.isfinite(D)
         for arr in (F_, df1, df2, pval, cest):
             arr[:, failed] = np.nan
-        beta[failed], se[failed], sigma[failed], D[failed] = np.nan, np.nan, np.nan, np.nan
+        beta[failed], se[failed], cdf[failed], sigma[failed], D[failed] = np.nan, np.nan, np.nan, np.nan, np.nan
         k, fits = self.k, []
         for d, m in enumerate(self.models):
             cols = slice(d * k, (d + 1) * k)
             fits.append(_block_fit(m, F_[:, cols], df1[:, cols], df2[:, cols], pval[:, cols], cest[:, cols],
                                    beta[cols], se[cols], sigma[cols], D[cols], ok[cols], failed[cols],
-                                   singular[cols], msgs[cols]))
+                                   singular[cols], msgs[cols], cdf[cols]))
         return fits
 
     def _values(self, reml):
@@ -321,11 +322,11 @@ def scatter_columns(values, kept, n_columns):
     return out
 
 
-def _block_fit(model, F, df1, df2, p, cest, beta, se, sigma, D, ok, failed, singular, per_msgs):
+def _block_fit(model, F, df1, df2, p, cest, beta, se, sigma, D, ok, failed, singular, per_msgs, cdf):
     """A BlockFit of one design's fits (columns lme4 dropped get NaN estimates)."""
     n_coef = len(model.coef_names)
     if beta.shape[1] < n_coef:  # columns lme4 dropped: NaN estimates
-        beta, se = scatter_columns(beta, model.kept, n_coef), scatter_columns(se, model.kept, n_coef)
+        beta, se, cdf = (scatter_columns(x, model.kept, n_coef) for x in (beta, se, cdf))
     k = len(sigma)
     messages, converged = [""] * k, ok & ~failed
     for r in range(k):
@@ -338,4 +339,5 @@ def _block_fit(model, F, df1, df2, p, cest, beta, se, sigma, D, ok, failed, sing
     errors = ["the native engine's criterion is not finite at the optimum" if f else "" for f in failed]
     return BlockFit(terms=model.terms, coef_names=model.coef_names, F=F, df1=df1, df2=df2, p=p,
                     contrast_estimate=cest, estimate=beta.T.copy(), se=se.T.copy(), sigma=sigma, deviance=D,
-                    converged=converged, singular=singular.astype(float), messages=messages, errors=errors)
+                    converged=converged, singular=singular.astype(float), messages=messages, errors=errors,
+                    coef_df=cdf.T.copy(), coef_se=se.T.copy())

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import special  # scipy.stats' f.sf and chi2.sf call these; importing stats takes ~1 s
 
-__all__ = ["contrast_tests", "f_sf", "marginal_tests", "satterthwaite_md", "term_tests"]
+__all__ = ["coefficient_df", "contrast_tests", "f_sf", "marginal_tests", "satterthwaite_md", "term_tests"]
 
 _SQRT_EPS = np.sqrt(np.finfo(float).eps)
 
@@ -218,3 +218,31 @@ def term_tests(model, beta, Vb, ddf, resid_df, varpar=None, need="all"):
         return out
     extra = contrast_tests([L for L, _ in user], beta, Vb, ddf, resid_df, varpar, need, [r for _, r in user])
     return tuple(np.vstack([a, b]) for a, b in zip(out, extra))
+
+
+def coefficient_df(Vb, ddf, resid_df, varpar=None, need="all"):
+    """DF of each coefficient's t test (lmerTest's ``summary()``: ``contest1D`` on an identity row).
+
+    Parameters
+    ----------
+    Vb : ndarray, shape (k, p, p)
+    ddf, resid_df, varpar, need
+        As for :func:`marginal_tests`.
+
+    Returns
+    -------
+    ndarray, shape (k, p)
+        Satterthwaite's ``2 V_jj^2 / (g' A g)`` with ``g`` the derivatives of
+        ``V_jj``; ``n - p`` or infinite for ``"residual"`` and ``"none"``; NaN
+        for the statistic only (permutations never need it).
+    """
+    k, p = Vb.shape[0], Vb.shape[1]
+    if need != "all":
+        return np.full((k, p), np.nan)
+    if ddf != "satterthwaite":
+        return np.full((k, p), float(resid_df) if ddf == "residual" else np.inf)
+    Jac, A = varpar
+    var = np.diagonal(Vb, axis1=1, axis2=2)  # (k, p)
+    grad = np.diagonal(Jac, axis1=2, axis2=3)  # (k, nv, p)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return 2 * var**2 / np.einsum("rip,rij,rjp->rp", grad, A, grad)

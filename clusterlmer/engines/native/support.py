@@ -28,8 +28,6 @@ def _option_problem(options):
                 "native engine fits linear (Gaussian) mixed models")
     if options.ddf == "kenward-roger":
         return "ddf='kenward-roger' (pbkrtest) is not available in the native engine"
-    if options.test not in ("marginal", "type3"):
-        return f"test={options.test!r} is not available in the native engine (marginal and type3 are)"
     # The native optimum is exact; silently ignoring a requested lme4 optimizer would misreport the run.
     if options.optimizer != "bobyqa":
         return (f"optimizer={options.optimizer!r} selects an lme4 optimizer, which the native engine does not use "
@@ -130,7 +128,8 @@ def describe(model, options: FitOptions):
 
 
 def tested_terms(spec, options):
-    """The terms the tests report (lmerTest's type III table has no intercept row), then the user contrasts."""
+    """The terms the tests report (lmerTest's type I, II and III tables have no intercept row), then the user
+    contrasts' names."""
     terms = spec.fixed.terms
-    terms = tuple(t for t in terms if t != "(Intercept)") if options.test == "type3" else terms
+    terms = terms if options.test == "marginal" else tuple(t for t in terms if t != "(Intercept)")
     return terms + tuple(c.name for c in options.contrasts)
