@@ -15,7 +15,7 @@ from .engines.base import DDF_METHODS, OPTIMIZERS, TESTS
 from .families import FAMILIES
 from .missing import NA_ACTIONS
 
-__all__ = ["add_fit_options", "checked", "fit_kwargs", "non_negative_int"]
+__all__ = ["add_fit_options", "checked", "contrast_argument", "contrasts_dict", "fit_kwargs", "non_negative_int"]
 
 
 def checked(convert, ok, what):
@@ -40,7 +40,8 @@ def fit_kwargs(args) -> dict:
     """The :func:`clusterlmer.fit_timeseries` keywords of parsed model-fit flags."""
     return dict(reml=not args.ml, ddf=args.ddf, coding=coding_from_flags(args.coding), test=args.test,
                 optimizer=args.optimizer, engine=args.engine, cross_check=args.cross_check,
-                level_order=args.level_order, na_action=args.na_action, family=args.family, weights=args.weights)
+                level_order=args.level_order, na_action=args.na_action, family=args.family, weights=args.weights,
+                contrasts=args.contrasts)
 
 
 def add_fit_options(p):
@@ -68,6 +69,30 @@ def add_fit_options(p):
                    "the options allow, cross-checked against lme4/lmerTest at 3 timepoints, else "
                    "lme4/lmerTest with a warning saying why; r: lme4/lmerTest at every fit; native: the native "
                    "engine or an error naming what it cannot fit")
+    g.add_argument("--contrast", action="append", type=contrast_argument, metavar="NAME=EXPR", dest="contrasts",
+                   help="also test a contrast of the coefficients, as lmerTest's contest, under NAME: EXPR weights "
+                   "coefficient names, e.g. 'hit in hc=hit_misshit + hit_misshit:regionhc' (rows of a joint test "
+                   "separated by ';'); repeat for several")
     g.add_argument("--cross-check", type=non_negative_int, default=3, metavar="N",
                    help="with the native engine, refit N observed timepoints with lme4/lmerTest and report the "
                    "largest difference (default 3; 0 turns it off, and R is then not needed)")
+
+
+def contrast_argument(text):
+    """``NAME=EXPR`` of --contrast as a (name, expression) pair (argparse type)."""
+    from .contrasts import parse_contrast_option
+
+    try:
+        return parse_contrast_option(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def contrasts_dict(parser, pairs):
+    """The --contrast options as ``{name: expression}`` (None without any); a name given twice is an error."""
+    out = {}
+    for name, expr in pairs or []:
+        if name in out:
+            parser.error(f"--contrast names {name!r} twice; give each contrast its own name")
+        out[name] = expr
+    return out or None

@@ -22,6 +22,7 @@ from ._null_blocks import nan_counts
 from ._analysis_checks import check_argument_types, check_term_names, warn_if_alpha_unreachable
 from .adjacency import data_adjacency
 from .checkpoint import Checkpoint, check_checkpoint_path, fingerprint
+from .contrasts import check_tested_contrasts, require_zero_rhs
 from .cluster import QUANTILE_METHODS, TAILS
 from .corrections import check_correction_options, correct, resolve_correction, threshold_sweep
 from .crosscheck import ReferenceProcess
@@ -164,7 +165,7 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
                              optimizer_options=None, levels=None, engine="auto", cross_check=3, n_jobs=1,
                              checkpoint=None, progress=True, client=None, adjacency=None,
                              min_neighbours=0, family="gaussian", weights=None, level_order="appearance",
-                             na_action="omit") -> PermutationClusterResult:
+                             na_action="omit", contrasts=None) -> PermutationClusterResult:
     """Mixed model per sample with a cluster-based permutation test across samples.
 
     Parameters
@@ -261,6 +262,10 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
     min_neighbours : int
         FieldTrip's ``minnbchan``: a supra-threshold sample joins a cluster
         only with at least this many supra-threshold neighbouring channels.
+    contrasts : dict, optional
+        As :func:`clusterlmer.fit_timeseries` (e.g. a simple effect
+        ``{"hit in hc": "hit_misshit + hit_misshit:regionhc"}``): tested like
+        terms, under their names, with the same permutations.
 
     Returns
     -------
@@ -283,7 +288,7 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
         coding=coding, test=test, optimizer=optimizer, optimizer_options=optimizer_options, levels=levels,
         engine=engine, cross_check=cross_check, n_jobs=n_jobs, checkpoint=checkpoint, progress=progress,
         client=client, adjacency=adjacency, min_neighbours=min_neighbours, family=family, weights=weights,
-        level_order=level_order, na_action=na_action, stacklevel=3)
+        level_order=level_order, na_action=na_action, contrasts=contrasts, stacklevel=3)
     start = time.perf_counter()
     # The engine's cross-check (R starting, a few refits) runs in a worker process beside the
     # observed fit and the permutations.
@@ -340,7 +345,7 @@ def check_analysis_arguments(data, formula, *, n_permutations=1000, seed=None, s
                              optimizer_options=None, levels=None, engine="auto", cross_check=3, n_jobs=1,
                              checkpoint=None, progress=True, client=None, adjacency=None, min_neighbours=0,
                              family="gaussian", weights=None, level_order="appearance", na_action="omit",
-                             stacklevel=2) -> AnalysisPlan:
+                             contrasts=None, stacklevel=2) -> AnalysisPlan:
     """Check every argument of :func:`permutation_cluster_lmer` before anything is fitted.
 
     Builds the model (:func:`clusterlmer.fit.check_fit_arguments`) and draws
@@ -378,13 +383,15 @@ def check_analysis_arguments(data, formula, *, n_permutations=1000, seed=None, s
     adjacency = data_adjacency(data, adjacency, min_neighbours)
     thresholds = check_correction_options(correction, thresholds, min_neighbours)
     model = parse_formula(formula)
-    mapped_null = check_run_memory(data, model, n_permutations, terms=terms, schemes=schemes,
+    counted = terms if terms is not None or not contrasts else list(model.fixed_terms.labels) + list(contrasts)
+    mapped_null = check_run_memory(data, model, n_permutations, terms=counted, schemes=schemes,
                                    cluster_stat=cluster_stat, n_jobs=n_jobs, client=client,
                                    checkpoint=checkpoint)  # before anything large is allocated
     fit = check_fit_arguments(data, formula, reml=reml, ddf=ddf, coding=coding, test=test, optimizer=optimizer,
                               optimizer_options=optimizer_options, levels=levels, engine=engine, family=family,
                               weights=weights, level_order=level_order, na_action=na_action,
-                              stacklevel=stacklevel + 1)
+                              contrasts=contrasts, stacklevel=stacklevel + 1)
+    require_zero_rhs(fit.options.contrasts)
     perms = make_permutations(fit.missing.restrict(data), model, n_permutations, seed, schemes=schemes)
     if terms is not None:
         check_term_names(terms, fit)
@@ -403,8 +410,10 @@ def _permute_and_cluster(data, plan: AnalysisPlan, fit, start):
     quantile_method, n_jobs, checkpoint = plan.quantile_method, plan.n_jobs, plan.checkpoint
     tested = _tested_terms(fit, plan.terms, statistic)
     unpermuted = plan.unpermuted
+    user = {c.name: c for c in options.contrasts}
+    check_tested_contrasts([user[t] for t in tested if t in user], statistic, plan.fit.spec.fixed, unpermuted)
     for term in tested:
-        if all(v in unpermuted for v in _term_variables(term, model)):
+        if term not in user and all(v in unpermuted for v in _term_variables(term, model)):
             raise ValueError(f"term {term!r} uses only variables that are not permuted ({_preview(unpermuted)}), "
                              "so the permutations give it no null distribution; permute one of its variables.")
 
@@ -422,6 +431,8 @@ def _permute_and_cluster(data, plan: AnalysisPlan, fit, start):
         "statistic": statistic,
         "terms": fingerprint(list(tested)),
     }
+    if user:  # the contrasts' weights, not only their names
+        keys["contrasts"] = fingerprint([[c.name, c.L, c.rhs] for c in user.values()])
     shift = response_exponents(Y, np.isfinite(Y))
     if shift.any():  # fitted at another scale than before the rescaling existed: never mix the two
         keys["response scaling"] = fingerprint(shift)

@@ -14,7 +14,7 @@ import numpy as np
 from ._checks import called_from_cli, check_writable
 from ._cli_tables import (ADJACENCY_HELP, add_long_options, adjacency_option, check_adjacency_file,
                           check_long_options, describe_data, load_data)
-from ._cli_model import add_fit_options, checked, fit_kwargs
+from ._cli_model import add_fit_options, checked, contrasts_dict, fit_kwargs
 from .engines import ENGINE_CHOICES
 from .cluster import CLUSTER_STATS, QUANTILE_METHODS, TAILS
 from .corrections import CORRECTIONS
@@ -439,6 +439,7 @@ def main(argv=None) -> int:
     parser = args.command_parser  # errors below name the subcommand: "clusterlmer run: error: ..."
     if args.command != "demo":
         check_long_options(parser, args)
+        args.contrasts = contrasts_dict(parser, args.contrasts)
     _check_paths(parser, args)
     if args.command == "run":
         check_adjacency_file(parser, args.adjacency)

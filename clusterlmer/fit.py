@@ -10,6 +10,7 @@ import pandas as pd
 
 from ._checks import option_hint
 from .data import TimeseriesData, _preview, check_response
+from .contrasts import with_contrasts
 from .crosscheck import start_cross_check
 from .coding import coding_label
 from .design import build_design
@@ -48,7 +49,7 @@ def _warn_if_all_nan(terms, F, errors, messages, stacklevel=3):
 def fit_timeseries(data, formula, *, reml=True, ddf="satterthwaite", coding="reference", test="marginal",
                    optimizer="bobyqa", optimizer_options=None, levels=None, terms=None,
                    engine="auto", cross_check=3, level_order="appearance", na_action="omit", family="gaussian",
-                   weights=None) -> TimeseriesFit:
+                   weights=None, contrasts=None) -> TimeseriesFit:
     """Fit a linear mixed model at every sample and test each fixed-effect term.
 
     Parameters
@@ -130,6 +131,13 @@ def fit_timeseries(data, formula, *, reml=True, ddf="satterthwaite", coding="ref
         Binomial only: the design column holding each row's number of
         trials (lme4's prior weights), the response being the proportion of
         successes.
+    contrasts : dict, optional
+        User contrasts ``{name: contrast}`` over the coefficients
+        (``fit.coef_names``), e.g. ``{"hit in hc": "hit_misshit +
+        hit_misshit:regionhc"}``, each tested as lmerTest's ``contest(model,
+        L, joint = TRUE)`` and reported as an extra row of the F table under
+        its name; see :mod:`clusterlmer.contrasts` for the forms a contrast
+        takes, and :meth:`TimeseriesFit.contrast` to test one on a finished fit.
 
     Returns
     -------
@@ -156,7 +164,7 @@ def fit_timeseries(data, formula, *, reml=True, ddf="satterthwaite", coding="ref
     plan = check_fit_arguments(data, formula, reml=reml, ddf=ddf, coding=coding, test=test, optimizer=optimizer,
                                optimizer_options=optimizer_options, levels=levels, terms=terms, engine=engine,
                                level_order=level_order, na_action=na_action, family=family, weights=weights,
-                               stacklevel=3)
+                               contrasts=contrasts, stacklevel=3)
     if plan.engine_note:
         warnings.warn(plan.engine_note, UserWarning, stacklevel=2)
     return fit_plan(plan, data, cross_check)
@@ -194,7 +202,7 @@ class FitPlan:
 def check_fit_arguments(data, formula, *, reml=True, ddf="satterthwaite", coding="reference", test="marginal",
                         optimizer="bobyqa", optimizer_options=None, levels=None, terms=None,
                         engine="auto", level_order="appearance", na_action="omit", family="gaussian",
-                        weights=None, stacklevel=2) -> FitPlan:
+                        weights=None, contrasts=None, stacklevel=2) -> FitPlan:
     """Check every argument of :func:`fit_timeseries` and build the model once (no fit).
 
     Raises the errors :func:`fit_timeseries` documents, before any fit, and
@@ -217,6 +225,8 @@ def check_fit_arguments(data, formula, *, reml=True, ddf="satterthwaite", coding
                                       response_column=data.response), kept.design, weights)
     spec = build_spec(design)
     engine, engine_note = resolve_engine(engine, spec, options)
+    if contrasts is not None:  # checked against the coefficient names before any fit
+        options = with_contrasts(options, contrasts, *get_engine(engine).describe(spec, options))
     wanted = None
     if terms is not None or test != "marginal":  # checked before the long part
         model_terms, _ = get_engine(engine).describe(spec, options)
@@ -321,8 +331,8 @@ def fit_plan(plan: FitPlan, data, cross_check=3, *, alongside=False, stacklevel=
             # only for GLMMs, so that linear fits keep the options (and checkpoint fingerprints) they had
             **({"family": options.family, "weights": options.weights} if options.family != "gaussian" else {}),
             **({"cross_check": check.result(stacklevel) if not alongside else None} if check is not None else {}),
-            "hypotheses": {k: v for k, v in term_hypotheses(model.fixed_terms, design.factors, design.codings,
-                                                             test).items()
+            "hypotheses": {k: v for k, v in {**term_hypotheses(model.fixed_terms, design.factors, design.codings, test),
+                                             **{c.name: c.text for c in options.contrasts}}.items()
                            if k in {blk.terms[i] for i in keep}},
             "sign": sign_convention(design.factors, design.codings),
             "numeric_as_factor": list(design.converted),

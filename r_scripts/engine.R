@@ -66,7 +66,7 @@ cl_marginal_contrasts <- function(X, term_labels, has_intercept) {
 }
 
 # Wald F of H0: L beta = 0 with a plain covariance (ddf residual / none).
-cl_wald_F <- function(L, beta, V) {
+cl_wald_F <- function(L, beta, V, rhs = 0) {
   if (nrow(L) == 0L) return(c(F = NA_real_, q = NA_real_))
   VL <- L %*% V %*% t(L)
   eig <- eigen(VL, symmetric = TRUE)
@@ -74,7 +74,7 @@ cl_wald_F <- function(L, beta, V) {
   pos <- eig$values > tol
   q <- sum(pos)
   if (q == 0L) return(c(F = NA_real_, q = NA_real_))
-  z <- drop(crossprod(eig$vectors[, pos, drop = FALSE], L %*% beta))
+  z <- drop(crossprod(eig$vectors[, pos, drop = FALSE], L %*% beta - rhs))
   c(F = sum(z^2 / eig$values[pos]) / q, q = q)
 }
 
@@ -115,7 +115,9 @@ cl_qform <- function(x, A) sum(x * (A %*% x))
 # Satterthwaite F test of L beta = 0, following lmerTest's contestMD /
 # contest1D formulas: returns c(F, NumDF, DenDF, p). Without vp (the
 # statistic only) the same F comes with NA DenDF and p.
-cl_satterthwaite_F <- function(L, beta, V, vp = NULL, eps = sqrt(.Machine$double.eps)) {
+cl_satterthwaite_F <- function(L, beta, V, vp = NULL, eps = sqrt(.Machine$double.eps), rhs = 0) {
+  # A right-hand side (independent rows only) shifts beta by L^+ rhs, as contestMD does.
+  if (any(rhs != 0)) beta <- beta - drop(MASS::ginv(L) %*% rhs)
   one_row <- function(l) {
     var_con <- cl_qform(l, V)
     tval <- sum(l * beta) / sqrt(var_con)
@@ -217,18 +219,22 @@ cl_describe <- function(design, formula, response) {
 
 # What every block of fits starts from: the coded design (first response in
 # place), the rows the tables will have, and an all-NA result to fill.
-cl_block_setup <- function(design, Y, formula, response, factors, matrices, coding, test) {
+# `extra` names rows after the model's terms (user contrasts).
+cl_block_setup <- function(design, Y, formula, response, factors, matrices, coding, test,
+                           extra = character(0)) {
   design <- cl_prepare_design(design, factors, coding, matrices)
   design[[response]] <- Y[, 1L]
   desc <- cl_describe(design, formula, response)
   term_names <- desc$terms
   # lmerTest's type I, II and III tables have no intercept row.
   if (!identical(test, "marginal")) term_names <- setdiff(term_names, "(Intercept)")
+  n_terms <- length(term_names)
+  term_names <- c(term_names, extra)
   out <- cl_empty_result(length(term_names), length(desc$coef_names), ncol(Y))
   out$terms <- term_names
   out$coef_names <- desc$coef_names
   out$residual_df <- NA_real_
-  list(design = design, out = out)
+  list(design = design, out = out, n_terms = n_terms)
 }
 
 # Fit every column of Y with the same design.
@@ -238,15 +244,19 @@ cl_block_setup <- function(design, Y, formula, response, factors, matrices, codi
 # per-fit diagnostics. A fit that fails yields NA and its error message.
 # need = "statistic" (permutations) leaves out the DF and p: no Satterthwaite
 # derivatives, the same F; Kenward-Roger's F needs its DF and stays complete.
+#
+# user: named list of user contrasts, each list(L = matrix over coef_names, rhs = numeric), tested after the
+# terms as lmerTest::contest(joint = TRUE) would; a contrast weighting a column lme4 dropped gives NA.
 cl_fit_block <- function(design, Y, formula, response, factors, matrices = list(),
                          coding = "reference", reml = TRUE,
                          ddf = "satterthwaite", test = "marginal",
-                         optimizer = "bobyqa", opt_ctrl = list(), need = "all") {
+                         optimizer = "bobyqa", opt_ctrl = list(), need = "all", user = list()) {
   full <- identical(need, "all")
   Y <- as.matrix(Y)
   k <- ncol(Y)
-  block <- cl_block_setup(design, Y, formula, response, factors, matrices, coding, test)
+  block <- cl_block_setup(design, Y, formula, response, factors, matrices, coding, test, names(user))
   design <- block$design
+  n_terms <- block$n_terms
   term_names <- block$out$terms
   coef_names <- block$out$coef_names
   out <- block$out
@@ -270,6 +280,11 @@ cl_fit_block <- function(design, Y, formula, response, factors, matrices = list(
 
   X <- lf$X
   coef_rows <- match(colnames(X), coef_names)
+  user_L <- lapply(user, function(u) {
+    L <- as.matrix(u$L)
+    if (any(L[, -coef_rows] != 0)) L[0L, coef_rows, drop = FALSE] else L[, coef_rows, drop = FALSE]
+  })
+  user_rhs <- lapply(user, function(u) as.numeric(u$rhs))
   tt <- attr(lf$fr, "terms")
   fixed_terms <- stats::terms(lme4::nobars(f))
   L_list <- if (identical(test, "marginal")) {
@@ -307,19 +322,21 @@ cl_fit_block <- function(design, Y, formula, response, factors, matrices = list(
       devfun(m@theta)  # derivatives moved the shared state; restore the optimum
       # Type I/II/III contrasts depend on the fitted X only: build them once per block.
       if (is.null(L_list)) L_list <- cl_anova_contrasts(m, test)
-      stats_j <- vapply(term_names, function(term) {
-        L <- L_list[[term]]
+      stats_j <- vapply(seq_along(term_names), function(i) {
+        term <- term_names[i]
+        L <- if (i > n_terms) user_L[[i - n_terms]] else L_list[[term]]
+        rhs <- if (i > n_terms) user_rhs[[i - n_terms]] else 0
         if (is.null(L) || nrow(L) == 0L) return(rep(NA_real_, 5L))
         # The sign of a one-row contrast gives the signed t of the term.
-        est <- if (nrow(L) == 1L) sum(L * beta) else NA_real_
+        est <- if (nrow(L) == 1L) sum(L * beta) - rhs else NA_real_
         if (identical(ddf, "satterthwaite")) {
-          c(cl_satterthwaite_F(L, beta, V, vp), est)
+          c(cl_satterthwaite_F(L, beta, V, vp, rhs = rhs), est)
         } else if (identical(ddf, "kenward-roger")) {
-          tab <- lmerTest::contestMD(model, L, ddf = "Kenward-Roger")
+          tab <- lmerTest::contestMD(model, L, rhs = rhs, ddf = "Kenward-Roger")
           if (nrow(tab) == 0L) return(rep(NA_real_, 5L))
           c(tab[["F value"]], tab[["NumDF"]], tab[["DenDF"]], tab[["Pr(>F)"]], est)
         } else {
-          w <- cl_wald_F(L, beta, V)
+          w <- cl_wald_F(L, beta, V, rhs)
           if (!full) return(c(w[["F"]], w[["q"]], NA_real_, NA_real_, est))
           df2 <- if (identical(ddf, "residual")) resid_df else Inf
           c(w[["F"]], w[["q"]], df2, stats::pf(w[["F"]], w[["q"]], df2, lower.tail = FALSE), est)

@@ -230,11 +230,13 @@ def _subparser(name):
     ("run", ["--formula", "--data-key", "--no-check-channels", "--scheme", "--nperm", "--seed", "--jobs", "--no-progress", "--statistic", "--terms",
              "--tail", "--alpha", "--cluster-alpha", "--cluster-stat", "--correction", "--thresholds", "--quantile-method", "--checkpoint", "--ml",
              "--ddf", "--coding", "--level-order", "--na-action", "--test", "--family", "--weights", "--optimizer", "--engine", "--cross-check",
-             "--out", "--plot",
+             "--contrast", "--out", "--plot",
              "--scheduler", "--slurm", "--slurm-jobs", "--slurm-cores", "--slurm-memory", "--slurm-walltime", "--slurm-queue",
              "--slurm-account", "--slurm-extra", "--slurm-python", "--slurm-log-dir", "--adjacency", *LONG_OPTIONS]),
     ("fit", ["--formula", "--data-key", "--no-check-channels", "--ml", "--ddf", "--coding", "--level-order", "--na-action",
-             "--test", "--family", "--weights", "--optimizer", "--engine", "--cross-check", "--out", *LONG_OPTIONS]),
+             "--test", "--family", "--weights", "--optimizer", "--engine", "--cross-check", "--contrast", "--coefficients",
+             "--out",
+             *LONG_OPTIONS]),
     ("demo", ["--nperm", "--seed", "--jobs", "--engine", "--out-dir", "--no-progress"]),
 ])
 def test_help_mentions_every_option(capsys, command, options):

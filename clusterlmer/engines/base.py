@@ -36,6 +36,8 @@ class FitOptions:
     optimizer_options: dict = field(default_factory=dict)
     family: str = "gaussian"  # anything else: a GLMM (clusterlmer.families), fitted by lme4::glmer
     weights: str | None = None  # binomial: the design column with each row's number of trials
+    # User contrasts (clusterlmer.contrasts.Contrast) tested after the terms, under their names.
+    contrasts: tuple = ()
 
     def resolved_optimizer_options(self) -> dict:
         """Optimizer controls: clusterlmer's defaults, updated by the user's."""

@@ -155,7 +155,7 @@ def _codings(s, design):
 
 
 def describe(model, options: FitOptions):
-    """Term labels and coefficient names of the fixed part, without fitting.
+    """Term labels (then the names of ``options.contrasts``) and coefficient names of the fixed part, without fitting.
 
     Parameters
     ----------
@@ -177,7 +177,7 @@ def describe(model, options: FitOptions):
     terms = back(_as_strings(res.rx2("terms")))
     if options.test != "marginal":
         terms = [t for t in terms if t != "(Intercept)"]
-    return tuple(terms), back(_as_strings(res.rx2("coef_names")))
+    return tuple(terms) + tuple(c.name for c in options.contrasts), back(_as_strings(res.rx2("coef_names")))
 
 
 def warm_up():
@@ -241,7 +241,10 @@ def fit_block(model, Y, options: FitOptions, need: str = "all") -> BlockFit:
         res = s.call("cl_fit_glmm_block", *common, family=options.family,
                      weights=TRIALS_COLUMN if options.weights is not None else s.ro.NULL, **shared)
     else:
-        res = s.call("cl_fit_block", *common, reml=bool(options.reml), ddf=options.ddf, **shared)
+        user = s.vectors.ListVector({c.name: s.vectors.ListVector({"L": s.matrix(c.L),
+                                                                  "rhs": s.vectors.FloatVector(c.rhs)})
+                                    for c in options.contrasts})
+        res = s.call("cl_fit_block", *common, reml=bool(options.reml), ddf=options.ddf, user=user, **shared)
     return _block_fit(res, k, back)
 
 

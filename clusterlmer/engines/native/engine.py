@@ -66,6 +66,7 @@ class Prepared:
     kept: np.ndarray | None = None
     contrasts: list | None = None  # type I/II/III: lmerTest's contrast per term in ``terms`` (None: marginal)
     zt: np.ndarray | None = None  # general path: dense Z' of this design (GeneralStructure.zt)
+    user: tuple = ()  # (L, rhs) of each user contrast on the kept columns, tested after the terms
 
     @property
     def general(self) -> bool:
@@ -99,15 +100,17 @@ def prepare(spec, options: FitOptions, n: int) -> Prepared:
     X = spec.X if rank_message is None else spec.X[:, kept]
     messages = [m for m in (rank_message, scale_message(X)) if m]
     contrasts = anova_contrasts(spec, kept, options.test)
+    user = tuple(c.on_columns(kept) for c in options.contrasts)
     if general is not None:
         slopes = {v for t in spec.random for v in t.variables}
         # A permuted slope variable changes Z itself: such a design has its own Z'.
         zt = (general.zt(spec) if slopes.intersection(spec.moved)
               else spec.shared("native-general-zt", lambda: general.zt(spec)))
         return Prepared(terms, coefs, fixed.assign[kept], None, X, messages, general, kept=kept, zt=zt,
-                        contrasts=contrasts)
+                        contrasts=contrasts, user=user)
     structure = spec.shared("native-structure", lambda: Structure(nest, n))
-    return Prepared(terms, coefs, fixed.assign[kept], nest, X, messages, structure, kept=kept, contrasts=contrasts)
+    return Prepared(terms, coefs, fixed.assign[kept], nest, X, messages, structure, kept=kept, contrasts=contrasts,
+                    user=user)
 
 
 def fit_block(model, Y, options: FitOptions, need: str = "all") -> BlockFit:

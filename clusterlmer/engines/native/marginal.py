@@ -4,7 +4,9 @@ A term is tested on a contrast matrix ``L`` of the coefficients: for the
 marginal test (:func:`marginal_tests`) the identity rows of the term's own
 coefficients (intercept included), as MATLAB's ``anova`` does; for
 lmerTest's type III test (:func:`contrast_tests`) the matrices of
-:func:`clusterlmer.type3.type3_contrasts`. With Satterthwaite DF the
+:func:`clusterlmer.type3.type3_contrasts`; user contrasts
+(:mod:`clusterlmer.contrasts`) follow the terms, each tested as lmerTest's
+``contest(joint = TRUE)`` with its right-hand side. With Satterthwaite DF the
 formulas are lmerTest's ``contest1D`` (one row: ``F = t^2``) and
 ``contestMD`` (several: F over the positive eigenvalues of ``L vcov L'``,
 DF combined by ``get_Fstat_ddf``), fed the derivatives of
@@ -55,7 +57,7 @@ def marginal_tests(assign, n_terms, beta, Vb, ddf, resid_df, varpar=None, need="
     return _term_tests(columns, beta, Vb, ddf, resid_df, varpar, need)
 
 
-def contrast_tests(contrasts, beta, Vb, ddf, resid_df, varpar=None, need="all"):
+def contrast_tests(contrasts, beta, Vb, ddf, resid_df, varpar=None, need="all", rhs=None):
     """F, DF1, DF2, p and the contrast estimate of the test ``L beta = 0`` of each ``L`` in ``contrasts``.
 
     Parameters
@@ -67,15 +69,18 @@ def contrast_tests(contrasts, beta, Vb, ddf, resid_df, varpar=None, need="all"):
         :func:`marginal_tests` tests those coefficients.
     beta, Vb, ddf, resid_df, varpar, need
         As for :func:`marginal_tests`.
+    rhs : list of ndarray, optional
+        Right-hand side per contrast (``L beta = rhs``, lmerTest's
+        ``contest``; rows of ``L`` independent where it is not 0).
 
     Returns
     -------
     F, df1, df2, p, contrast_estimate : ndarray, shape (len(contrasts), k)
         DF1 is the rank of ``L vcov(beta) L'`` (lmerTest's NumDF);
-        ``contrast_estimate`` is ``L beta`` for one-row contrasts (the sign
-        of their t), NaN for the others.
+        ``contrast_estimate`` is ``L beta - rhs`` for one-row contrasts (the
+        sign of their t), NaN for the others.
     """
-    return _term_tests([_identity_columns(L) for L in contrasts], beta, Vb, ddf, resid_df, varpar, need)
+    return _term_tests([_identity_columns(L) for L in contrasts], beta, Vb, ddf, resid_df, varpar, need, rhs)
 
 
 def _identity_columns(L):
@@ -97,7 +102,7 @@ def _project(item, beta, Vb, Jac):
     return beta @ L.T, L @ Vb @ L.T, JL
 
 
-def _term_tests(items, beta, Vb, ddf, resid_df, varpar, need):
+def _term_tests(items, beta, Vb, ddf, resid_df, varpar, need, rhs=None):
     nt, k = len(items), beta.shape[0]
     F, df1, df2, pval, cest = (np.full((nt, k), np.nan) for _ in range(5))
     full = need == "all"
@@ -107,6 +112,8 @@ def _term_tests(items, beta, Vb, ddf, resid_df, varpar, need):
         if q == 0:  # every column of the term was dropped (rank-deficient X): nothing to test
             continue
         bL, VL, JL = _project(item, beta, Vb, Jac)
+        if rhs is not None:  # L (beta - L^+ rhs) as contestMD shifts beta, for independent rows
+            bL = bL - rhs[ti]
         if q == 1:
             cest[ti] = bL[:, 0]
         if ddf == "satterthwaite":
@@ -198,11 +205,19 @@ def term_tests(model, beta, Vb, ddf, resid_df, varpar=None, need="all"):
     """F, DF1, DF2, p and contrast estimates of a prepared model's terms: marginal, or type III.
 
     ``model`` has ``assign`` and ``terms`` (marginal tests) and ``contrasts``:
-    None, or lmerTest's type III contrast per term.
+    None, or lmerTest's type III contrast per term; ``user`` (optional): the
+    ``(L, rhs)`` of user contrasts, whose rows follow the terms' (their
+    names end ``terms``).
     """
+    user = getattr(model, "user", ())
     if model.contrasts is None:
-        return marginal_tests(model.assign, len(model.terms), beta, Vb, ddf, resid_df, varpar, need)
-    return contrast_tests(model.contrasts, beta, Vb, ddf, resid_df, varpar, need)
+        out = marginal_tests(model.assign, len(model.terms) - len(user), beta, Vb, ddf, resid_df, varpar, need)
+    else:
+        out = contrast_tests(model.contrasts, beta, Vb, ddf, resid_df, varpar, need)
+    if not user:
+        return out
+    extra = contrast_tests([L for L, _ in user], beta, Vb, ddf, resid_df, varpar, need, [r for _, r in user])
+    return tuple(np.vstack([a, b]) for a, b in zip(out, extra))
 
 
 def coefficient_df(Vb, ddf, resid_df, varpar=None, need="all"):

@@ -115,7 +115,7 @@ def require(spec, options):
 
 
 def describe(model, options: FitOptions):
-    """Term labels and coefficient names of the fixed part, as the R engine's.
+    """Term labels (then the user contrasts' names) and coefficient names of the fixed part, as the R engine's.
 
     Raises
     ------
@@ -128,6 +128,8 @@ def describe(model, options: FitOptions):
 
 
 def tested_terms(spec, options):
-    """The terms the tests report: lmerTest's type I, II and III tables have no intercept row."""
+    """The terms the tests report (lmerTest's type I, II and III tables have no intercept row), then the user
+    contrasts' names."""
     terms = spec.fixed.terms
-    return terms if options.test == "marginal" else tuple(t for t in terms if t != "(Intercept)")
+    terms = terms if options.test == "marginal" else tuple(t for t in terms if t != "(Intercept)")
+    return terms + tuple(c.name for c in options.contrasts)
