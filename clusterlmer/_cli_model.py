@@ -12,7 +12,7 @@ import argparse
 from .coding import CODINGS, LEVEL_ORDERS, coding_flag, coding_from_flags
 from .engines import ENGINE_CHOICES
 from .engines.base import DDF_METHODS, OPTIMIZERS, TESTS
-from .families import FAMILIES
+from .families import FAMILIES, GLMM_TESTS
 from .missing import NA_ACTIONS
 
 __all__ = ["add_fit_options", "checked", "contrast_argument", "contrasts_dict", "fit_kwargs", "non_negative_int"]
@@ -41,6 +41,7 @@ def fit_kwargs(args) -> dict:
     return dict(reml=not args.ml, ddf=args.ddf, coding=coding_from_flags(args.coding), test=args.test,
                 optimizer=args.optimizer, engine=args.engine, cross_check=args.cross_check,
                 level_order=args.level_order, na_action=args.na_action, family=args.family, weights=args.weights,
+                glmm_test=args.glmm_test,
                 contrasts=args.contrasts)
 
 
@@ -62,6 +63,8 @@ def add_fit_options(p):
     g.add_argument("--family", default="gaussian", choices=FAMILIES,
                    help="binomial/poisson: a GLMM fitted by lme4::glmer (Wald chi-square per term)")
     g.add_argument("--weights", metavar="COLUMN", help="binomial: design column with each row's number of trials")
+    g.add_argument("--glmm-test", default="wald", choices=GLMM_TESTS, help="a GLMM's test of each term: Wald "
+                   "chi-square (default) or likelihood ratio against the fit without the term (marginal test only)")
     g.add_argument("--optimizer", default="bobyqa", choices=OPTIMIZERS,
                    help="lme4 optimizer (default bobyqa with rhoend 1e-9); another one makes --engine auto use R")
     g.add_argument("--engine", default="auto", choices=ENGINE_CHOICES,

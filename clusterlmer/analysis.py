@@ -164,8 +164,9 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
                              ddf="satterthwaite", coding="reference", test="marginal", optimizer="bobyqa",
                              optimizer_options=None, levels=None, engine="auto", cross_check=3, n_jobs=1,
                              checkpoint=None, progress=True, client=None, adjacency=None,
-                             min_neighbours=0, family="gaussian", weights=None, level_order="appearance",
-                             na_action="omit", contrasts=None) -> PermutationClusterResult:
+                             min_neighbours=0, family="gaussian", weights=None, glmm_test="wald",
+                             level_order="appearance", na_action="omit",
+                             contrasts=None) -> PermutationClusterResult:
     """Mixed model per sample with a cluster-based permutation test across samples.
 
     Parameters
@@ -207,9 +208,12 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
     schemes : dict, optional
         Permutation scheme per fixed-effect variable, overriding the one
         derived from the design; see :func:`clusterlmer.make_permutations`.
-    reml, ddf, coding, test, optimizer, optimizer_options, levels, level_order, na_action, family, weights
-        As :func:`clusterlmer.fit_timeseries` (rows it leaves out are not permuted; ``family``: a GLMM,
-        fitted and refitted by ``lme4::glmer``, statistic F its Wald chi-square / DF1, t its Wald z).
+    reml, ddf, coding, test, optimizer, optimizer_options, levels, level_order, na_action
+        As :func:`clusterlmer.fit_timeseries` (rows it leaves out are not permuted).
+    family, weights, glmm_test
+        As :func:`clusterlmer.fit_timeseries`: a GLMM, fitted and refitted by
+        ``lme4::glmer``; statistic F is its chi-square / DF1, t its Wald z
+        (signed root of the likelihood-ratio chi-square with ``"lrt"``).
     engine : {"auto", "r", "native"}
         As :func:`clusterlmer.fit_timeseries`, decided once on the observed
         design and used for every permutation: ``"auto"`` (default) runs
@@ -288,7 +292,7 @@ def permutation_cluster_lmer(data, formula, *, n_permutations=1000, seed=None, s
         coding=coding, test=test, optimizer=optimizer, optimizer_options=optimizer_options, levels=levels,
         engine=engine, cross_check=cross_check, n_jobs=n_jobs, checkpoint=checkpoint, progress=progress,
         client=client, adjacency=adjacency, min_neighbours=min_neighbours, family=family, weights=weights,
-        level_order=level_order, na_action=na_action, contrasts=contrasts, stacklevel=3)
+        glmm_test=glmm_test, level_order=level_order, na_action=na_action, contrasts=contrasts, stacklevel=3)
     start = time.perf_counter()
     # The engine's cross-check (R starting, a few refits) runs in a worker process beside the
     # observed fit and the permutations.
@@ -344,8 +348,8 @@ def check_analysis_arguments(data, formula, *, n_permutations=1000, seed=None, s
                              ddf="satterthwaite", coding="reference", test="marginal", optimizer="bobyqa",
                              optimizer_options=None, levels=None, engine="auto", cross_check=3, n_jobs=1,
                              checkpoint=None, progress=True, client=None, adjacency=None, min_neighbours=0,
-                             family="gaussian", weights=None, level_order="appearance", na_action="omit",
-                             contrasts=None, stacklevel=2) -> AnalysisPlan:
+                             family="gaussian", weights=None, glmm_test="wald", level_order="appearance",
+                             na_action="omit", contrasts=None, stacklevel=2) -> AnalysisPlan:
     """Check every argument of :func:`permutation_cluster_lmer` before anything is fitted.
 
     Builds the model (:func:`clusterlmer.fit.check_fit_arguments`) and draws
@@ -389,7 +393,7 @@ def check_analysis_arguments(data, formula, *, n_permutations=1000, seed=None, s
                                    checkpoint=checkpoint)  # before anything large is allocated
     fit = check_fit_arguments(data, formula, reml=reml, ddf=ddf, coding=coding, test=test, optimizer=optimizer,
                               optimizer_options=optimizer_options, levels=levels, engine=engine, family=family,
-                              weights=weights, level_order=level_order, na_action=na_action,
+                              weights=weights, glmm_test=glmm_test, level_order=level_order, na_action=na_action,
                               contrasts=contrasts, stacklevel=stacklevel + 1)
     require_zero_rhs(fit.options.contrasts)
     perms = make_permutations(fit.missing.restrict(data), model, n_permutations, seed, schemes=schemes)

@@ -11,9 +11,13 @@ engine. Conventions, as lme4's:
 
 There is no REML for GLMMs and no denominator degrees of freedom: each term
 is tested by a Wald chi-square on the fixed effects' covariance (what
-``car::Anova`` and ``summary()``'s z tests use). The fit reports it in the
-F layout: ``F = chi2 / DF1`` with ``DF2 = Inf``, whose p is the chi-square p;
-``t`` of a one-coefficient term is the Wald z.
+``car::Anova`` and ``summary()``'s z tests use), or with
+``glmm_test="lrt"`` by a likelihood-ratio chi-square: twice the
+log-likelihood of the fit minus that of a ``glmer`` fit whose fixed part lacks
+the term's columns (one more fit per term at every sample). The fit reports
+either in the F layout: ``F = chi2 / DF1`` with ``DF2 = Inf``, whose p is the
+chi-square p; ``t`` of a one-coefficient term is the Wald z (the signed root
+of the likelihood-ratio chi-square).
 """
 
 from __future__ import annotations
@@ -24,23 +28,33 @@ import numpy as np
 
 from ._checks import check_option, option_hint
 
-__all__ = ["FAMILIES", "LINKS", "TRIALS_COLUMN", "check_family", "check_glmm_response", "describe_family",
+__all__ = ["FAMILIES", "GLMM_TESTS", "LINKS", "TRIALS_COLUMN", "check_family", "check_glmm_response", "describe_family",
            "with_trials"]
 
 FAMILIES = ("gaussian", "binomial", "poisson")
+GLMM_TESTS = ("wald", "lrt")
 LINKS = {"binomial": "logit", "poisson": "log"}
 TRIALS_COLUMN = ".cl_weights"  # the numbers of trials, beside the model variables in the coded design
 _WHOLE = 1e-8  # how far from a whole number a count (or proportion x trials) may be
 
 
-def check_family(family, weights, reml, ddf):
-    """Check ``family`` and ``weights``; return the ``(reml, ddf)`` the fit uses.
+def check_family(family, weights, reml, ddf, glmm_test="wald", test="marginal"):
+    """Check ``family``, ``weights`` and ``glmm_test``; return the ``(reml, ddf)`` the fit uses.
 
     A GLMM is fitted by maximum likelihood (Laplace) and tested without
     denominator degrees of freedom, so ``reml`` becomes False and ``ddf``
     ``"none"``; ``ddf`` methods that only exist for linear models are refused.
     """
     check_option("family", family, FAMILIES)
+    check_option("glmm_test", glmm_test, GLMM_TESTS)
+    if glmm_test == "lrt" and family == "gaussian":
+        raise ValueError("glmm_test='lrt' tests a GLMM's terms by likelihood ratio; a linear mixed model's terms "
+                         "have F tests with denominator DF (ddf=). Pass family='binomial' or 'poisson', or leave "
+                         "glmm_test out.")
+    if glmm_test == "lrt" and test != "marginal":
+        raise ValueError(f"glmm_test='lrt' compares the fit with one lacking each term's columns (the marginal "
+                         f"test's hypotheses); test={test!r} defines its hypotheses by contrasts, which only the "
+                         "Wald test takes: use test='marginal' or glmm_test='wald'.")
     if weights is not None and not isinstance(weights, str):
         raise TypeError(f"weights must name a design column (the number of trials), got {weights!r}.")
     if family == "gaussian":
@@ -116,9 +130,12 @@ def describe_family(options: dict) -> str | None:
     if family == "gaussian":
         return None
     weights = options.get("weights")
+    lrt = options.get("glmm_test") == "lrt"
+    test = ("likelihood-ratio chi-square (against the fit without the term's columns)" if lrt
+            else "Wald chi-square")
     return (f"GLMM, family {family} ({LINKS[family]} link){f', trials in {weights!r}' if weights else ''}; "
-            "lme4::glmer, Laplace ML; each term's Wald chi-square reported as F = chi2/DF1 with DF2 = Inf "
-            "(same p), t = Wald z")
+            f"lme4::glmer, Laplace ML; each term's {test} reported as F = chi2/DF1 with DF2 = Inf "
+            f"(same p), t = {'signed root of the chi-square' if lrt else 'Wald z'}")
 
 
 def with_trials(design, table, weights):

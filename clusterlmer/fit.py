@@ -49,7 +49,7 @@ def _warn_if_all_nan(terms, F, errors, messages, stacklevel=3):
 def fit_timeseries(data, formula, *, reml=True, ddf="satterthwaite", coding="reference", test="marginal",
                    optimizer="bobyqa", optimizer_options=None, levels=None, terms=None,
                    engine="auto", cross_check=3, level_order="appearance", na_action="omit", family="gaussian",
-                   weights=None, contrasts=None) -> TimeseriesFit:
+                   weights=None, contrasts=None, glmm_test="wald") -> TimeseriesFit:
     """Fit a linear mixed model at every sample and test each fixed-effect term.
 
     Parameters
@@ -131,6 +131,10 @@ def fit_timeseries(data, formula, *, reml=True, ddf="satterthwaite", coding="ref
         Binomial only: the design column holding each row's number of
         trials (lme4's prior weights), the response being the proportion of
         successes.
+    glmm_test : {"wald", "lrt"}
+        A GLMM's test of each term: Wald chi-square (default), or
+        likelihood-ratio chi-square against a ``glmer`` fit without the
+        term's columns (``test="marginal"`` only; one more fit per term).
     contrasts : dict, optional
         User contrasts ``{name: contrast}`` over the coefficients
         (``fit.coef_names``), e.g. ``{"hit in hc": "hit_misshit +
@@ -164,6 +168,7 @@ def fit_timeseries(data, formula, *, reml=True, ddf="satterthwaite", coding="ref
     plan = check_fit_arguments(data, formula, reml=reml, ddf=ddf, coding=coding, test=test, optimizer=optimizer,
                                optimizer_options=optimizer_options, levels=levels, terms=terms, engine=engine,
                                level_order=level_order, na_action=na_action, family=family, weights=weights,
+                               glmm_test=glmm_test,
                                contrasts=contrasts, stacklevel=3)
     if plan.engine_note:
         warnings.warn(plan.engine_note, UserWarning, stacklevel=2)
@@ -202,7 +207,7 @@ class FitPlan:
 def check_fit_arguments(data, formula, *, reml=True, ddf="satterthwaite", coding="reference", test="marginal",
                         optimizer="bobyqa", optimizer_options=None, levels=None, terms=None,
                         engine="auto", level_order="appearance", na_action="omit", family="gaussian",
-                        weights=None, contrasts=None, stacklevel=2) -> FitPlan:
+                        weights=None, contrasts=None, glmm_test="wald", stacklevel=2) -> FitPlan:
     """Check every argument of :func:`fit_timeseries` and build the model once (no fit).
 
     Raises the errors :func:`fit_timeseries` documents, before any fit, and
@@ -213,7 +218,7 @@ def check_fit_arguments(data, formula, *, reml=True, ddf="satterthwaite", coding
         raise TypeError(
             f"data must be a TimeseriesData (from cl.from_dataframe or cl.load_mat), got {type(data).__name__}."
         )
-    options = check_fit_options(reml, ddf, test, optimizer, optimizer_options, family, weights)
+    options = check_fit_options(reml, ddf, test, optimizer, optimizer_options, family, weights, glmm_test)
     model = parse_formula(formula)
     check_response(data, model.response)
     missing = missing_rows(data, model, na_action)
@@ -329,7 +334,8 @@ def fit_plan(plan: FitPlan, data, cross_check=3, *, alongside=False, stacklevel=
             "optimizer": optimizer,
             "optimizer_options": options.resolved_optimizer_options(),
             # only for GLMMs, so that linear fits keep the options (and checkpoint fingerprints) they had
-            **({"family": options.family, "weights": options.weights} if options.family != "gaussian" else {}),
+            **({"family": options.family, "weights": options.weights, "glmm_test": options.glmm_test}
+               if options.family != "gaussian" else {}),
             **({"cross_check": check.result(stacklevel) if not alongside else None} if check is not None else {}),
             "hypotheses": {k: v for k, v in {**term_hypotheses(model.fixed_terms, design.factors, design.codings, test),
                                              **{c.name: c.text for c in options.contrasts}}.items()

@@ -393,7 +393,7 @@ cl_fit_block <- function(design, Y, formula, response, factors, matrices = list(
 cl_fit_glmm_block <- function(design, Y, formula, response, factors, matrices = list(),
                               coding = "reference", family = "binomial", weights = NULL,
                               test = "marginal", optimizer = "bobyqa", opt_ctrl = list(),
-                              need = "all") {
+                              need = "all", lrt = FALSE) {
   Y <- as.matrix(Y)
   k <- ncol(Y)
   block <- cl_block_setup(design, Y, formula, response, factors, matrices, coding, test)
@@ -406,17 +406,28 @@ cl_fit_glmm_block <- function(design, Y, formula, response, factors, matrices = 
   f <- stats::as.formula(formula, env = globalenv())
   fixed_terms <- stats::terms(lme4::nobars(f))
   if (!is.null(weights)) design[[".cl_weights"]] <- as.numeric(design[[weights]])
+  bars <- paste0("(", vapply(lme4::findbars(f), function(b) paste(deparse(b), collapse = ""), ""), ")")
+  fit <- function(formula, data) {
+    if (is.null(weights)) lme4::glmer(formula, data = data, family = fam, control = ctrl)
+    else lme4::glmer(formula, data = data, family = fam, control = ctrl, weights = .cl_weights)
+  }
+  # Likelihood-ratio chi-square of a term: the full fit against one whose fixed part lacks the term's
+  # columns (the same X otherwise, as one matrix variable), both by glmer; never below 0.
+  lr_chisq <- function(m, X, cols, data) {
+    keep <- setdiff(seq_len(ncol(X)), cols)
+    data$.cl_X <- X[, keep, drop = FALSE]
+    fixed <- if (length(keep)) "0 + .cl_X" else "0"
+    reduced <- fit(stats::as.formula(paste(response, "~", paste(c(fixed, bars), collapse = " + ")),
+                                     env = environment()), data)
+    max(0, as.numeric(2 * (stats::logLik(m) - stats::logLik(reduced))))
+  }
   L_list <- NULL
   for (j in seq_len(k)) {
     msgs <- character(0)
     note <- function(x) msgs <<- c(msgs, trimws(x))
     res <- withCallingHandlers(tryCatch({
       design[[response]] <- Y[, j]
-      m <- if (is.null(weights)) {
-        lme4::glmer(f, data = design, family = fam, control = ctrl)
-      } else {
-        lme4::glmer(f, data = design, family = fam, control = ctrl, weights = .cl_weights)
-      }
+      m <- fit(f, design)
       beta <- lme4::fixef(m)
       V <- as.matrix(stats::vcov(m))
       X <- lme4::getME(m, "X")
@@ -430,6 +441,11 @@ cl_fit_glmm_block <- function(design, Y, formula, response, factors, matrices = 
         if (is.null(L) || nrow(L) == 0L) return(rep(NA_real_, 5L))
         L <- L[, colnames(X), drop = FALSE]  # columns lme4 dropped (rank) are left out
         est <- if (nrow(L) == 1L) sum(L * beta) else NA_real_
+        if (lrt) {  # marginal rows only: each row of L picks one column of X
+          q <- nrow(L)
+          chisq <- lr_chisq(m, X, which(colSums(abs(L)) > 0), design)
+          return(c(chisq / q, q, Inf, stats::pchisq(chisq, q, lower.tail = FALSE), est))
+        }
         w <- cl_wald_F(L, beta, V)
         c(w[["F"]], w[["q"]], Inf, stats::pchisq(w[["F"]] * w[["q"]], w[["q"]], lower.tail = FALSE), est)
       }, numeric(5L))

@@ -43,11 +43,17 @@ m1 <- glmer(cbind(incidence, size - incidence) ~ period + (1 | herd), data = cbp
 m2 <- glmer(cbind(size - incidence, incidence) ~ period + (1 | herd), data = cbpp, family = binomial,
             control = CTRL)
 record("cbpp0", m1, list(1, 2:4))
+lr <- function(name, m0, m1) rows[[length(rows) + 1L]] <<- data.frame(fit = name, kind = "lr",
+  value = anova(m0, m1)[["Chisq"]][2])
+lr("cbpp0", glmer(cbind(incidence, size - incidence) ~ 1 + (1 | herd), data = cbpp, family = binomial,
+                  control = CTRL), m1)
 record("cbpp1", m2, list(1, 2:4))
 gt <- lme4::grouseticks
 gt$YEAR <- paste0("Y", gt$YEAR); gt$BROOD <- paste0("B", gt$BROOD)
 write.csv(gt[, c("TICKS", "YEAR", "BROOD")], file.path(args[1], "grouseticks.csv"), row.names = FALSE)
-record("grouseticks", glmer(TICKS ~ YEAR + (1 | BROOD), data = gt, family = poisson, control = CTRL), list(1, 2:3))
+m3 <- glmer(TICKS ~ YEAR + (1 | BROOD), data = gt, family = poisson, control = CTRL)
+record("grouseticks", m3, list(1, 2:3))
+lr("grouseticks", glmer(TICKS ~ 1 + (1 | BROOD), data = gt, family = poisson, control = CTRL), m3)
 sim <- read.csv(file.path(args[1], "bernoulli.csv"))
 record("bernoulli", glmer(y ~ cond + (1 | subject) + (1 | item), data = sim, family = binomial, control = CTRL),
        list(1, 2))
@@ -78,7 +84,7 @@ def reference(tmp_path_factory):
     proc = run_rscript(_REFERENCE_R, str(root), timeout=300)
     assert proc.returncode == 0, proc.stderr
     table = pd.read_csv(root / "reference.csv")
-    ref = {name: {kind: part.loc[part["kind"] == kind, "value"].to_numpy(float) for kind in ("beta", "se", "chi2")}
+    ref = {name: {kind: part.loc[part["kind"] == kind, "value"].to_numpy(float) for kind in ("beta", "se", "chi2", "lr")}
            for name, part in table.groupby("fit")}
     return root, ref, design, y
 
@@ -128,6 +134,25 @@ def test_bernoulli_crossed_equal_glmer(reference):
     _check(fit, 0, ref["bernoulli"], ["(Intercept)", "cond"])
 
 
+def test_likelihood_ratio_chi_square_equals_anova_of_two_glmer_fits(reference):
+    root, ref, _, _ = reference
+    cbpp = pd.read_csv(root / "cbpp.csv", dtype={"herd": str, "period": str})
+    prop = (cbpp["incidence"] / cbpp["size"]).to_numpy()
+    data = cl.TimeseriesData(design=cbpp[["herd", "period", "size"]], values=prop[:, None], times=np.zeros(1))
+    fit = cl.fit_timeseries(data, "y ~ period + (1|herd)", family="binomial", weights="size", glmm_test="lrt")
+    table = fit.anova(0)
+    np.testing.assert_allclose(table.loc[table["Term"] == "period", "Chi2Stat"], ref["cbpp0"]["lr"], rtol=1e-6)
+    assert "likelihood-ratio chi-square" in fit.summary() and fit.options["glmm_test"] == "lrt"
+    gt = pd.read_csv(root / "grouseticks.csv")
+    data = cl.TimeseriesData(design=gt[["YEAR", "BROOD"]], values=gt["TICKS"].to_numpy(float)[:, None],
+                             times=np.zeros(1))
+    table = cl.fit_timeseries(data, "ticks ~ YEAR + (1|BROOD)", family="poisson", glmm_test="lrt").anova(0)
+    np.testing.assert_allclose(table.loc[table["Term"] == "YEAR", "Chi2Stat"], ref["grouseticks"]["lr"], rtol=1e-6)
+    # the Wald and likelihood-ratio chi-squares test the same hypothesis and differ only in how
+    wald = cl.fit_timeseries(data, "ticks ~ YEAR + (1|BROOD)", family="poisson").anova(0)
+    assert not np.allclose(wald["Chi2Stat"], table["Chi2Stat"], rtol=1e-3)
+
+
 def test_glmm_null_is_each_permutation_refit_by_glmer():
     design, y = _bernoulli(seed=1, n_subjects=10, n_items=6)
     data = cl.TimeseriesData(design=design, values=y[:, :2], times=np.arange(2.0))
@@ -151,6 +176,8 @@ def test_glmm_null_is_each_permutation_refit_by_glmer():
     (dict(family="binomial", weights="size", engine="native"), "the native engine cannot fit this model: "
                                                                 "family='binomial' makes a generalized linear"),
     (dict(family="gamma"), "family"),
+    (dict(glmm_test="lrt"), "glmm_test='lrt' tests a GLMM's terms by likelihood ratio"),
+    (dict(family="binomial", weights="size", glmm_test="lrt", test="type3"), "use test='marginal' or"),
 ])
 def test_bad_glmm_arguments_are_refused_before_fitting(kwargs, message):
     design = pd.DataFrame({"g": list("aabbccdd"), "x": list("uvuvuvuv"), "size": [4] * 8})

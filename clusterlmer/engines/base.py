@@ -36,6 +36,7 @@ class FitOptions:
     optimizer_options: dict = field(default_factory=dict)
     family: str = "gaussian"  # anything else: a GLMM (clusterlmer.families), fitted by lme4::glmer
     weights: str | None = None  # binomial: the design column with each row's number of trials
+    glmm_test: str = "wald"  # a GLMM's terms: Wald or likelihood-ratio chi-square
     # User contrasts (clusterlmer.contrasts.Contrast) tested after the terms, under their names.
     contrasts: tuple = ()
 
@@ -44,7 +45,8 @@ class FitOptions:
         return {**DEFAULT_OPTIMIZER_OPTIONS.get(self.optimizer, {}), **self.optimizer_options}
 
 
-def check_fit_options(reml, ddf, test, optimizer, optimizer_options, family="gaussian", weights=None) -> FitOptions:
+def check_fit_options(reml, ddf, test, optimizer, optimizer_options, family="gaussian", weights=None,
+                      glmm_test="wald") -> FitOptions:
     """Check the fit options of a public entry point and bundle them.
 
     Parameters
@@ -60,6 +62,8 @@ def check_fit_options(reml, ddf, test, optimizer, optimizer_options, family="gau
         False and ``ddf`` ``"none"``).
     weights : str or None
         Binomial: the design column with each row's number of trials.
+    glmm_test : {"wald", "lrt"}
+        A GLMM's test of each term (:mod:`clusterlmer.families`).
 
     Returns
     -------
@@ -78,7 +82,7 @@ def check_fit_options(reml, ddf, test, optimizer, optimizer_options, family="gau
     check_option("ddf", ddf, DDF_METHODS)
     check_option("test", test, TESTS)
     check_option("optimizer", optimizer, OPTIMIZERS)
-    reml, ddf = check_family(family, weights, reml, ddf)
+    reml, ddf = check_family(family, weights, reml, ddf, glmm_test, test)
     if family != "gaussian" and test in ("type1", "type2"):
         # lmerTest builds them from X'X, which a GLMM's weighted fit does not test: no such table exists there.
         raise ValueError(f"test={test!r} (lmerTest's type {'I' if test == 'type1' else 'II'} table) is defined "
@@ -91,7 +95,7 @@ def check_fit_options(reml, ddf, test, optimizer, optimizer_options, family="gau
     bad = {k: v for k, v in opts.items() if not isinstance(v, (int, float)) or isinstance(v, bool)}
     if bad:
         raise TypeError(f"optimizer_options values must be numbers, got {bad}.")
-    return FitOptions(bool(reml), ddf, test, optimizer, opts, family, weights)
+    return FitOptions(bool(reml), ddf, test, optimizer, opts, family, weights, glmm_test)
 
 
 @dataclass(frozen=True, eq=False)

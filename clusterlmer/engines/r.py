@@ -239,7 +239,8 @@ def fit_block(model, Y, options: FitOptions, need: str = "all") -> BlockFit:
                   optimizer=options.optimizer, opt_ctrl=s.num_list(options.resolved_optimizer_options()), need=need)
     if options.family != "gaussian":
         res = s.call("cl_fit_glmm_block", *common, family=options.family,
-                     weights=TRIALS_COLUMN if options.weights is not None else s.ro.NULL, **shared)
+                     weights=TRIALS_COLUMN if options.weights is not None else s.ro.NULL,
+                     lrt=options.glmm_test == "lrt", **shared)
     else:
         user = s.vectors.ListVector({c.name: s.vectors.ListVector({"L": s.matrix(c.L),
                                                                   "rhs": s.vectors.FloatVector(c.rhs)})
