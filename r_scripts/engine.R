@@ -217,6 +217,19 @@ cl_describe <- function(design, formula, response) {
        rank = qr(X)$rank)
 }
 
+# Response j's per-term statistics (rows F, DF1, DF2, p, one-row estimate) and
+# its coefficients (at rows `rows` of the coefficient table) into `out`.
+cl_store_fit <- function(out, j, stats, rows, beta, se) {
+  out$F[, j] <- stats[1L, ]
+  out$df1[, j] <- stats[2L, ]
+  out$df2[, j] <- stats[3L, ]
+  out$p[, j] <- stats[4L, ]
+  out$contrast_estimate[, j] <- stats[5L, ]
+  out$estimate[rows, j] <- beta
+  out$se[rows, j] <- se
+  out
+}
+
 # What every block of fits starts from: the coded design (first response in
 # place), the rows the tables will have, and an all-NA result to fill.
 # `extra` names rows after the model's terms (user contrasts).
@@ -356,13 +369,7 @@ cl_fit_block <- function(design, Y, formula, response, factors, matrices = list(
       out$messages[j] <- paste(unique(c(setup_note[nzchar(setup_note)], msgs)), collapse = "; ")
       next
     }
-    out$F[, j] <- res$stats[1L, ]
-    out$df1[, j] <- res$stats[2L, ]
-    out$df2[, j] <- res$stats[3L, ]
-    out$p[, j] <- res$stats[4L, ]
-    out$contrast_estimate[, j] <- res$stats[5L, ]
-    out$estimate[coef_rows, j] <- res$beta
-    out$se[coef_rows, j] <- res$se
+    out <- cl_store_fit(out, j, res$stats, coef_rows, res$beta, res$se)
     if (!is.null(res$coef)) {
       out$coef_df[coef_rows, j] <- res$coef$df
       out$coef_se[coef_rows, j] <- res$coef$se
@@ -461,13 +468,7 @@ cl_fit_glmm_block <- function(design, Y, formula, response, factors, matrices = 
       next
     }
     rows <- match(names(res$beta), coef_names)
-    out$F[, j] <- res$stats[1L, ]
-    out$df1[, j] <- res$stats[2L, ]
-    out$df2[, j] <- res$stats[3L, ]
-    out$p[, j] <- res$stats[4L, ]
-    out$contrast_estimate[, j] <- res$stats[5L, ]
-    out$estimate[rows, j] <- res$beta
-    out$se[rows, j] <- res$se
+    out <- cl_store_fit(out, j, res$stats, rows, res$beta, res$se)
     # summary()'s Wald z of each coefficient: the normal distribution (DF = Inf).
     out$coef_se[rows, j] <- res$se
     out$coef_df[rows, j] <- Inf
