@@ -85,7 +85,7 @@ def cluster_step(nperm):
           f"numpy peak {peak_w:7.0f} MB")
     print(f"  {small} permutations in memory, {_null_blocks.BLOCK_BYTES >> 20} MB blocks:   {wall_b:6.1f} s, "
           f"numpy peak {peak_b:7.0f} MB; same p: {np.array_equal(p_whole, p_blocks)}")
-    del null
+    null = None  # free it before the mapped part
     with tempfile.TemporaryDirectory(dir=os.getcwd()) as folder:
         path = os.path.join(folder, "null.h5")
         t0 = time.perf_counter()
@@ -100,7 +100,7 @@ def cluster_step(nperm):
         best = info.clusters[0] if info.clusters else None
         if best is not None:
             print(f"  largest cluster: {best.size} samples, p = {best.p:.4f}")
-        del values, view
+        values = view = None  # unmap before the folder is removed
 
 
 def _with_block(size, fn):
