@@ -60,6 +60,21 @@ data <- list(
 """
 
 
+def read_r_hex_csv(path):
+    """A CSV written by R's write.csv with numbers as hex floats; NA becomes NaN (numbers) or None (text)."""
+    import numpy as np
+    import pandas as pd
+
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    for col in frame.columns:
+        known = frame[col] != "NA"
+        if known.any() and frame[col][known].str.match(r"^-?0x").all():
+            frame[col] = [float.fromhex(v) if k else np.nan for v, k in zip(frame[col], known)]
+        else:
+            frame[col] = [v if k else None for v, k in zip(frame[col], known)]
+    return frame
+
+
 def run_rscript(code, *args, timeout=600):
     """Run R ``code`` with Rscript and ``args``, from a file.
 

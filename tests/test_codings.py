@@ -20,7 +20,7 @@ import pytest
 
 import clusterlmer as cl
 from clusterlmer.coding import contrast, sorted_levels
-from conftest import R_DATA_SETS, R_HEX_PREAMBLE, run_cli, run_rscript
+from conftest import R_DATA_SETS, R_HEX_PREAMBLE, read_r_hex_csv, run_cli, run_rscript
 
 RTOL = 1e-6
 needs_r = pytest.mark.skipif(shutil.which("Rscript") is None, reason="Rscript is not on PATH")
@@ -49,18 +49,6 @@ fits <- function(d, f, responses) {
   do.call(rbind, rows)
 }
 """
-
-
-def _read_hex(path):
-    """A CSV written by R's write.csv with numbers as hex floats; NA becomes NaN (numbers) or None (text)."""
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    for col in frame.columns:
-        known = frame[col] != "NA"
-        if known.any() and frame[col][known].str.match(r"^-?0x").all():
-            frame[col] = [float.fromhex(v) if k else np.nan for v, k in zip(frame[col], known)]
-        else:
-            frame[col] = [v if k else None for v, k in zip(frame[col], known)]
-    return frame
 
 
 def _rscript(code, out, *args):
@@ -116,9 +104,9 @@ utils::write.csv(res, file.path(out, "ref.csv"), row.names = FALSE)
 ctr <- lapply(2:7, function(k) data.frame(k = k, helmert = hex(contr.helmert(k)), poly = hex(contr.poly(k))))
 utils::write.csv(do.call(rbind, ctr), file.path(out, "contrasts.csv"), row.names = FALSE)
 """, tmp_path, recipe)
-    frame = _read_hex(tmp_path / "input.csv")
-    ref = _read_hex(tmp_path / "ref.csv")
-    for k, rows in _read_hex(tmp_path / "contrasts.csv").groupby("k"):
+    frame = read_r_hex_csv(tmp_path / "input.csv")
+    ref = read_r_hex_csv(tmp_path / "ref.csv")
+    for k, rows in read_r_hex_csv(tmp_path / "contrasts.csv").groupby("k"):
         for coding in ("helmert", "poly"):
             np.testing.assert_allclose(contrast(list(range(int(k))), coding)[0].ravel(order="F"), rows[coding],
                                        rtol=1e-12, atol=1e-14)
@@ -159,8 +147,8 @@ cat(capabilities("ICU"), sep = "\n", file = file.path(out, "icu.txt"))
 res <- fits(d, y ~ phase + Days + (Days | Subject), c("y0", "y1"))
 utils::write.csv(res, file.path(out, "ref.csv"), row.names = FALSE)
 """, tmp_path)
-    frame = _read_hex(tmp_path / "input.csv")
-    ref = _read_hex(tmp_path / "ref.csv")
+    frame = read_r_hex_csv(tmp_path / "input.csv")
+    ref = read_r_hex_csv(tmp_path / "ref.csv")
     r_levels = (tmp_path / "levels.txt").read_text().split()
     if (tmp_path / "icu.txt").read_text().strip() == "TRUE":
         assert r_levels == ["a", "A", "b"]

@@ -49,7 +49,7 @@ from clusterlmer.engines.native.marginal import contrast_tests, marginal_tests
 from clusterlmer.formula import parse_formula
 from clusterlmer.spec import build_spec
 from clusterlmer.type3 import type3_contrasts
-from conftest import R_DATA_SETS, R_HEX_PREAMBLE, run_rscript
+from conftest import R_DATA_SETS, R_HEX_PREAMBLE, read_r_hex_csv, run_rscript
 
 RSCRIPT = shutil.which("Rscript")
 needs_r = pytest.mark.skipif(RSCRIPT is None, reason="Rscript is not on PATH")
@@ -109,15 +109,6 @@ for (i in seq_len(nrow(cases))) {
 """
 
 
-def _read_hex(path):
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    for col in frame.columns:
-        known = frame[col] != "NA"
-        if known.any() and frame[col][known].str.match(r"^-?0x").all():
-            frame[col] = [float.fromhex(v) if k else np.nan for v, k in zip(frame[col], known)]
-    return frame
-
-
 @pytest.fixture(scope="module")
 def lmertest_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("type3")
@@ -132,7 +123,7 @@ class Reference:
     """One case's lmerTest output, read back from its hex CSV."""
 
     def __init__(self, root, case, coding):
-        self.table = _read_hex(root / f"{case}_{coding}.csv")
+        self.table = read_r_hex_csv(root / f"{case}_{coding}.csv")
         self.table[["i", "j"]] = self.table[["i", "j"]].astype(int)
         coef = self.table.query("what == 'coef'")
         self.coef_names = list(coef["term"])
@@ -160,7 +151,7 @@ class Reference:
 
 def _spec(root, case, coding):
     data, formula = CASES[case]
-    frame = _read_hex(root / f"{data}.csv")
+    frame = read_r_hex_csv(root / f"{data}.csv")
     model = parse_formula(formula)
     frame = frame[frame[model.response].notna()]  # lme4 drops rows without a response (carrots has 3)
     with warnings.catch_warnings():  # cake's temp: extrapolated main effects, said once in a fit
