@@ -147,6 +147,20 @@ def kernel(theta, fit, design, W11, W21, W22, ZX1, ZX2, XtX, Zy1, Zy2, Xy, yy,
     N2 = np.zeros((C, m2, p))
     lu = np.zeros(m2)
     tw = np.zeros((m2, k1))
+    # Lambda's dense part is block diagonal (one lower-triangular block per level of a term): column a
+    # is non-zero in rows a..hi2[c, a] - 1 only, row a in columns lo2[c, a]..a. The loops visit those.
+    hi2 = np.empty((C, m2), dtype=np.intp)
+    lo2 = np.empty((C, m2), dtype=np.intp)
+    for c in range(C):
+        for a in range(m2):
+            e = a + 1
+            while e < m2 and tidx2[c, e, a] < G:
+                e += 1
+            hi2[c, a] = e
+            e = a
+            while e > 0 and tidx2[c, a, e - 1] < G:
+                e -= 1
+            lo2[c, a] = e
     for r in range(R):
         f = fit[r]
         d = design[f]
@@ -192,10 +206,8 @@ def kernel(theta, fit, design, W11, W21, W22, ZX1, ZX2, XtX, Zy1, Zy2, Xy, yy,
                     a = (ia if every_row else active[lv, ia])
                     for j in range(k1):
                         s = 0.0
-                        for ie in range(na):
-                            e = (ie if every_row else active[lv, ie])
-                            if Lam[c, e, a] != 0.0:
-                                s += Lam[c, e, a] * E21[lv, e, j]
+                        for e in range(a, (m2 if every_row else hi2[c, a])):  # a's block: active with a
+                            s += Lam[c, e, a] * E21[lv, e, j]
                         L21[lv, a, j] = s
                 for a in range(k1):  # c1 = P1 [Z'X Z'y]
                     for col in range(p + 1):
@@ -205,13 +217,12 @@ def kernel(theta, fit, design, W11, W21, W22, ZX1, ZX2, XtX, Zy1, Zy2, Xy, yy,
                         c1[lv, a, col] = s
         # Dense part, per component.
         for c in range(C):
-            for a in range(m2):
-                for b in range(m2):
+            for a in range(m2):  # the lower triangle: all the Cholesky factorisation reads
+                for b in range(a + 1):
                     s = 0.0
-                    for i in range(m2):
-                        if Lam[c, i, a] != 0.0:
-                            for j in range(m2):
-                                s += Lam[c, i, a] * W22[d, c, i, j] * Lam[c, j, b]
+                    for i in range(a, (m2 if every_row else hi2[c, a])):
+                        for j in range(b, (m2 if every_row else hi2[c, b])):
+                            s += Lam[c, i, a] * W22[d, c, i, j] * Lam[c, j, b]
                     S[a, b] = s + (1.0 if a == b else 0.0)
             for lv in range(segments[c], segments[c + 1]):
                 for ia in range((m2 if every_row else n_active[lv])):  # the lower triangle: all the Cholesky factorisation reads
@@ -230,9 +241,8 @@ def kernel(theta, fit, design, W11, W21, W22, ZX1, ZX2, XtX, Zy1, Zy2, Xy, yy,
             for a in range(m2):  # rhs = Lam' b2 - sum L21 c1
                 for col in range(p + 1):
                     s = 0.0
-                    for e in range(m2):
-                        if Lam[c, e, a] != 0.0:
-                            s += Lam[c, e, a] * (ZX2[d, c, e, col] if col < p else Zy2[f, c, e])
+                    for e in range(a, (m2 if every_row else hi2[c, a])):
+                        s += Lam[c, e, a] * (ZX2[d, c, e, col] if col < p else Zy2[f, c, e])
                     rhs[a, col] = s
             for lv in range(segments[c], segments[c + 1]):
                 for ia in range((m2 if every_row else n_active[lv])):
@@ -309,9 +319,8 @@ def kernel(theta, fit, design, W11, W21, W22, ZX1, ZX2, XtX, Zy1, Zy2, Xy, yy,
             for a in range(m2):  # rhs = Lam' W22 - sum L21 E21'
                 for b in range(m2):
                     s = 0.0
-                    for e in range(m2):
-                        if Lam[c, e, a] != 0.0:
-                            s += Lam[c, e, a] * W22[d, c, e, b]
+                    for e in range(a, (m2 if every_row else hi2[c, a])):
+                        s += Lam[c, e, a] * W22[d, c, e, b]
                     rhs[a, b] = s
             for lv in range(segments[c], segments[c + 1]):
                 for a in range(k1):  # B11 = P1 W11
@@ -333,21 +342,19 @@ def kernel(theta, fit, design, W11, W21, W22, ZX1, ZX2, XtX, Zy1, Zy2, Xy, yy,
                     e = (ie if every_row else active[lv, ie])
                     for j in range(k1):
                         t = 0.0
-                        for ii in range(na):
-                            i = (ii if every_row else active[lv, ii])
-                            if Lam[c, i, e] != 0.0:
-                                t += Lam[c, i, e] * W21[d, i, lv, j]
+                        for i in range(e, (m2 if every_row else hi2[c, e])):
+                            t += Lam[c, i, e] * W21[d, i, lv, j]
                         for i in range(k1):
                             t -= L21[lv, e, i] * B11[lv, i, j]
                         tw[ie, j] = t
                 for a in range(m2):
                     for j in range(k1):
-                        s = 0.0
-                        for ie in range(na):
-                            e = (ie if every_row else active[lv, ie])
-                            if e <= a:
-                                s += L22i[c, a, e] * tw[ie, j]
-                        B21[lv, a, j] = s
+                        B21[lv, a, j] = 0.0
+                for ie in range(na):  # L22^-1 is lower: row e reaches a >= e
+                    e = (ie if every_row else active[lv, ie])
+                    for a in range(e, m2):
+                        for j in range(k1):
+                            B21[lv, a, j] += L22i[c, a, e] * tw[ie, j]
                 for a in range(k1):
                     for b in range(k1):
                         s = W11[d, lv, a, b]
@@ -362,8 +369,8 @@ def kernel(theta, fit, design, W11, W21, W22, ZX1, ZX2, XtX, Zy1, Zy2, Xy, yy,
                     for e in range(a + 1):
                         s += L22i[c, a, e] * rhs[e, b]
                     B22[c, a, b] = s
-            for a in range(m2):  # M22 = W22 - sum E21 E21' - B22' B22
-                for b in range(m2):
+            for a in range(m2):  # M22 = W22 - sum E21 E21' - B22' B22, within blocks (all the gradient reads)
+                for b in range((0 if every_row else lo2[c, a]), a + 1):
                     s = W22[d, c, a, b]
                     for i in range(m2):
                         s -= B22[c, i, a] * B22[c, i, b]
@@ -371,16 +378,11 @@ def kernel(theta, fit, design, W11, W21, W22, ZX1, ZX2, XtX, Zy1, Zy2, Xy, yy,
             for lv in range(segments[c], segments[c + 1]):
                 for ia in range((m2 if every_row else n_active[lv])):  # symmetric: the lower triangle, mirrored below
                     a = (ia if every_row else active[lv, ia])
-                    for ib in range((m2 if every_row else n_active[lv])):
-                        b = (ib if every_row else active[lv, ib])
-                        if b <= a:
-                            s = 0.0
-                            for j in range(k1):
-                                s += E21[lv, a, j] * E21[lv, b, j]
-                            M22[c, a, b] -= s
-            for a in range(m2):
-                for b in range(a):
-                    M22[c, b, a] = M22[c, a, b]
+                    for b in range((0 if every_row else lo2[c, a]), a + 1):
+                        s = 0.0
+                        for j in range(k1):
+                            s += E21[lv, a, j] * E21[lv, b, j]
+                        M22[c, a, b] -= s
         # u = Z'P y = Z'(y - X beta) - B' (cu - R_ZX beta); N = (Z'X - B' R_ZX) R_X^-1.
         for lv in range(L1):
             for a in range(k1):
@@ -458,11 +460,15 @@ def kernel(theta, fit, design, W11, W21, W22, ZX1, ZX2, XtX, Zy1, Zy2, Xy, yy,
                             s += (ZX2[d, c, a, b] - w2[c, a, b]) * RXit[col, b]
                         N2[c, a, col] = s
                 for a in range(m2):
-                    for b in range(m2):
+                    for b in range((0 if every_row else lo2[c, a]), a + 1):
                         s = 0.0
                         for col in range(p):
                             s += N2[c, a, col] * N2[c, b, col]
                         M22[c, a, b] -= s
+        for c in range(C):
+            for a in range(m2):
+                for b in range((0 if every_row else lo2[c, a]), a):
+                    M22[c, b, a] = M22[c, a, b]
         for g in range(G):
             grad[r, g] = 0.0
         # First term: G0 = (sum of K's level blocks - scale sum u1 u1') T.
@@ -484,13 +490,13 @@ def kernel(theta, fit, design, W11, W21, W22, ZX1, ZX2, XtX, Zy1, Zy2, Xy, yy,
         for c in range(C):
             for b in range(m2):
                 s = 0.0
-                for e in range(m2):
+                for e in range(b, (m2 if every_row else hi2[c, b])):
                     s += Lam[c, e, b] * u2[c, e]
                 lu[b] = s
             for a in range(m2):
                 for b in range(m2):
                     if tidx2[c, a, b] < G:
                         s = 0.0
-                        for e in range(m2):
+                        for e in range(b, (m2 if every_row else hi2[c, b])):  # within a's block: where M22 is computed
                             s += M22[c, a, e] * Lam[c, e, b]
                         grad[r, tidx2[c, a, b]] += 2.0 * (s - scale * u2[c, a] * lu[b])
