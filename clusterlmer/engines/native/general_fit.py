@@ -182,18 +182,22 @@ class GeneralFits:
             x0 = start_point(s, self.F)
         else:
             x0 = np.maximum(start, np.where(s.diagonal, WARM_START_FLOOR, -np.inf))
+        bounds = None  # the fits on a bound and their gradients at x, while x stays as it is
         if hessian is None:
             x, ok, _, H = minimize(self._newton(reml), x0, s.lower, return_hessian=True, finish=FINISH)
         else:
             x, ok, _, H = minimize(self._quasi_newton(reml, _positive_definite(hessian)), x0, s.lower,
                                    return_hessian=True, finish=FINISH_QUASI)
-            rows = self._saddles(x, *self._on_bounds(x, reml), reml)
+            bounds = self._on_bounds(x, reml)
+            rows = self._saddles(x, *bounds, reml)
             if rows.size:
                 sub = GeneralFits._subset(self, rows)
                 x[rows], ok[rows], _, H[rows] = minimize(sub._difference_newton(reml), x[rows], s.lower,
                                                           return_hessian=True, finish=FINISH)
+                bounds = None
         for _ in range(3):
-            flip = self._reflections(x, *self._on_bounds(x, reml))
+            flip = self._reflections(x, *(bounds or self._on_bounds(x, reml)))
+            bounds = None
             rows = np.flatnonzero(flip.any(axis=1))
             if not rows.size:
                 break

@@ -2,11 +2,13 @@
 
 The algebra is :mod:`.blocked`'s, written per fit and per level (see its
 docstring for the names): ``A11 = T'W11 T + I = L11 L11'``,
-``P1 = L11^-1 T'``, ``L21 = Lam2' W21 P1'``, ``S = Lam2' W22 Lam2 + I -
-sum L21 L21' = L22 L22'``, then ``R_X`` and the criterion; the gradient
-``d/dtheta_i = tr(G_i K) - dof u'G_i u / pwrss`` from the level sums of
-``K`` and the dense part's block. Errors follow numpy's model: a matrix that
-is not positive definite gives NaN, not an exception.
+``P1 = L11^-1 T'``, ``E21 = W21 P1'``, ``V = W22 - sum E21 E21'`` (the
+first term projected out, once per fit), ``S = Lam2' V Lam2 + I = L22 L22'``
+(``L21 = Lam2' E21`` is never formed), then ``R_X`` and the criterion; the
+gradient ``d/dtheta_i = tr(G_i K) - dof u'G_i u / pwrss`` from the level
+sums of ``K`` and the dense part's blocks. Lambda is block diagonal: every
+loop over it visits its blocks' entries only. Errors follow numpy's model: a
+matrix that is not positive definite gives NaN, not an exception.
 
 Every compiled function lives in this one file: numba's on-disk cache of a
 caller holds its callees' code but checks only its own file's time stamp, so
@@ -117,10 +119,15 @@ def kernel(theta, fit, design, W11, W21, W22, ZX1, ZX2, XtX, Zy1, Zy2, Xy, yy,
     Li = np.zeros((k1, k1))
     P1 = np.zeros((L1, k1, k1))
     E21 = np.zeros((L1, m2, k1))
-    L21 = np.zeros((L1, m2, k1))
+    V = np.zeros((C, m2, m2))
+    Vb = np.zeros((C, m2, p + 1))
+    X21 = np.zeros((m2, k1))
     c1 = np.zeros((L1, k1, p + 1))
     B11 = np.zeros((L1, k1, k1))
-    B21 = np.zeros((L1, m2, k1))
+    TW = np.zeros((L1, m2, k1))
+    Sinv = np.zeros((m2, m2))
+    SW = np.zeros((m2, k1))
+    Q2 = np.zeros((C, m2, p + 1))
     Lam = np.zeros((C, m2, m2))
     L22i = np.zeros((C, m2, m2))
     c2 = np.zeros((C, m2, p + 1))
@@ -146,7 +153,6 @@ def kernel(theta, fit, design, W11, W21, W22, ZX1, ZX2, XtX, Zy1, Zy2, Xy, yy,
     N1 = np.zeros((L1, k1, p))
     N2 = np.zeros((C, m2, p))
     lu = np.zeros(m2)
-    tw = np.zeros((m2, k1))
     # Lambda's dense part is block diagonal (one lower-triangular block per level of a term): column a
     # is non-zero in rows a..hi2[c, a] - 1 only, row a in columns lo2[c, a]..a. The loops visit those.
     hi2 = np.empty((C, m2), dtype=np.intp)
@@ -195,63 +201,62 @@ def kernel(theta, fit, design, W11, W21, W22, ZX1, ZX2, XtX, Zy1, Zy2, Xy, yy,
                             s += Li[a, i] * T[b, i]
                         P1[lv, a, b] = s
                 na = (m2 if every_row else n_active[lv])
-                for ia in range(na):  # E21 = W21 P1', L21 = Lam' E21 (on the level's rows)
+                for ia in range(na):  # E21 = W21 P1' (on the level's rows)
                     a = (ia if every_row else active[lv, ia])
                     for j in range(k1):
                         s = 0.0
                         for b in range(k1):
                             s += W21[d, a, lv, b] * P1[lv, j, b]
                         E21[lv, a, j] = s
-                for ia in range(na):
-                    a = (ia if every_row else active[lv, ia])
-                    for j in range(k1):
-                        s = 0.0
-                        for e in range(a, (m2 if every_row else hi2[c, a])):  # a's block: active with a
-                            s += Lam[c, e, a] * E21[lv, e, j]
-                        L21[lv, a, j] = s
                 for a in range(k1):  # c1 = P1 [Z'X Z'y]
                     for col in range(p + 1):
                         s = 0.0
                         for b in range(k1):
                             s += P1[lv, a, b] * (ZX1[d, lv, b, col] if col < p else Zy1[f, lv, b])
                         c1[lv, a, col] = s
-        # Dense part, per component.
+        # Dense part, per component, with the first term projected out: V = W22 - sum E21 E21',
+        # Vb = [Z'X Z'y]2 - sum E21 c1; S = Lam' V Lam + I = L22 L22' (L21 = Lam' E21 is never formed).
         for c in range(C):
+            for a in range(m2):
+                for b in range(a + 1):
+                    V[c, a, b] = W22[d, c, a, b]
+                for col in range(p + 1):
+                    Vb[c, a, col] = ZX2[d, c, a, col] if col < p else Zy2[f, c, a]
+            for lv in range(segments[c], segments[c + 1]):
+                na = (m2 if every_row else n_active[lv])
+                for ia in range(na):  # active rows ascend: ib <= ia is the lower triangle
+                    a = (ia if every_row else active[lv, ia])
+                    for ib in range(ia + 1):
+                        b = (ib if every_row else active[lv, ib])
+                        s = 0.0
+                        for j in range(k1):
+                            s += E21[lv, a, j] * E21[lv, b, j]
+                        V[c, a, b] -= s
+                    for col in range(p + 1):
+                        s = 0.0
+                        for j in range(k1):
+                            s += E21[lv, a, j] * c1[lv, j, col]
+                        Vb[c, a, col] -= s
+            for a in range(m2):
+                for b in range(a):
+                    V[c, b, a] = V[c, a, b]
             for a in range(m2):  # the lower triangle: all the Cholesky factorisation reads
                 for b in range(a + 1):
                     s = 0.0
                     for i in range(a, (m2 if every_row else hi2[c, a])):
                         for j in range(b, (m2 if every_row else hi2[c, b])):
-                            s += Lam[c, i, a] * W22[d, c, i, j] * Lam[c, j, b]
+                            s += Lam[c, i, a] * V[c, i, j] * Lam[c, j, b]
                     S[a, b] = s + (1.0 if a == b else 0.0)
-            for lv in range(segments[c], segments[c + 1]):
-                for ia in range((m2 if every_row else n_active[lv])):  # the lower triangle: all the Cholesky factorisation reads
-                    a = (ia if every_row else active[lv, ia])
-                    for ib in range((m2 if every_row else n_active[lv])):
-                        b = (ib if every_row else active[lv, ib])
-                        if b <= a:
-                            s = 0.0
-                            for j in range(k1):
-                                s += L21[lv, a, j] * L21[lv, b, j]
-                            S[a, b] -= s
             _cholesky(S, L22)
             _inv_lower(L22, L22i[c])
             for a in range(m2):
                 ldL2 += 2.0 * np.log(L22[a, a])
-            for a in range(m2):  # rhs = Lam' b2 - sum L21 c1
+            for a in range(m2):  # rhs = Lam' Vb
                 for col in range(p + 1):
                     s = 0.0
                     for e in range(a, (m2 if every_row else hi2[c, a])):
-                        s += Lam[c, e, a] * (ZX2[d, c, e, col] if col < p else Zy2[f, c, e])
+                        s += Lam[c, e, a] * Vb[c, e, col]
                     rhs[a, col] = s
-            for lv in range(segments[c], segments[c + 1]):
-                for ia in range((m2 if every_row else n_active[lv])):
-                    a = (ia if every_row else active[lv, ia])
-                    for col in range(p + 1):
-                        s = 0.0
-                        for j in range(k1):
-                            s += L21[lv, a, j] * c1[lv, j, col]
-                        rhs[a, col] -= s
             for a in range(m2):
                 for col in range(p + 1):
                     s = 0.0
@@ -316,11 +321,18 @@ def kernel(theta, fit, design, W11, W21, W22, ZX1, ZX2, XtX, Zy1, Zy2, Xy, yy,
             for b in range(k1):
                 M11[a, b] = 0.0
         for c in range(C):
-            for a in range(m2):  # rhs = Lam' W22 - sum L21 E21'
+            for a in range(m2):  # S^-1 = L22^-T L22^-1
+                for b in range(a + 1):
+                    s = 0.0
+                    for e in range(a, m2):
+                        s += L22i[c, e, a] * L22i[c, e, b]
+                    Sinv[a, b] = s
+                    Sinv[b, a] = s
+            for a in range(m2):  # rhs = Lam' V
                 for b in range(m2):
                     s = 0.0
                     for e in range(a, (m2 if every_row else hi2[c, a])):
-                        s += Lam[c, e, a] * W22[d, c, e, b]
+                        s += Lam[c, e, a] * V[c, e, b]
                     rhs[a, b] = s
             for lv in range(segments[c], segments[c + 1]):
                 for a in range(k1):  # B11 = P1 W11
@@ -330,38 +342,36 @@ def kernel(theta, fit, design, W11, W21, W22, ZX1, ZX2, XtX, Zy1, Zy2, Xy, yy,
                             s += P1[lv, a, i] * W11[d, lv, i, b]
                         B11[lv, a, b] = s
                 na = (m2 if every_row else n_active[lv])
-                for ia in range(na):
-                    a = (ia if every_row else active[lv, ia])
-                    for ib in range(na):
-                        b = (ib if every_row else active[lv, ib])
-                        s = 0.0
-                        for j in range(k1):
-                            s += L21[lv, a, j] * E21[lv, b, j]
-                        rhs[a, b] -= s
-                for ie in range(na):  # B21 = L22^-1 (Lam' W21 - L21 B11): the bracket is on the level's rows
+                # B21 = L22^-1 TW, TW = Lam' (W21 - E21 B11) on the level's rows, enters M11 as
+                # TW' S^-1 TW and u1, w1 as TW' L22^-T [c2 cr2]: B21 itself (m2 rows) is never formed.
+                for ie in range(na):
+                    e = (ie if every_row else active[lv, ie])
+                    for j in range(k1):
+                        t = W21[d, e, lv, j]
+                        for i in range(k1):
+                            t -= E21[lv, e, i] * B11[lv, i, j]
+                        X21[e, j] = t
+                for ie in range(na):
                     e = (ie if every_row else active[lv, ie])
                     for j in range(k1):
                         t = 0.0
-                        for i in range(e, (m2 if every_row else hi2[c, e])):
-                            t += Lam[c, i, e] * W21[d, i, lv, j]
-                        for i in range(k1):
-                            t -= L21[lv, e, i] * B11[lv, i, j]
-                        tw[ie, j] = t
-                for a in range(m2):
-                    for j in range(k1):
-                        B21[lv, a, j] = 0.0
-                for ie in range(na):  # L22^-1 is lower: row e reaches a >= e
+                        for i in range(e, (m2 if every_row else hi2[c, e])):  # e's block: active with e
+                            t += Lam[c, i, e] * X21[i, j]
+                        TW[lv, ie, j] = t
+                for ie in range(na):
                     e = (ie if every_row else active[lv, ie])
-                    for a in range(e, m2):
-                        for j in range(k1):
-                            B21[lv, a, j] += L22i[c, a, e] * tw[ie, j]
+                    for j in range(k1):
+                        s = 0.0
+                        for ie2 in range(na):
+                            s += Sinv[e, (ie2 if every_row else active[lv, ie2])] * TW[lv, ie2, j]
+                        SW[ie, j] = s
                 for a in range(k1):
                     for b in range(k1):
                         s = W11[d, lv, a, b]
                         for i in range(k1):
                             s -= B11[lv, i, a] * B11[lv, i, b]
-                        for i in range(m2):
-                            s -= B21[lv, i, a] * B21[lv, i, b]
+                        for ie in range(na):
+                            s -= TW[lv, ie, a] * SW[ie, b]
                         M11[a, b] += s
             for a in range(m2):  # B22 = L22^-1 rhs
                 for b in range(m2):
@@ -369,20 +379,12 @@ def kernel(theta, fit, design, W11, W21, W22, ZX1, ZX2, XtX, Zy1, Zy2, Xy, yy,
                     for e in range(a + 1):
                         s += L22i[c, a, e] * rhs[e, b]
                     B22[c, a, b] = s
-            for a in range(m2):  # M22 = W22 - sum E21 E21' - B22' B22, within blocks (all the gradient reads)
+            for a in range(m2):  # M22 = V - B22' B22 within blocks (all the gradient reads), mirrored below
                 for b in range((0 if every_row else lo2[c, a]), a + 1):
-                    s = W22[d, c, a, b]
+                    s = V[c, a, b]
                     for i in range(m2):
                         s -= B22[c, i, a] * B22[c, i, b]
                     M22[c, a, b] = s
-            for lv in range(segments[c], segments[c + 1]):
-                for ia in range((m2 if every_row else n_active[lv])):  # symmetric: the lower triangle, mirrored below
-                    a = (ia if every_row else active[lv, ia])
-                    for b in range((0 if every_row else lo2[c, a]), a + 1):
-                        s = 0.0
-                        for j in range(k1):
-                            s += E21[lv, a, j] * E21[lv, b, j]
-                        M22[c, a, b] -= s
         # u = Z'P y = Z'(y - X beta) - B' (cu - R_ZX beta); N = (Z'X - B' R_ZX) R_X^-1.
         for lv in range(L1):
             for a in range(k1):
@@ -396,47 +398,43 @@ def kernel(theta, fit, design, W11, W21, W22, ZX1, ZX2, XtX, Zy1, Zy2, Xy, yy,
                 for b in range(p):
                     s -= c2[c, a, b] * beta[b]
                 cr2[c, a] = s
+            for e in range(m2):  # Q2 = L22^-T [c2 cr2]
+                for col in range(p + 1):
+                    s = 0.0
+                    for a in range(e, m2):
+                        s += L22i[c, a, e] * (c2[c, a, col] if col < p else cr2[c, a])
+                    Q2[c, e, col] = s
         for c in range(C):
-            for a in range(m2):
-                s = Zy2[f, c, a]
+            for a in range(m2):  # Vb holds Z'y, Z'X less the first term's sum E21 c1
+                s = Vb[c, a, p]
                 for b in range(p):
-                    s -= ZX2[d, c, a, b] * beta[b]
+                    s -= Vb[c, a, b] * beta[b]
                 for b in range(m2):
                     s -= B22[c, b, a] * cr2[c, b]
                 u2[c, a] = s
                 for col in range(p):
-                    t = 0.0
+                    t = ZX2[d, c, a, col] - Vb[c, a, col]
                     for b in range(m2):
                         t += B22[c, b, a] * c2[c, b, col]
                     w2[c, a, col] = t
             for lv in range(segments[c], segments[c + 1]):
+                na = (m2 if every_row else n_active[lv])
                 for a in range(k1):
                     s = Zy1[f, lv, a]
                     for b in range(p):
                         s -= ZX1[d, lv, a, b] * beta[b]
                     for b in range(k1):
                         s -= B11[lv, b, a] * cr1[lv, b]
-                    for b in range(m2):
-                        s -= B21[lv, b, a] * cr2[c, b]
+                    for ie in range(na):
+                        s -= TW[lv, ie, a] * Q2[c, (ie if every_row else active[lv, ie]), p]
                     u1[lv, a] = s
                     for col in range(p):
                         t = 0.0
                         for b in range(k1):
                             t += B11[lv, b, a] * c1[lv, b, col]
-                        for b in range(m2):
-                            t += B21[lv, b, a] * c2[c, b, col]
+                        for ie in range(na):
+                            t += TW[lv, ie, a] * Q2[c, (ie if every_row else active[lv, ie]), col]
                         w1[lv, a, col] = t
-                for ia in range((m2 if every_row else n_active[lv])):  # E21 c1 adds to both u2 and w2
-                    a = (ia if every_row else active[lv, ia])
-                    s = 0.0
-                    for j in range(k1):
-                        s += E21[lv, a, j] * cr1[lv, j]
-                    u2[c, a] -= s
-                    for col in range(p):
-                        t = 0.0
-                        for j in range(k1):
-                            t += E21[lv, a, j] * c1[lv, j, col]
-                        w2[c, a, col] += t
         scale = dof / pwrss
         if reml:
             for lv in range(L1):
