@@ -271,7 +271,8 @@ class GeneralBlock:
                                for name in ("W11", "W21", "W22", "ZX1", "ZX2", "XtX"))
         self.bounds = np.append(structure.segments, structure.n_levels1).astype(np.intp)
         self.ZX1, self.ZX2, self.XtX = per_fit("ZX1"), per_fit("ZX2"), per_fit("XtX")
-        self.Zy1, self.Zy2, self.Xy, self.yy = Zy1, Zy2, Xy, yy
+        # C order once: the compiled kernel takes them so, and would otherwise copy them at every call.
+        self.Zy1, self.Zy2, self.Xy, self.yy = (np.ascontiguousarray(a) for a in (Zy1, Zy2, Xy, yy))
 
     def subset(self, rows) -> "GeneralBlock":
         """The fits ``rows`` only."""

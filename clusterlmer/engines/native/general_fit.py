@@ -187,7 +187,7 @@ class GeneralFits:
             x, ok, _, H = minimize(self._newton(reml), x0, s.lower, return_hessian=True, finish=FINISH)
         else:
             x, ok, _, H = minimize(self._quasi_newton(reml, _positive_definite(hessian)), x0, s.lower,
-                                   return_hessian=True, finish=FINISH_QUASI)
+                                   return_hessian=True, finish=FINISH_QUASI, positive_definite=True)
             bounds = self._on_bounds(x, reml)
             rows = self._saddles(x, *bounds, reml)
             if rows.size:

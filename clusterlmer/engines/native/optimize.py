@@ -20,12 +20,24 @@ __all__ = ["crit1", "minimize", "optimize"]
 ESCAPE_STEP = 0.5
 
 
-def _newton_direction(g, H, free):
-    """Modified Newton direction on the free coordinates (descent guaranteed)."""
+def _newton_direction(g, H, free, positive_definite=False):
+    """Modified Newton direction on the free coordinates (descent guaranteed).
+
+    With ``positive_definite`` (BFGS approximations are, by construction) the
+    system is solved directly, ~5x cheaper than the eigendecomposition that
+    replaces an indefinite Hessian's eigenvalues by their absolute values;
+    should a Cholesky factorisation fail after all, the eigendecomposition is used.
+    """
     G = g.shape[1]
     gm = np.where(free, g, 0.0)
     Hm = np.where(free[:, :, None] & free[:, None, :], H, 0.0)
     Hm = Hm + np.where(free, 0.0, 1.0)[:, :, None] * np.eye(G)[None]
+    if positive_definite:
+        try:
+            np.linalg.cholesky(Hm)
+            return np.where(free, -np.linalg.solve(Hm, gm[:, :, None])[:, :, 0], 0.0)
+        except np.linalg.LinAlgError:
+            pass
     lam, vec = np.linalg.eigh(Hm)
     scale = np.maximum(np.abs(lam).max(axis=1, keepdims=True), 1e-300)
     lam = np.maximum(np.abs(lam), 1e-10 * scale)
@@ -60,7 +72,7 @@ def optimize(block, reml, max_iter=200, start=None):
     return minimize(fun, phi, np.zeros(G), max_iter)
 
 
-def minimize(fun, x0, lower, max_iter=200, return_hessian=False, finish=None):
+def minimize(fun, x0, lower, max_iter=200, return_hessian=False, finish=None, positive_definite=False):
     """Minimise ``fun`` over ``x >= lower`` from ``x0`` (R, G), every row on its own.
 
     Parameters
@@ -79,6 +91,9 @@ def minimize(fun, x0, lower, max_iter=200, return_hessian=False, finish=None):
         the order of its square. Steps onto a bound are always evaluated.
     return_hessian : bool
         Also return the last Hessian (or approximation) of every row.
+    positive_definite : bool
+        ``fun``'s Hessians are positive definite (a BFGS approximation):
+        Newton steps solve them directly (see :func:`_newton_direction`).
 
     Returns
     -------
@@ -103,7 +118,7 @@ def minimize(fun, x0, lower, max_iter=200, return_hessian=False, finish=None):
         # an optimum: step into the interior, where the line search finds the decrease.
         saddle = bound & (ga == 0.0) & (np.diagonal(Ha, axis1=1, axis2=2) < 0.0)
         free = ~(bound & (ga >= 0.0))
-        step = np.maximum(ph + _newton_direction(ga, Ha, free), lower) - ph
+        step = np.maximum(ph + _newton_direction(ga, Ha, free, positive_definite), lower) - ph
         step = np.where(saddle, ESCAPE_STEP, step)
         # Converged: the projected Newton step is negligible (quadratic
         # convergence: the error left after it is far smaller still).
