@@ -41,7 +41,13 @@ def _assert_same(compiled, numpy_out):
         assert np.abs(a - b).max() <= 1e-10 * scale, (key, np.abs(a - b).max(), scale)
 
 
-@pytest.mark.parametrize("frame_name, formula", CASES + [("crossed", "y ~ a*b + (1 + x|Subject)")])
+# Beyond the shared cases: a dense part of 2 x 2 blocks (an item slope) and one mixing block sizes,
+# whose loops follow Lambda's block pattern.
+EXTRA = [("crossed", "y ~ a*b + (1 + x|Subject)"), ("crossed", "y ~ a + (1|Subject) + (1 + x|Item)"),
+         ("crossed", "y ~ a + (1|Subject:a) + (1|Subject) + (1 + x|Item)")]
+
+
+@pytest.mark.parametrize("frame_name, formula", CASES + EXTRA)
 @pytest.mark.parametrize("reml", [True, False])
 def test_compiled_equals_numpy(frame_name, formula, reml):
     _, structure, block, _, _ = _block(frame_name, formula, k=1)
