@@ -26,23 +26,41 @@ def _newton_direction(g, H, free, positive_definite=False):
     With ``positive_definite`` (BFGS approximations are, by construction) the
     system is solved directly, ~5x cheaper than the eigendecomposition that
     replaces an indefinite Hessian's eigenvalues by their absolute values;
-    should a Cholesky factorisation fail after all, the eigendecomposition is used.
+    a row whose Cholesky factorisation fails after all gets the eigendecomposition.
     """
     G = g.shape[1]
     gm = np.where(free, g, 0.0)
     Hm = np.where(free[:, :, None] & free[:, None, :], H, 0.0)
     Hm = Hm + np.where(free, 0.0, 1.0)[:, :, None] * np.eye(G)[None]
     if positive_definite:
+        # Decided row by row (a fit's step must not depend on the fits batched with it).
+        pd = np.ones(len(Hm), bool)
         try:
             np.linalg.cholesky(Hm)
-            return np.where(free, -np.linalg.solve(Hm, gm[:, :, None])[:, :, 0], 0.0)
         except np.linalg.LinAlgError:
-            pass
+            pd = np.array([_cholesky_ok(h) for h in Hm], bool)
+        step = np.zeros_like(gm)
+        step[pd] = -np.linalg.solve(Hm[pd], gm[pd][:, :, None])[:, :, 0]
+        if not pd.all():
+            step[~pd] = _modified_newton(gm[~pd], Hm[~pd])
+        return np.where(free, step, 0.0)
+    return np.where(free, _modified_newton(gm, Hm), 0.0)
+
+
+def _cholesky_ok(h):
+    try:
+        np.linalg.cholesky(h)
+        return True
+    except np.linalg.LinAlgError:
+        return False
+
+
+def _modified_newton(gm, Hm):
+    """``-|Hm|^-1 gm`` with ``|Hm|`` the eigenvalues' absolute values, floored (a descent direction)."""
     lam, vec = np.linalg.eigh(Hm)
     scale = np.maximum(np.abs(lam).max(axis=1, keepdims=True), 1e-300)
     lam = np.maximum(np.abs(lam), 1e-10 * scale)
-    step = -np.einsum("rij,rj->ri", vec, np.einsum("rji,rj->ri", vec, gm) / lam)
-    return np.where(free, step, 0.0)
+    return -np.einsum("rij,rj->ri", vec, np.einsum("rji,rj->ri", vec, gm) / lam)
 
 
 def _finite(D, g, H):
