@@ -49,6 +49,7 @@ CASES = [
     ("crossed", "y ~ a + (1 + a|Subject)"),
     ("crossed", "y ~ a + (x||Subject) + (1|Item)"),
     ("crossed", "y ~ a + (1 + a + x|Subject) + (1|Item)"),
+    ("crossed", "y ~ a + (1|Subject:a) + (1|Subject) + (1|Item)"),
     ("sample", "t0 ~ hit_miss*region + (1 + hit_miss|sid) + (1|sid:ch)"),
 ]
 
@@ -99,3 +100,25 @@ def test_components_of_a_nested_model():
     assert structure.n_levels1 == len(sid) // 2  # every channel once, no padding
     sizes = np.diff(np.append(structure.segments, structure.n_levels1))
     np.testing.assert_array_equal(np.sort(sizes), np.sort(sid.groupby(sid).size().to_numpy() // 2))
+
+
+def test_nested_first_term_factored_with_the_second():
+    """``(1|Subject:a)`` nests in ``(1|Subject)``: the two are factored subject by subject (blocks of
+    one intercept and two nested ones) and the dense part keeps only the items. A subject seen at one
+    level of ``a`` fills its second place with the zero row; the criterion equals the plain statement's."""
+    frame = _crossed_frame()
+    frame = frame[~((frame["Subject"] == "s3") & (frame["a"] == "y"))].reset_index(drop=True)
+    formula = "y ~ a + (1|Subject:a) + (1|Subject) + (1|Item)"
+    model = parse_formula(formula)
+    spec = build_spec(build_design(frame, model, response_column=model.response))
+    structure = GeneralStructure(spec)
+    assert (structure.k1, structure.n_levels1, structure.m2) == (3, 12, 8)
+    assert np.sum(structure.idx1 == structure.q) == 1  # s3's missing Subject:a level
+    parts = DesignParts(structure, structure.zt(spec), spec.X)
+    Y = frame[["y"]].to_numpy()
+    block = GeneralBlock(structure, [parts], np.zeros(1, int), *parts.responses(structure, Y), len(frame))
+    for theta in ([0.8, 0.5, 0.3], [0.0, 1.2, 0.7], [1.5, 0.0, 0.2]):
+        for reml in (True, False):
+            got = block.evaluate(np.array([theta]), reml=reml)["criterion"][0]
+            want = profiled_criterion(spec, Y[:, 0], np.array(theta), reml=reml)["criterion"][0]
+            assert abs(got - want) <= 1e-12 * abs(want)

@@ -41,9 +41,11 @@ def _assert_same(compiled, numpy_out):
         assert np.abs(a - b).max() <= 1e-10 * scale, (key, np.abs(a - b).max(), scale)
 
 
-# Beyond the shared cases: a dense part of 2 x 2 blocks (an item slope) and one mixing block sizes,
-# whose loops follow Lambda's block pattern.
+# Beyond the shared cases: a dense part of 2 x 2 blocks (an item slope), one mixing block sizes
+# (Item:b nests in no other term), whose loops follow Lambda's block pattern, and a nested first
+# term factored with the second beside an item slope.
 EXTRA = [("crossed", "y ~ a*b + (1 + x|Subject)"), ("crossed", "y ~ a + (1|Subject) + (1 + x|Item)"),
+         ("crossed", "y ~ a + (1|Subject) + (1 + x|Item) + (1|Item:b)"),
          ("crossed", "y ~ a + (1|Subject:a) + (1|Subject) + (1 + x|Item)")]
 
 

@@ -99,6 +99,9 @@ CASES = {
     "cake_rank_deficient": Case("cake_cells", "angle ~ recipe * temp + (1|replicate)", ("angle",)),
     "subject_item_crossed": Case("subject_item", "y0 ~ a * b + (1|Subject) + (1|Item)", ("y0", "y1", "y2")),
     "subject_item_slope": Case("subject_item", "y0 ~ a * b + (1 + a|Subject) + (1|Item)", ("y0", "y1", "y2")),
+    # Subject:a nests in Subject: the two are factored together, subject by subject (first_block.py).
+    "subject_item_nested": Case("subject_item", "y0 ~ a * b + (1|Subject:a) + (1|Subject) + (1|Item)",
+                                ("y0", "y1", "y2")),
     "sample_2way_slope": Case("sample_2way", "t0 ~ hit_miss * region + (1 + hit_miss|sid) + (1|sid:ch)",
                               tuple(f"t{i}" for i in range(len(SAMPLE_TIMES)))),
 }

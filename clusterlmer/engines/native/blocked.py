@@ -10,7 +10,9 @@ part, eliminated through the Schur complement
 components (levels linked when they share an observation): ``A`` is block
 diagonal over components, so nested models (every component one subject)
 cost a few small blocks and fully crossed ones a single dense block of the
-other terms' levels. The first term's levels are stored component by
+other terms' levels. A first term nested in the second is factored together
+with it, level of the second by level (:mod:`.first_block`), which keeps the
+second term out of the dense block. The first term's levels are stored component by
 component without padding, so unequal groups cost their own size
 (:mod:`.levels` holds the products between levels and components).
 
@@ -36,6 +38,8 @@ from scipy.sparse.csgraph import connected_components
 from .blocked_hessian import exact_hessian
 from .compiled import run as run_kernel
 from .compiled import specialised
+from .first_block import first_block
+from .first_block import tril_index as _tril_index
 from .general import lme4_term_order
 from .levels import LevelOps
 from .small import cholesky, inv_lower, small_cholesky, small_inv_lower, smm, smm_t
@@ -45,37 +49,29 @@ __all__ = ["GeneralBlock", "GeneralStructure"]
 _LOG_2PI = np.log(2 * np.pi)
 
 
-def _tril_index(k):
-    """(k, k) map from a relative factor's entries to their place in lme4's theta (-1 above the diagonal)."""
-    rows, cols = np.tril_indices(k)
-    order = np.lexsort((rows, cols))  # column-major lower triangle: lme4's Lind
-    out = np.full((k, k), -1)
-    out[rows[order], cols[order]] = np.arange(len(order))
-    return out
-
-
 class GeneralStructure:
     """The random part's layout, which does not depend on theta or on the variables' values.
 
     Attributes
     ----------
     terms : list of RandomEffectsTerm
-        In lme4's order; ``terms[0]`` is factored level by level.
+        In lme4's order; ``terms[0]`` (with ``terms[1]`` when it nests there) is factored level by level.
     q, n_theta, k1 : int
-        Random effects, theta entries, columns of the first term.
+        Random effects, theta entries, random effects per level of the first block
+        (the first term's columns, or :mod:`.first_block`'s merged size).
     lower : ndarray (n_theta,)
         lme4's lower bounds.
     diagonal : ndarray of bool (n_theta,)
         Entries on a relative factor's diagonal (lower bound 0): lme4's
         ``isSingular`` looks at these.
     idx1 : ndarray (L1, k1)
-        Rows of ``Z'`` of the first term's levels, ordered by component.
+        Rows of ``Z'`` of the first block's levels, ordered by component (``q``: a zero row).
     comp1, segments : ndarray
         Each of those levels' component, and where each component's levels start.
     idx2 : ndarray (C, m2)
         Rows of ``Z'`` of the other terms' random effects per component.
     tidx0 : ndarray (k1, k1)
-        Entry of theta at each place of the first term's factor (``n_theta``: zero).
+        Entry of theta at each place of the first block's factor (``n_theta``: zero).
     tidx2 : ndarray (C, m2, m2)
         Entry of theta at each place of the dense part's ``Lambda`` block.
     """
@@ -86,25 +82,27 @@ class GeneralStructure:
         ks = [len(t.coef_names) for t in self.terms]
         starts = np.concatenate([[0], np.cumsum([t.n_levels * k for t, k in zip(self.terms, ks)])])
         tstarts = np.concatenate([[0], np.cumsum([t.n_theta for t in self.terms])])
-        self.q, self.n_theta, self.k1 = int(starts[-1]), int(tstarts[-1]), ks[0]
+        self.q, self.n_theta = int(starts[-1]), int(tstarts[-1])
         self.lower = np.concatenate([t.theta_lower for t in self.terms])
         self.diagonal = self.lower == 0.0
         self.n_obs = len(self.terms[0].codes)
-        first = self.terms[0]
-        # Components: levels of all terms linked through the observations.
-        offsets = np.concatenate([[0], np.cumsum([t.n_levels for t in self.terms])])
+        fb = first_block(self.terms, starts, tstarts, self.q, self.n_theta)
+        self.k1, j0 = fb.size, fb.n_terms  # the dense part: terms j0, j0 + 1, ...
+        # Components: the first block's levels and the dense terms' levels, linked through the observations.
+        offsets = np.zeros(len(self.terms) + 1, int)  # offsets[j]: dense term j's first node
+        offsets[j0:] = fb.n_levels + np.cumsum([0] + [t.n_levels for t in self.terms[j0:]])
         n_nodes = int(offsets[-1])
-        if len(self.terms) > 1:
-            a = np.concatenate([first.codes] * (len(self.terms) - 1))
-            b = np.concatenate([t.codes + offsets[j] for j, t in enumerate(self.terms) if j > 0])
+        if len(self.terms) > j0:
+            a = np.concatenate([fb.codes] * (len(self.terms) - j0))
+            b = np.concatenate([t.codes + offsets[j] for j, t in enumerate(self.terms) if j >= j0])
             graph = coo_matrix((np.ones(a.size), (a, b)), shape=(n_nodes, n_nodes))
             n_comp, label = connected_components(graph, directed=False)
-        else:  # one term: a single block, factored level by level
+        else:  # no dense part: a single block, factored level by level
             n_comp, label = 1, np.zeros(n_nodes, dtype=int)
-        levels1 = [np.flatnonzero(label[:first.n_levels] == c) for c in range(n_comp)]
+        levels1 = [np.flatnonzero(label[:fb.n_levels] == c) for c in range(n_comp)]
         dense = [[] for _ in range(n_comp)]
         tdense = [[] for _ in range(n_comp)]  # (theta offset, tril map, level key, column) per dense row
-        for j, t in enumerate(self.terms[1:], start=1):
+        for j, t in enumerate(self.terms[j0:], start=j0):
             k, tril = ks[j], _tril_index(ks[j])
             for lev in range(t.n_levels):
                 c = label[offsets[j] + lev]
@@ -120,7 +118,7 @@ class GeneralStructure:
         self.comp1 = np.repeat(np.arange(n_comp), [len(x) for x in levels1])
         self.segments = np.concatenate([[0], np.cumsum([len(x) for x in levels1])[:-1]]).astype(np.intp)
         self.n_levels1 = len(flat)
-        self.idx1 = flat[:, None] * self.k1 + np.arange(self.k1)
+        self.idx1 = fb.rows[flat]
         self.ops = LevelOps(self.comp1, self.segments, n_comp)
         self.idx2 = np.full((n_comp, m2), self.q)
         self.tidx2 = np.full((n_comp, m2, m2), self.n_theta)
@@ -134,8 +132,8 @@ class GeneralStructure:
         # is zero against the others, and Lambda's blocks keep that pattern): the compiled kernel
         # (.compiled) loops over these only, which in crossed designs is a fraction of m2.
         seen = set()
-        for j, t in enumerate(self.terms[1:], start=1):
-            seen.update(zip(first.codes.tolist(), [j] * len(t.codes), t.codes.tolist()))
+        for j, t in enumerate(self.terms[j0:], start=j0):
+            seen.update(zip(fb.codes.tolist(), [j] * len(t.codes), t.codes.tolist()))
         rows = [[i for i, (_, j, lev, _, _) in enumerate(tdense[c]) if (lv, j, lev) in seen]
                 for lv, c in zip(flat.tolist(), self.comp1.tolist())]
         self.n_active = np.array([len(r) for r in rows], dtype=np.intp)
@@ -150,15 +148,14 @@ class GeneralStructure:
                 self.columns_below.append((tstarts[j] + tril[c, c], tstarts[j] + tril[c + 1:, c]))
         # dLambda/dtheta_i as 0/1 patterns: in the first term's k1 x k1 factor, or per component
         # in the dense part's Lambda block (exact_hessian).
-        self.n_first = self.terms[0].n_theta
-        self.first_patterns = np.stack([(_tril_index(self.k1) == i).astype(float) for i in range(self.n_first)])
+        self.n_first = int(tstarts[j0])
+        self.first_patterns = np.stack([(fb.tidx == i).astype(float) for i in range(self.n_first)])
         self.dense_patterns = np.stack([(self.tidx2 == i).astype(float)
                                         for i in range(self.n_first, self.n_theta)]) if self.n_theta > self.n_first \
             else np.zeros((0, n_comp, m2, m2))
-        self.dense_diagonal = all(k == 1 for k in ks[1:])
+        self.dense_diagonal = all(k == 1 for k in ks[j0:])
         self.diag2 = self.tidx2[:, np.arange(m2), np.arange(m2)]  # (C, m2): theta entry on the diagonal
-        tril0 = _tril_index(self.k1)
-        self.tidx0 = np.where(tril0 >= 0, tril0, self.n_theta)
+        self.tidx0 = fb.tidx
         # Sums of the gradient's per-place terms into theta's entries.
         self._pick2 = np.zeros((n_comp * m2 * m2, self.n_theta + 1))
         self._pick2[np.arange(self._pick2.shape[0]), self.tidx2.ravel()] = 1.0
