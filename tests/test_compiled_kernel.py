@@ -13,6 +13,7 @@ meet only some of the dense rows, several designs per block.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from clusterlmer.engines.native.blocked import DesignParts, GeneralBlock
@@ -124,3 +125,35 @@ def test_warm_started_bfgs_fits_reach_newtons_optimum():
     F_bfgs = np.concatenate([b.F for b in fits.evaluate(x_bfgs, ok_bfgs, options, "statistic")], axis=1)
     F_newton = np.concatenate([b.F for b in fits.evaluate(x_newton, ok_newton, options, "statistic")], axis=1)
     np.testing.assert_allclose(F_bfgs, F_newton, rtol=1e-7)
+
+
+def test_bound_checks_even_entries_saddles_and_reflections():
+    """At the end of a warm-started fit: a diagonal entry at 0 whose column is zero below it is even
+    (derivative exactly 0), and is a saddle when the criterion curves down along it (a real slope
+    variance); one with entries below it is a reflection candidate, found through its gradient."""
+    from clusterlmer.design import build_design
+    from clusterlmer.engines.base import FitOptions
+    from clusterlmer.engines.native.engine import prepare
+    from clusterlmer.engines.native.general_fit import GeneralFits
+    from clusterlmer.formula import parse_formula
+    from clusterlmer.spec import build_spec
+
+    rng = np.random.default_rng(3)
+    g, x = np.repeat(np.arange(12), 10), np.tile(np.linspace(-1, 1, 10), 12)
+    frame = pd.DataFrame({"g": [f"g{i}" for i in g], "x": x})
+    frame["y"] = x * rng.normal(0, 2.0, 12)[g] + rng.normal(0, 1.0, 12)[g] + 0.3 * rng.normal(size=g.size)
+    spec = build_spec(build_design(frame, parse_formula("y ~ x + (1 + x|g)"), response_column="y"))
+    fits = GeneralFits([prepare(spec, FitOptions(), len(frame))], frame[["y"] * 3].to_numpy())
+    theta = np.array([[0.8, 0.0, 0.0],    # slope entry at 0, nothing below it: even; a saddle here
+                      [0.0, 0.3, 0.5],    # intercept entry at 0 with 0.3 below: not even
+                      [0.0, 0.0, 1.5]])   # intercept entry at 0, zero below: even
+    even = fits._even(theta)
+    np.testing.assert_array_equal(even, [[False, False, True], [False, False, False], [True, False, False]])
+    _, g_at = fits.block.criterion_gradient(theta, None, True)
+    assert g_at[0, 2] == 0.0 and g_at[2, 0] == 0.0  # even: the derivative vanishes exactly
+    rows, grads = fits._on_bounds(theta, True)
+    np.testing.assert_array_equal(rows, [1])
+    np.testing.assert_array_equal(grads, g_at[[1]])
+    assert 0 in fits._saddles(theta, True)  # the slope variance is real: the criterion falls off the bound
+    optimum, ok, _ = fits.optimum(True)
+    assert ok.all() and np.all(optimum[:, 2] > 0.1)

@@ -182,22 +182,18 @@ class GeneralFits:
             x0 = start_point(s, self.F)
         else:
             x0 = np.maximum(start, np.where(s.diagonal, WARM_START_FLOOR, -np.inf))
-        bounds = None  # the fits on a bound and their gradients at x, while x stays as it is
         if hessian is None:
             x, ok, _, H = minimize(self._newton(reml), x0, s.lower, return_hessian=True, finish=FINISH)
         else:
             x, ok, _, H = minimize(self._quasi_newton(reml, _positive_definite(hessian)), x0, s.lower,
                                    return_hessian=True, finish=FINISH_QUASI, positive_definite=True)
-            bounds = self._on_bounds(x, reml)
-            rows = self._saddles(x, *bounds, reml)
+            rows = self._saddles(x, reml)
             if rows.size:
                 sub = GeneralFits._subset(self, rows)
                 x[rows], ok[rows], _, H[rows] = minimize(sub._difference_newton(reml), x[rows], s.lower,
                                                           return_hessian=True, finish=FINISH)
-                bounds = None
         for _ in range(3):
-            flip = self._reflections(x, *(bounds or self._on_bounds(x, reml)))
-            bounds = None
+            flip = self._reflections(x, *self._on_bounds(x, reml))
             rows = np.flatnonzero(flip.any(axis=1))
             if not rows.size:
                 break
@@ -207,28 +203,38 @@ class GeneralFits:
                                                       return_hessian=True, finish=FINISH)
         return x, ok, H
 
+    def _even(self, x):
+        """Diagonal entries on their bound 0 whose column of the relative factor is zero below them:
+        the criterion is even in such an entry (its column enters ``Lambda Lambda'`` as its square),
+        so its derivative there is exactly 0 and the bound may be a saddle."""
+        even = (x <= 0.0) & self.structure.diagonal
+        for d, below in self.structure.columns_below:
+            even[:, d] &= ~np.any(x[:, below] != 0.0, axis=1)
+        return even
+
     def _on_bounds(self, x, reml):
-        """The fits with a diagonal entry on its bound 0 (indices), and the gradient at their points."""
-        rows = np.flatnonzero(((x <= 0.0) & self.structure.diagonal).any(axis=1))
+        """The fits with a diagonal entry on its bound 0 that is not even (a column with entries
+        below it: the only entries a reflection can move), and the gradient at their points."""
+        rows = np.flatnonzero(((x <= 0.0) & self.structure.diagonal & ~self._even(x)).any(axis=1))
         if not rows.size:
             return rows, np.zeros((0, x.shape[1]))
         return rows, self.block.criterion_gradient(x[rows], rows, reml)[1]
 
-    def _saddles(self, x, rows, g, reml):
-        """Of the fits ``rows`` (gradient ``g``), those with a diagonal entry on its bound 0, a zero
-        derivative there (the criterion even in it) and negative curvature along it: a saddle, not
-        an optimum."""
-        even = (x[rows] <= 0.0) & self.structure.diagonal & (g == 0.0)
-        rows, even = rows[even.any(axis=1)], even[even.any(axis=1)]
+    def _saddles(self, x, reml):
+        """The fits with an even diagonal entry on its bound (see :meth:`_even`) and negative
+        curvature along it: a saddle, not an optimum."""
+        even = self._even(x)
+        rows = np.flatnonzero(even.any(axis=1))
         if not rows.size:
             return rows
+        even = even[rows]
         # The derivative is odd in such an entry: its value a small step in is the curvature times the step.
         _, g = self.block.criterion_gradient(x[rows] + SADDLE_PROBE * even, rows, reml)
         return rows[np.any(even & (g < 0.0), axis=1)]
 
     def _reflections(self, x, rows, g):
         """Entries to negate where a diagonal entry sits on its bound 0 only because of its column's sign
-        (of the fits ``rows``, gradient ``g``: those with an entry on a bound).
+        (of the fits ``rows``, gradient ``g``: those :meth:`_on_bounds` returns).
 
         Lambda Lambda' is unchanged when a column of a relative factor changes
         sign. With the diagonal entry at 0 and a positive derivative there,
