@@ -61,13 +61,9 @@ def _inv_lower(L, out):
 @njit(cache=True)
 def criterion_gradient(theta, fit, design, W11, W21, W22, ZX1, ZX2, XtX, Zy1, Zy2, Xy, yy,
                        tidx0, tidx2, segments, active, n_active, n, reml, gradient, crit, grad, fixed, K1, M2, P):
-    """:func:`kernel`, compiled once per ``K1, M2, P`` (see :func:`.compiled.specialised`).
-
-    Loops of one or two iterations dominate a fit of a small structure;
-    with their lengths known at compile time they are unrolled (about twice
-    as fast for the bundled sample's random-slope model). The compiled
-    versions are cached on disk, so a shape costs its compilation once.
-    """
+    """:func:`kernel`, compiled once per ``K1, M2, P`` (see :func:`.compiled.specialised`): loops of one or
+    two iterations, which dominate small structures, are unrolled with their lengths known at compile
+    time (about twice as fast for the bundled sample's random-slope model). Cached on disk."""
     kernel(theta, fit, design, W11, W21, W22, ZX1, ZX2, XtX, Zy1, Zy2, Xy, yy, tidx0, tidx2, segments, active,
             n_active, n, reml, gradient, crit, grad, fixed, literally(K1), literally(M2), literally(P))
 
@@ -163,10 +159,7 @@ def kernel(theta, fit, design, W11, W21, W22, ZX1, ZX2, XtX, Zy1, Zy2, Xy, yy,
             while e < m2 and tidx2[c, e, a] < G:
                 e += 1
             hi2[c, a] = e
-            e = a
-            while e > 0 and tidx2[c, a, e - 1] < G:
-                e -= 1
-            lo2[c, a] = e
+            lo2[c, a] = a if a == 0 or hi2[c, a - 1] == a else lo2[c, a - 1]  # blocks are contiguous
     for r in range(R):
         f = fit[r]
         d = design[f]
@@ -181,6 +174,8 @@ def kernel(theta, fit, design, W11, W21, W22, ZX1, ZX2, XtX, Zy1, Zy2, Xy, yy,
                 for b in range(m2):
                     Lam[c, a, b] = th[tidx2[c, a, b]]
         ldL2 = 0.0
+        # log|L|^2 as logs of products of pivots (each >= 1), taken before they overflow: few logs.
+        piv = 1.0
         # First term, level by level.
         for c in range(C):
             for lv in range(segments[c], segments[c + 1]):
@@ -194,12 +189,15 @@ def kernel(theta, fit, design, W11, W21, W22, ZX1, ZX2, XtX, Zy1, Zy2, Xy, yy,
                 _cholesky(A, L11)
                 _inv_lower(L11, Li)
                 for a in range(k1):
-                    ldL2 += 2.0 * np.log(L11[a, a])
+                    piv *= L11[a, a] * L11[a, a]
                     for b in range(k1):  # P1 = L11^-1 T'
                         s = 0.0
                         for i in range(k1):
                             s += Li[a, i] * T[b, i]
                         P1[lv, a, b] = s
+                if piv > 1e200:
+                    ldL2 += np.log(piv)
+                    piv = 1.0
                 na = (m2 if every_row else n_active[lv])
                 for ia in range(na):  # E21 = W21 P1' (on the level's rows)
                     a = (ia if every_row else active[lv, ia])
@@ -250,7 +248,10 @@ def kernel(theta, fit, design, W11, W21, W22, ZX1, ZX2, XtX, Zy1, Zy2, Xy, yy,
             _cholesky(S, L22)
             _inv_lower(L22, L22i[c])
             for a in range(m2):
-                ldL2 += 2.0 * np.log(L22[a, a])
+                piv *= L22[a, a] * L22[a, a]
+                if piv > 1e200:
+                    ldL2 += np.log(piv)
+                    piv = 1.0
             for a in range(m2):  # rhs = Lam' Vb
                 for col in range(p + 1):
                     s = 0.0
@@ -306,10 +307,9 @@ def kernel(theta, fit, design, W11, W21, W22, ZX1, ZX2, XtX, Zy1, Zy2, Xy, yy,
                 s += RXit[b, a] * cb[b]
             beta[a] = s
         pwrss = yy[f] - cusq - cbsq
+        ldL2 += np.log(piv)
         crit[r] = ldL2 + (ldRX2 if reml else 0.0) + dof * (1.0 + _LOG_2PI + np.log(pwrss / dof))
-        fixed[r, 0] = ldL2
-        fixed[r, 1] = ldRX2
-        fixed[r, 2] = pwrss
+        fixed[r, 0], fixed[r, 1], fixed[r, 2] = ldL2, ldRX2, pwrss
         for a in range(p):
             fixed[r, 3 + a] = beta[a]
             for b in range(p):
