@@ -20,7 +20,10 @@ fits) and of the native engine (``fit_block`` on the whole block: the first
 call on a fresh specification, then best of ``--repeats`` with the set-up
 kept as permutations keep it; statistic-only fits from lme4's start; and
 permutation fits as the analysis runs them: 8 permuted designs of the whole
-block, statistic only, started at the observed fit's optimum), their ratios,
+block, statistic only, started at the observed fit's optimum), their ratios
+(R's statistic-only fits and the native permutation fits, whose ratio is
+judged, are timed in alternation, best of ``--repeats`` each, so that both
+see the machine in the same state),
 the largest relative difference of F, DF2 and p on R's timepoints, and the
 full analysis ``permutation_cluster_lmer(..., n_permutations=--nperm,
 engine=--analysis-engine)`` in a child process: wall time, CPU time, fits
@@ -164,32 +167,57 @@ def _time_native(data, formula, coding, options, repeats, need="all"):
             "block": blk}, None
 
 
-def _time_r(data, formula, coding, options, r_times, need="all"):
-    """R engine ms per fit on ``r_times`` spread timepoints (R started beforehand), its fits and their indices."""
+def _r_timer(data, formula, coding, options, r_times, need="all"):
+    """A function timing one pass of the R engine over ``r_times`` spread timepoints (R started beforehand):
+    it returns ms per fit, the fits and their indices."""
     spec = _spec(data, formula, coding)
     r, Y = get_engine("r"), data.values
     r.fit_block(spec, Y[:, :1], options)  # starts R and loads lme4 outside the timing
     idx = _spread(Y.shape[1], r_times)
-    t0 = time.perf_counter()
-    ref = r.fit_block(spec, Y[:, idx], options, need)
-    return (time.perf_counter() - t0) / len(idx) * 1e3, ref, idx
+
+    def one_pass():
+        t0 = time.perf_counter()
+        ref = r.fit_block(spec, Y[:, idx], options, need)
+        return (time.perf_counter() - t0) / len(idx) * 1e3, ref, idx
+    return one_pass
 
 
-def _time_permutation_fits(w, options, repeats, n_permutations=PERMUTATION_FITS):
-    """Native ms per fit of permutations as the analysis fits them: ``n_permutations`` permuted designs
-    of the whole block, statistic only, each started at the observed fit's optimum (best of ``repeats``)."""
+def _time_r(data, formula, coding, options, r_times, need="all"):
+    """R engine ms per fit on ``r_times`` spread timepoints (one pass), its fits and their indices."""
+    return _r_timer(data, formula, coding, options, r_times, need)()
+
+
+def _permutation_timer(w, options, n_permutations=PERMUTATION_FITS):
+    """A function timing one pass of permutation fits as the analysis fits them (ms per fit):
+    ``n_permutations`` permuted designs of the whole block, statistic only, each started at the
+    observed fit's optimum."""
     spec = _spec(w["data"], w["formula"], w["coding"])
     native, Y = get_engine("native"), w["data"].values
     perms = cl.make_permutations(w["data"].design, w["formula"], n_permutations, seed=PERMUTATION_SEED,
                                  schemes=w["schemes"])
     specs = [spec.permuted({v: m[k] for v, m in perms.row_maps.items()}) for k in range(n_permutations)]
     native.fit_blocks([spec], Y, options)  # the observed fit, whose optimum starts every permutation's
-    times = []
-    for _ in range(max(1, repeats)):
+
+    def one_pass():
         t0 = time.perf_counter()
         native.fit_blocks(specs, Y, options, "statistic", start_from=spec)
-        times.append(time.perf_counter() - t0)
-    return min(times) / (n_permutations * Y.shape[1]) * 1e3
+        return (time.perf_counter() - t0) / (n_permutations * Y.shape[1]) * 1e3
+    return one_pass
+
+
+def _judged_pair(w, options, args):
+    """Best-of-``repeats`` ms per fit of R's statistic-only fits and of native permutation fits, measured
+    in alternation so that both see the same machine: on a shared VM the speed of either moves by
+    +-25% from one minute to the next, and timing them minutes apart would move their ratio with it."""
+    native_pass = _permutation_timer(w, options)
+    r_pass = (_r_timer(w["data"], w["formula"], w["coding"], options, args.r_times, "statistic")
+              if args.engine_only != "native" else None)
+    r_times, native_times = [], []
+    for _ in range(max(1, args.repeats)):
+        if r_pass is not None:
+            r_times.append(r_pass()[0])
+        native_times.append(native_pass())
+    return (min(r_times) if r_times else None), min(native_times)
 
 
 def per_fit(key, args, options):
@@ -199,25 +227,29 @@ def per_fit(key, args, options):
     out = {"r_ms": None, "native": None, "why": None}
     if args.engine_only != "native":
         out["r_ms"], ref, idx = _time_r(w["data"], w["formula"], w["coding"], options, args.r_times)
-        out["r_stat_ms"], _, _ = _time_r(w["data"], w["formula"], w["coding"], options, args.r_times, "statistic")
-        print(f"R engine              : {out['r_ms']:9.3f} ms per fit ({1e3 / out['r_ms']:8.1f} fits/s; "
-              f"{len(idx)} timepoints); statistic only (as permutations fit) {out['r_stat_ms']:.3f} ms")
+    full = stat = None
     if args.engine_only != "r":
-        full, why = _time_native(w["data"], w["formula"], w["coding"], options, args.repeats)
-        if why:
-            out["why"] = why
-            print(f"native: not supported ({why})")
-            return out
+        full, out["why"] = _time_native(w["data"], w["formula"], w["coding"], options, args.repeats)
+    if full is not None:
         stat, _ = _time_native(w["data"], w["formula"], w["coding"], options, args.repeats, need="statistic")
         out["native"], out["native_stat"] = full["best"], stat["best"]
-        out["native_perm"] = _time_permutation_fits(w, options, args.repeats)
+        out["r_stat_ms"], out["native_perm"] = _judged_pair(w, options, args)
+    elif out["r_ms"] is not None:
+        out["r_stat_ms"], _, _ = _time_r(w["data"], w["formula"], w["coding"], options, args.r_times, "statistic")
+    if out["r_ms"] is not None:
+        how = f" (best of {args.repeats}, alternating with the native permutation fits)" if full else ""
+        print(f"R engine              : {out['r_ms']:9.3f} ms per fit ({1e3 / out['r_ms']:8.1f} fits/s; "
+              f"{len(idx)} timepoints); statistic only (as permutations fit) {out['r_stat_ms']:.3f} ms{how}")
+    if out["why"]:
+        print(f"native: not supported ({out['why']})")
+    if full is not None:
         k = w["data"].n_times
         print(f"native engine         : {full['best']:9.3f} ms per fit ({1e3 / full['best']:8.1f} fits/s; block of "
               f"{k}, best of {args.repeats}; median {full['median']:.3f} ms; first call on a fresh spec "
               f"{full['cold']:.3f} ms)")
         print(f"native, statistic only: {stat['best']:9.3f} ms per fit (F without DF2, from lme4's start)")
         print(f"native, permutations  : {out['native_perm']:9.3f} ms per fit (F without DF2, {PERMUTATION_FITS} "
-              "permuted designs started at the observed optimum, as the analysis fits them)")
+              f"permuted designs started at the observed optimum, as the analysis fits them; best of {args.repeats})")
         if out["r_ms"] is not None:
             print(f"speed-up              : {out['r_ms'] / full['best']:9.1f} x (full fits); permutation fits "
                   f"{out['r_stat_ms'] / out['native_perm']:.1f} x (R's statistic-only fits)")
