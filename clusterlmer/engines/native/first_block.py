@@ -78,6 +78,8 @@ def first_block(terms, starts, tstarts, q, n_theta) -> FirstBlock:
     row of ``Z'`` and first theta entry; ``q`` random effects, ``n_theta`` theta entries)."""
     ks = [len(t.coef_names) for t in terms]
     first = terms[0]
+    # With two terms a nested second term adds nothing to merge: each of its levels is already a
+    # component of its own, a dense block of its k columns.
     owner = _nested_in(first, terms[1]) if len(terms) > 2 else None
     if owner is not None:
         outer = terms[1]
